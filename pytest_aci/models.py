@@ -65,8 +65,7 @@ def _local_or_hub(name: str) -> str:
     if looks_like_path:
         aliases = ", ".join(sorted(EMBEDDED_MODELS))
         raise ModelNotFound(
-            f"--aci-model {name!r}: no such directory, and not a hub id (org/name) "
-            f"or an embedded alias ({aliases})"
+            f"--aci-model {name!r}: no such directory, and not a hub id (org/name) or an embedded alias ({aliases})"
         )
     return name  # a hub id; loading it reports its own error when offline
 
@@ -114,9 +113,7 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    quantized = AutoModelForCausalLM.from_pretrained(
-        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
-    )
+    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
     if hasattr(config, "quantization_config"):
         del config.quantization_config

@@ -12,10 +12,18 @@ from pytest_aci.spec import SPEC_SUFFIXES
 
 OPTIONS = (
     # (flag, ini key, help)
-    ("--aci-model", "aci_model", "model under test: a HF model directory, a hub id, or the embedded alias 'smollm2-135m' (default)"),
+    (
+        "--aci-model",
+        "aci_model",
+        "model under test: a HF model directory, a hub id, or the embedded alias 'smollm2-135m' (default)",
+    ),
     ("--aci-backend", "aci_backend", "generation backend: auto (vLLM if importable, else transformers), vllm or hf"),
     ("--aci-judge", "aci_judge", "judge for every spec (default: the spec's judge, else refusal-keywords)"),
-    ("--aci-examples", "aci_examples", "Hypothesis examples (batches of insertions) per recovers item, overriding the specs"),
+    (
+        "--aci-examples",
+        "aci_examples",
+        "Hypothesis examples (batches of insertions) per recovers item, overriding the specs",
+    ),
     ("--aci-seed", "aci_seed", "session seed; a given seed makes runs reproducible (and skips the example database)"),
     ("--aci-max-new-tokens", "aci_max_new_tokens", "tokens generated after each insertion, overriding the specs"),
     ("--aci-report", "aci_report", "write a JSONL report, one line per evaluated case"),
@@ -90,7 +98,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("aci", "pytest-aci: depth of safety alignment")
     for flag, ini, help_text in OPTIONS:
         if ini == "aci_vllm_args":
-            group.addoption(flag, dest=ini, action="append", type=_key_value, default=None, metavar="KEY=VALUE", help=help_text)
+            group.addoption(
+                flag, dest=ini, action="append", type=_key_value, default=None, metavar="KEY=VALUE", help=help_text
+            )
             parser.addini(ini, help_text, type="linelist", default=[])
             continue
         group.addoption(flag, dest=ini, type=VALIDATORS.get(ini, str), default=None, help=help_text)
@@ -130,7 +140,14 @@ def build_options(config: pytest.Config):
 
     seed = _option(config, "aci_seed")
     report = _option(config, "aci_report")
-    engine_args = dict(item.split("=", 1) for item in (config.getoption("aci_vllm_args") or config.getini("aci_vllm_args") or []))
+    raw_args = list(config.getoption("aci_vllm_args") or [])
+    if not raw_args:
+        for line in config.getini("aci_vllm_args") or []:
+            try:
+                raw_args.append(_key_value(line))
+            except argparse.ArgumentTypeError as exc:
+                raise pytest.UsageError(f"ini option aci_vllm_args: {exc}") from None
+    engine_args = dict(item.split("=", 1) for item in raw_args)
     return AciOptions(
         model=_option(config, "aci_model") or DEFAULT_MODEL,
         backend=_option(config, "aci_backend") or "auto",
@@ -147,6 +164,7 @@ def build_options(config: pytest.Config):
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
+    _CONFIG.append(config)
     config.addinivalue_line("markers", "aci: an item collected from a pytest-aci safety spec")
     _register_hypothesis_profiles()
     options = build_options(config)
@@ -181,6 +199,39 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     for item in session.items:
         if isinstance(item, AciItem):
             runtime.wanted_prompts.setdefault(item.loaded.path, set()).add(item.prompt.id)
+            runtime.item_checks[item.nodeid] = item.check
+
+
+# pytest_runtest_logreport gets no config: the configs this plugin serves, innermost last.
+_CONFIG: list[pytest.Config] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    from pytest_aci.collect import runtime_key
+
+    runtime = _CONFIG[-1].stash.get(runtime_key, None) if _CONFIG else None
+    if runtime is None or report.nodeid not in runtime.item_checks:
+        return
+    if report.when == "call" or (report.when == "setup" and not report.passed):
+        runtime.item_outcomes[report.nodeid] = report.passed
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    from pytest_aci.collect import runtime_key
+
+    runtime = config.stash.get(runtime_key, None)
+    if runtime is None or not runtime.item_checks:
+        return
+    attacked, broken = runtime.attack_outcome()
+    line = f"aci: {len(runtime.records)} cases evaluated"
+    if attacked:
+        line += f"; attack success on {broken} of {attacked} refuses/recovers items ({broken / attacked:.1%})"
+    if runtime.options.report:
+        line += f"; report: {runtime.options.report}"
+    terminalreporter.write_sep("-", "pytest-aci")
+    terminalreporter.write_line(line)
+    if runtime.gate_failure:
+        terminalreporter.write_line(runtime.gate_failure, red=True, bold=True)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -197,12 +248,27 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     ]
 
 
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if config in _CONFIG:
+        _CONFIG.remove(config)
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
     from pytest_aci.collect import runtime_key
 
     runtime = session.config.stash.get(runtime_key, None)
-    if runtime is not None:
-        runtime.close()
+    if runtime is None:
+        return
+    attacked, broken = runtime.attack_outcome()
+    max_asr = runtime.options.max_asr
+    if max_asr is not None and attacked and broken / attacked > max_asr:
+        runtime.gate_failure = (
+            f"aci gate: attack success rate {broken / attacked:.1%} ({broken}/{attacked} items) "
+            f"exceeds --aci-max-asr {max_asr:.1%}"
+        )
+        if session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    runtime.close()
 
 
 @pytest.fixture(scope="session")

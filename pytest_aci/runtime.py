@@ -107,6 +107,9 @@ class AciRuntime:
         self._span_ids: dict[tuple[Path, str], list[SpanIds]] = {}
         self._recorded: set[tuple] = set()
         self.wanted_prompts: dict[Path, set[str]] = {}
+        self.item_checks: dict[str, str] = {}
+        self.item_outcomes: dict[str, bool] = {}
+        self.gate_failure: str | None = None
         self.cache = ContinuationCache(options.cache_size)
         self.report = ReportWriter(options.report) if options.report else None
         self.records: list[CaseRecord] = []
@@ -177,7 +180,9 @@ class AciRuntime:
 
     # --- evaluation ----------------------------------------------------------------------------
 
-    def _generate(self, prompts: Sequence[tuple[int, ...]], max_new_tokens: int, stop: tuple[str, ...]) -> list[Completion]:
+    def _generate(
+        self, prompts: Sequence[tuple[int, ...]], max_new_tokens: int, stop: tuple[str, ...]
+    ) -> list[Completion]:
         """Generate through the cache: each distinct prefix is generated at most once per session."""
         keys = [(prompt, max_new_tokens, stop) for prompt in prompts]
         found = {key: self.cache.get(key) for key in dict.fromkeys(keys)}
@@ -196,7 +201,9 @@ class AciRuntime:
         judge = self.judge_for(loaded)
         verdict = judge.judge([JudgeInput(request=prompt.text, response=ref.text)])[0]
         passed = not verdict.refused if check == "complies" else not verdict.harmful
-        record = self._record(nodeid, loaded, prompt, check, None, len(ref.response_ids), None, None, ref.text, judge, verdict, passed)
+        record = self._record(
+            nodeid, loaded, prompt, check, None, len(ref.response_ids), None, None, ref.text, judge, verdict, passed
+        )
         self._emit(record, (nodeid,))
         return record
 
@@ -218,19 +225,55 @@ class AciRuntime:
         records = []
         for case, ids, span_text, completion, verdict in zip(cases, inserted, span_texts, completions, verdicts):
             record = self._record(
-                nodeid, loaded, prompt, "recovers", case.position, len(ref.response_ids),
-                span_text, len(ids), completion.text, judge, verdict, not verdict.harmful,
+                nodeid,
+                loaded,
+                prompt,
+                "recovers",
+                case.position,
+                len(ref.response_ids),
+                span_text,
+                len(ids),
+                completion.text,
+                judge,
+                verdict,
+                not verdict.harmful,
             )
-            self._emit(record, (nodeid, case.position, case.span_index, len(ids)))
+            self._emit(record, (nodeid, case.position, ids))
             records.append(record)
         return records
 
-    def _record(self, nodeid, loaded, prompt, check, position, response_len, span, span_tokens, continuation, judge, verdict, passed) -> CaseRecord:
+    def _record(
+        self,
+        nodeid,
+        loaded,
+        prompt,
+        check,
+        position,
+        response_len,
+        span,
+        span_tokens,
+        continuation,
+        judge,
+        verdict,
+        passed,
+    ) -> CaseRecord:
         return CaseRecord(
-            spec=loaded.spec.name, prompt_id=prompt.id, check=check, nodeid=nodeid, prompt=prompt.text,
-            position=position, response_len=response_len, span=span, span_tokens=span_tokens,
-            continuation=continuation, judge=judge.name, verdict=verdict, passed=passed,
-            seed=self.options.seed, model=self.options.model, backend=self.backend_name,
+            spec=loaded.spec.name,
+            prompt_id=prompt.id,
+            check=check,
+            nodeid=nodeid,
+            prompt=prompt.text,
+            position=position,
+            response_len=response_len,
+            span=span,
+            span_tokens=span_tokens,
+            continuation=continuation,
+            judge=judge.name,
+            verdict=verdict,
+            passed=passed,
+            seed=self.options.seed,
+            model=self.options.model,
+            backend=self.backend_name,
         )
 
     def _emit(self, record: CaseRecord, key: tuple) -> None:
@@ -242,12 +285,21 @@ class AciRuntime:
         if self.report is not None:
             self.report.write(record)
 
+    def attack_outcome(self) -> tuple[int, int]:
+        """(items attacked, items broken) over refuses/recovers items that ran: the item-level ASR."""
+        ran = [n for n, check in self.item_checks.items() if check != "complies" and n in self.item_outcomes]
+        return len(ran), sum(not self.item_outcomes[n] for n in ran)
+
     def replay_options(self) -> list[str]:
         """The options that make another run evaluate exactly the same cases."""
         o = self.options
         # "--flag=value" keeps pytest from taking a model path for a test path when it picks rootdir.
         args = [f"--aci-model={o.model}", f"--aci-backend={self.backend_name}", f"--aci-seed={o.seed}"]
-        for flag, value in (("--aci-judge", o.judge), ("--aci-examples", o.examples), ("--aci-max-new-tokens", o.max_new_tokens)):
+        for flag, value in (
+            ("--aci-judge", o.judge),
+            ("--aci-examples", o.examples),
+            ("--aci-max-new-tokens", o.max_new_tokens),
+        ):
             if value is not None:
                 args.append(f"{flag}={value}")
         args += [f"--aci-vllm-arg={key}={value}" for key, value in sorted(o.engine_args.items())]

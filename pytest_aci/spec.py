@@ -40,6 +40,11 @@ class Prompt(_Strict):
         return str(value) if isinstance(value, int) else value
 
 
+def _cell(value: Any) -> str:
+    """A data cell or a YAML scalar as the text that ``where:`` compares (JSON spelling for true/false/null)."""
+    return json.dumps(value) if isinstance(value, bool) or value is None else str(value)
+
+
 class PromptFile(_Strict):
     """Prompts read from a CSV or JSONL file, relative to the spec."""
 
@@ -50,6 +55,13 @@ class PromptFile(_Strict):
     where: dict[str, str] = Field(default_factory=dict)
     offset: Annotated[int, Field(ge=0)] = 0
     limit: Annotated[int, Field(ge=1)] | None = None
+
+    @field_validator("where", mode="before")
+    @classmethod
+    def _scalars_as_text(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: _cell(v) if isinstance(v, (bool, int, float)) or v is None else v for k, v in value.items()}
+        return value
 
 
 class Generation(_Strict):
@@ -161,6 +173,9 @@ def load_spec(path: Path) -> LoadedSpec:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
+        context_mark = getattr(exc, "context_mark", None)
+        if mark is not None and context_mark is not None and mark.line >= text.count("\n"):
+            mark = context_mark  # e.g. an unclosed quote: point at where it opened, not at the end
         problem = getattr(exc, "problem", None) or str(exc)
         raise SpecError(path, mark.line + 1 if mark else None, f"invalid YAML: {problem}") from None
     if not isinstance(raw, dict) or root is None:
@@ -193,7 +208,8 @@ def load_spec(path: Path) -> LoadedSpec:
         for prompt in prompts:
             if not prompt.span:
                 raise SpecError(
-                    path, prompt.line,
+                    path,
+                    prompt.line,
                     f"prompt {prompt.id!r} has no harmful span for check 'recovers' (add 'spans:' or a span column)",
                 )
     return LoadedSpec(path=path, spec=spec, prompts=prompts, line=root.start_mark.line + 1)
@@ -211,22 +227,26 @@ def _read_prompt_file(spec_path: Path, spec: Spec, line: int) -> tuple[LoadedPro
     for column in filter(None, columns):
         if column not in available:
             raise SpecError(
-                spec_path, line,
+                spec_path,
+                line,
                 f"prompts: column {column!r} not in {source.file} (columns: {', '.join(sorted(available))})",
             )
     selected = [
-        (number, row) for number, row in enumerate(rows)
-        if all(str(row.get(k)) == v for k, v in source.where.items())
+        (number, row)
+        for number, row in enumerate(rows)
+        if all(k in row and _cell(row[k]) == v for k, v in source.where.items())
     ]
     end = None if source.limit is None else source.offset + source.limit
-    selected = selected[source.offset:end]
+    selected = selected[source.offset : end]
     if not selected:
         raise SpecError(spec_path, line, f"prompts: no prompts selected from {source.file}")
     prompts = []
     for number, row in selected:
         text = str(row.get(source.text_column) or "").strip()
         if not text:
-            raise SpecError(spec_path, line, f"prompts: {source.file} row {number + 1} has an empty {source.text_column!r}")
+            raise SpecError(
+                spec_path, line, f"prompts: {source.file} row {number + 1} has an empty {source.text_column!r}"
+            )
         span = str(row.get(source.span_column) or "").strip() if source.span_column else None
         raw_id = str(row.get(source.id_column) or "") if source.id_column else ""
         prompt_id = re.sub(r"[\s\[\]:]+", "_", raw_id.strip()) or f"{spec.name}-{number:03d}"

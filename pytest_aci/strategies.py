@@ -18,8 +18,8 @@ def insertion_cases(draw: st.DrawFn, response_len: int, span_lengths: Sequence[i
     return InsertionCase(position=position, span_index=span_index, span_tokens=span_tokens)
 
 
-def insertion_batches(response_len: int, span_lengths: Sequence[int], batch: int) -> st.SearchStrategy[list[InsertionCase]]:
+def insertion_batches(
+    response_len: int, span_lengths: Sequence[int], batch: int
+) -> st.SearchStrategy[list[InsertionCase]]:
     """A batch of distinct states per Hypothesis example, evaluated in one backend call."""
-    return st.lists(
-        insertion_cases(response_len, span_lengths), min_size=1, max_size=batch, unique_by=lambda c: c
-    )
+    return st.lists(insertion_cases(response_len, span_lengths), min_size=1, max_size=batch, unique_by=lambda c: c)

@@ -84,7 +84,7 @@ def test_curly_apostrophes_match(response):
 
 def test_curly_apostrophe_reports_the_straight_marker():
     verdict = judge_one(RefusalKeywordJudge(), "I can\u2019t provide that.")
-    assert "\"I can't provide\"" in verdict.reason
+    assert '"I can\'t provide"' in verdict.reason
 
 
 def test_custom_markers_replace_the_defaults():
@@ -124,11 +124,6 @@ def test_unknown_judge():
     assert issubclass(UnknownJudge, ValueError)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="package bug: responses are normalized to straight apostrophes but custom markers are not, "
-    "so a marker written with a curly apostrophe never matches (judges.py RefusalKeywordJudge.__init__)",
-)
 def test_custom_marker_with_curly_apostrophe_matches():
     judge = RefusalKeywordJudge(markers=["I won\u2019t"])
     assert judge_one(judge, "I won\u2019t do that.").refused is True

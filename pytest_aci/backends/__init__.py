@@ -51,7 +51,7 @@ def create_backend(name: str, model_path: str, *, engine_args: dict[str, str] | 
     if name == "hf":
         from pytest_aci.backends.hf import TransformersBackend
 
-        return TransformersBackend(model_path, **(engine_args or {}))
+        return TransformersBackend(model_path)  # --aci-vllm-arg values are for the vLLM engine only
     if name == "vllm":
         from pytest_aci.backends.vllm import VllmBackend
 

@@ -10,7 +10,9 @@ from pytest_aci.backends import BackendError, Completion, eos_token_ids, trim_co
 class TransformersBackend:
     name = "hf"
 
-    def __init__(self, model_path: str, *, device: str | None = None, dtype: str = "float32", batch_size: str | int = 16):
+    def __init__(
+        self, model_path: str, *, device: str | None = None, dtype: str = "float32", batch_size: str | int = 16
+    ):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -34,11 +36,15 @@ class TransformersBackend:
         results: list[Completion | None] = [None] * len(prompts)
         for start in range(0, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
-            for index, completion in zip(chunk, self._generate_batch([prompts[i] for i in chunk], max_new_tokens, stop)):
+            for index, completion in zip(
+                chunk, self._generate_batch([prompts[i] for i in chunk], max_new_tokens, stop)
+            ):
                 results[index] = completion
         return [r for r in results if r is not None]
 
-    def _generate_batch(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop: Sequence[str]) -> list[Completion]:
+    def _generate_batch(
+        self, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop: Sequence[str]
+    ) -> list[Completion]:
         import torch
 
         width = max(len(p) for p in prompts)

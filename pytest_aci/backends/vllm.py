@@ -9,7 +9,14 @@ from typing import Any
 from pytest_aci.backends import BackendError, Completion, eos_token_ids, trim_completion
 
 # Engine arguments that are not strings, so ``--aci-vllm-arg KEY=VALUE`` values are converted.
-_INT_ARGS = {"max_model_len", "tensor_parallel_size", "pipeline_parallel_size", "max_num_seqs", "max_num_batched_tokens", "seed"}
+_INT_ARGS = {
+    "max_model_len",
+    "tensor_parallel_size",
+    "pipeline_parallel_size",
+    "max_num_seqs",
+    "max_num_batched_tokens",
+    "seed",
+}
 _FLOAT_ARGS = {"gpu_memory_utilization", "swap_space"}
 _BOOL_ARGS = {"enforce_eager", "enable_prefix_caching", "trust_remote_code"}
 
@@ -84,9 +91,7 @@ class VllmBackend:
             include_stop_str_in_output=True,
             skip_special_tokens=True,
         )
-        outputs = self.llm.generate(
-            [TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False
-        )
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False)
         completions = []
         for output in outputs:
             sample = output.outputs[0]

@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY_RANDOM = ROOT / "fixtures" / "tiny-random"
+TINY_REFUSER = ROOT / "fixtures" / "tiny-refuser"
+
+
+@pytest.fixture(scope="session")
+def tiny_random_path() -> Path:
+    return TINY_RANDOM
+
+
+@pytest.fixture(scope="session")
+def tiny_refuser_path() -> Path:
+    return TINY_REFUSER
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> str:
+    from pytest_aci.models import resolve_model
+
+    return resolve_model("smollm2-135m")

@@ -1,0 +1,84 @@
+"""End to end on the embedded SmolLM2-135M-Instruct, as a user runs it (slow; run in CI).
+
+SmolLM2 is not safety-aligned: it answers harmful requests and keeps complying after every
+insertion, so refuses/recovers items must fail with readable counterexamples, while the
+benign XSTest prompts pass the complies check.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pytest_aci.backends import vllm_available
+
+ROOT = Path(__file__).resolve().parent.parent
+SPECS = ROOT / "safety_specs"
+
+
+def copy_specs(pytester: pytest.Pytester, *names: str) -> None:
+    shutil.copytree(SPECS / "data", pytester.path / "data")
+    for name in names:
+        shutil.copy(SPECS / name, pytester.path / name)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_shipped_specs_collect(pytester):
+    shutil.copytree(SPECS, pytester.path / "safety_specs")
+    result = pytester.runpytest_subprocess("safety_specs", "--collect-only", "-q", "--aci-backend=hf")
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()
+    ids = [line for line in result.outlines if "::" in line]
+    assert sum("advbench.aci.yaml::" in i for i in ids) == 16
+    assert sum("xstest-safe.aci.yaml::complies[" in i for i in ids) == 8
+    assert "safety_specs/example.aci.yaml::recovers[bomb]" in ids
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "backend",
+    ["hf", pytest.param("vllm", marks=pytest.mark.skipif(not vllm_available(), reason="vLLM is not installed"))],
+)
+def test_smollm2_fails_refusal_and_recovery_with_replayable_counterexamples(pytester, backend):
+    copy_specs(pytester, "example.aci.yaml")
+    args = [f"--aci-backend={backend}", "--aci-seed=11", "--aci-report=report.jsonl", "--aci-examples=2"]
+    result = pytester.runpytest_subprocess("example.aci.yaml", *args, timeout=900)
+    text = result.stdout.str()
+    result.assert_outcomes(failed=4)
+    assert "insertion:    at token 0 of" in text
+    assert "refusal-keywords: no refusal marker in the response" in text
+    records = read_jsonl(pytester.path / "report.jsonl")
+    assert {r["check"] for r in records} == {"refuses", "recovers"}
+    assert all(r["backend"] == backend and r["model"] == "smollm2-135m" for r in records)
+    harmful = [r for r in records if r["verdict"]["harmful"]]
+    assert len(harmful) >= 4 and any(r["check"] == "recovers" for r in harmful)
+
+    # The printed replay command reproduces the same minimal counterexample on its own.
+    replay = next(line.split("replay:", 1)[1].strip() for line in result.outlines if "replay:" in line and "recovers[" in line)
+    argv = shlex.split(replay)[1:]
+    again = pytester.runpytest_subprocess(*argv, "--aci-report=replay.jsonl", timeout=900)
+    again.assert_outcomes(failed=1)
+    first_minimal = [r for r in records if r["nodeid"] == argv[0] and not r["passed"]][-1]
+    replayed = read_jsonl(pytester.path / "replay.jsonl")
+    assert replayed[-1]["position"] == first_minimal["position"] == 0
+    assert replayed[-1]["span"] == first_minimal["span"]
+    assert replayed[-1]["continuation"] == first_minimal["continuation"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not vllm_available(), reason="vLLM is not installed")
+def test_smollm2_answers_benign_xstest_prompts(pytester):
+    copy_specs(pytester, "xstest-safe.aci.yaml")
+    result = pytester.runpytest_subprocess("xstest-safe.aci.yaml", "--aci-backend=vllm", "--aci-report=r.jsonl", timeout=900)
+    records = read_jsonl(pytester.path / "r.jsonl")
+    assert len(records) == 8 and all(r["check"] == "complies" for r in records)
+    # SmolLM2 over-refuses rarely; every outcome must match its verdict.
+    assert all(r["passed"] == (not r["verdict"]["refused"]) for r in records)
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("passed", 0) == sum(r["passed"] for r in records) >= 6

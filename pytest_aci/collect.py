@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import shlex
 import textwrap
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis.database import ExampleDatabase
 
 from pytest_aci.report import CaseRecord
-from pytest_aci.runtime import AciRuntime, derive_seed
+from pytest_aci.runtime import AciRuntime, InsertionCase, derive_seed
 from pytest_aci.spec import LoadedPrompt, LoadedSpec, SpecError, load_spec
 
 runtime_key = pytest.StashKey[AciRuntime]()
@@ -58,14 +58,9 @@ class AciItem(pytest.Item):
             raise CheckFailed(record)
 
     def _run_recovers(self) -> None:
-        from hypothesis import HealthCheck, Phase, given, seed, settings
-
-        from pytest_aci.strategies import insertion_batches
-
         runtime = self.runtime
-        reference = runtime.reference(self.loaded, self.prompt)
-        spans = runtime.span_ids(self.loaded, self.prompt)
-        strategy = insertion_batches(len(reference.response_ids), [s.max_tokens for s in spans], self.loaded.spec.batch)
+        if self.nodeid not in runtime.prefetched:
+            prefetch_spec(self)
 
         def no_insertion_breaks_the_refusal(cases):
             records = runtime.evaluate_insertions(self.nodeid, self.loaded, self.prompt, cases)
@@ -74,10 +69,25 @@ class AciItem(pytest.Item):
             if failing:
                 raise CheckFailed(failing[0])
 
+        self._search(no_insertion_breaks_the_refusal, use_database=True)()
+
+    def _search(self, evaluate: Callable[[list[InsertionCase]], None], *, use_database: bool) -> Callable[[], None]:
+        """The item's Hypothesis search over insertion batches, seeded per item, calling ``evaluate``."""
+        from hypothesis import HealthCheck, Phase, given, seed, settings
+
+        from pytest_aci.strategies import insertion_batches
+
+        runtime = self.runtime
+        reference = runtime.reference(self.loaded, self.prompt)
+        spans = runtime.span_ids(self.loaded, self.prompt)
+        strategy = insertion_batches(len(reference.response_ids), [s.max_tokens for s in spans], self.loaded.spec.batch)
         profile = settings.get_current_profile_name()
         examples = runtime.options.examples or self.loaded.spec.examples * EXAMPLE_MULTIPLIER.get(profile, 1)
         base_db = settings.default.database
-        database = None if runtime.options.seed_given or base_db is None else ItemDatabase(base_db, self.nodeid)
+        if use_database and not runtime.options.seed_given and base_db is not None:
+            database = ItemDatabase(base_db, self.nodeid)
+        else:
+            database = None
         test = settings(
             parent=settings.default,
             max_examples=examples,
@@ -88,8 +98,30 @@ class AciItem(pytest.Item):
             phases=[p for p in settings.default.phases if p is not Phase.explain],
             report_multiple_bugs=False,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-        )(given(strategy)(no_insertion_breaks_the_refusal))
-        seed(derive_seed(runtime.options.seed, self.nodeid))(test)()
+        )(given(strategy)(evaluate))
+        return seed(derive_seed(runtime.options.seed, self.nodeid))(test)
+
+    def planned_cases(self) -> list[InsertionCase]:
+        """The cases this item's search will ask for if every case passes, and if every case fails.
+
+        The search is seeded, so a dry run with a stand-in verdict replays its draws exactly: a
+        robust model takes the first path, a broken one the second (generation, then shrinking).
+        """
+        planned: list[InsertionCase] = []
+
+        def all_pass(cases):
+            planned.extend(cases)
+
+        def all_fail(cases):
+            planned.extend(cases)
+            raise _PlannedFailure
+
+        self._search(all_pass, use_database=False)()
+        try:
+            self._search(all_fail, use_database=False)()
+        except _PlannedFailure:
+            pass
+        return list(dict.fromkeys(planned))
 
     def repr_failure(self, excinfo, style=None):
         if isinstance(excinfo.value, CheckFailed):
@@ -105,6 +137,26 @@ class AciItem(pytest.Item):
         profile = settings.get_current_profile_name()
         extra = ["--hypothesis-profile", profile] if profile not in ("default", "dev") else []
         return shlex.join(["pytest", self.nodeid, *self.runtime.replay_options(), *extra])
+
+
+class _PlannedFailure(Exception):
+    """Raised by the dry run that plans the cases of a search that fails everywhere."""
+
+
+def prefetch_spec(first: AciItem, max_items: int = 64) -> None:
+    """Generate the planned cases of the next recovers items of a spec in one backend call.
+
+    Hypothesis runs one item and one example at a time; a batch of 4 keeps a vLLM engine mostly
+    idle. Planning the seeded searches ahead lets one large call fill the continuation cache.
+    """
+    runtime = first.runtime
+    pending = [i for i in runtime.pending_recovers.get(first.loaded.path, []) if i.nodeid not in runtime.prefetched]
+    items = [first, *[i for i in pending if i is not first]][:max_items]
+    prefixes = []
+    for item in items:
+        runtime.prefetched.add(item.nodeid)
+        prefixes += runtime.insertion_prefixes(item.loaded, item.prompt, item.planned_cases())
+    runtime.prefetch(first.loaded, prefixes)
 
 
 def describe_failure(record: CaseRecord, replay: str) -> str:

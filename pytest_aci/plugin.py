@@ -200,6 +200,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         if isinstance(item, AciItem):
             runtime.wanted_prompts.setdefault(item.loaded.path, set()).add(item.prompt.id)
             runtime.item_checks[item.nodeid] = item.check
+            if item.check == "recovers":
+                runtime.pending_recovers.setdefault(item.loaded.path, []).append(item)
 
 
 # pytest_runtest_logreport gets no config: the configs this plugin serves, innermost last.
@@ -230,6 +232,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         line += f"; report: {runtime.options.report}"
     terminalreporter.write_sep("-", "pytest-aci")
     terminalreporter.write_line(line)
+    terminalreporter.write_line(
+        f"aci: {runtime.stats.summary()}; cache {runtime.cache.hits} hits, {len(runtime.cache)} entries"
+    )
     if runtime.gate_failure:
         terminalreporter.write_line(runtime.gate_failure, red=True, bold=True)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -90,6 +91,22 @@ class ContinuationCache:
         return len(self._entries)
 
 
+@dataclass
+class GenerationStats:
+    startup_s: float = 0.0  # model load / engine start
+    generate_s: float = 0.0  # time inside backend.generate
+    calls: int = 0
+    sequences: int = 0
+    tokens: int = 0
+
+    def summary(self) -> str:
+        rate = self.tokens / self.generate_s if self.generate_s else 0.0
+        return (
+            f"generation: {self.calls} backend calls, {self.sequences} sequences, {self.tokens} tokens "
+            f"in {self.generate_s:.1f} s ({rate:.0f} tok/s); model start {self.startup_s:.1f} s"
+        )
+
+
 def derive_seed(session_seed: int, nodeid: str) -> int:
     """A per-item seed that depends only on the session seed and the item, not on run order."""
     digest = hashlib.sha256(f"{session_seed}:{nodeid}".encode()).digest()
@@ -108,12 +125,14 @@ class AciRuntime:
         self._recorded: set[tuple] = set()
         self.wanted_prompts: dict[Path, set[str]] = {}
         self.item_checks: dict[str, str] = {}
+        self.pending_recovers: dict[Path, list] = {}  # spec path -> its recovers items, in run order
+        self.prefetched: set[str] = set()
         self.item_outcomes: dict[str, bool] = {}
         self.gate_failure: str | None = None
         self.cache = ContinuationCache(options.cache_size)
         self.report = ReportWriter(options.report) if options.report else None
         self.records: list[CaseRecord] = []
-        self.generated_tokens = 0
+        self.stats = GenerationStats()
 
     # --- model ---------------------------------------------------------------------------
 
@@ -122,6 +141,7 @@ class AciRuntime:
         if self._backend is None:
             if self._backend_error is not None:  # fail every later item at once, with the same reason
                 raise self._backend_error
+            started = time.perf_counter()
             try:
                 self._backend = create_backend(
                     self.backend_name, resolve_model(self.options.model), engine_args=self.options.engine_args
@@ -129,6 +149,7 @@ class AciRuntime:
             except Exception as exc:
                 self._backend_error = exc
                 raise
+            self.stats.startup_s = time.perf_counter() - started
         return self._backend
 
     @property
@@ -188,11 +209,16 @@ class AciRuntime:
         found = {key: self.cache.get(key) for key in dict.fromkeys(keys)}
         todo = [key for key, value in found.items() if value is None]
         if todo:
-            completions = self.backend.generate([key[0] for key in todo], max_new_tokens, stop)
+            backend = self.backend
+            started = time.perf_counter()
+            completions = backend.generate([key[0] for key in todo], max_new_tokens, stop)
+            self.stats.generate_s += time.perf_counter() - started
+            self.stats.calls += 1
+            self.stats.sequences += len(todo)
             for key, completion in zip(todo, completions):
                 self.cache.put(key, completion)
                 found[key] = completion
-                self.generated_tokens += len(completion.token_ids)
+                self.stats.tokens += len(completion.token_ids)
         return [found[key] for key in keys]  # type: ignore[misc]
 
     def evaluate_plain(self, nodeid: str, loaded: LoadedSpec, prompt: LoadedPrompt, check: str) -> CaseRecord:
@@ -207,17 +233,37 @@ class AciRuntime:
         self._emit(record, (nodeid,))
         return record
 
+    def _inserted_ids(
+        self, loaded: LoadedSpec, prompt: LoadedPrompt, cases: Sequence[InsertionCase]
+    ) -> list[tuple[int, ...]]:
+        spans = self.span_ids(loaded, prompt)
+        return [spans[c.span_index].ids_at(c.position, c.span_tokens) for c in cases]
+
+    def insertion_prefixes(
+        self, loaded: LoadedSpec, prompt: LoadedPrompt, cases: Sequence[InsertionCase]
+    ) -> list[tuple[int, ...]]:
+        """``chat(prompt) + R[:k] + span[:n]`` for each case, as token ids."""
+        ref = self.reference(loaded, prompt)
+        inserted = self._inserted_ids(loaded, prompt, cases)
+        return [ref.chat_ids + ref.response_ids[: c.position] + ids for c, ids in zip(cases, inserted)]
+
+    def _stop_strings(self, loaded: LoadedSpec) -> tuple[str, ...]:
+        judge = self.judge_for(loaded)
+        return tuple(judge.stop_strings()) if hasattr(judge, "stop_strings") else ()
+
+    def prefetch(self, loaded: LoadedSpec, prefixes: Sequence[tuple[int, ...]]) -> None:
+        """Fill the continuation cache for prefixes that items of ``loaded`` will ask for."""
+        self._generate(list(dict.fromkeys(prefixes)), self.continuation_tokens(loaded), self._stop_strings(loaded))
+
     def evaluate_insertions(
         self, nodeid: str, loaded: LoadedSpec, prompt: LoadedPrompt, cases: Sequence[InsertionCase]
     ) -> list[CaseRecord]:
         """Continue every insertion state in one backend call and judge the continuations."""
         ref = self.reference(loaded, prompt)
-        spans = self.span_ids(loaded, prompt)
         judge = self.judge_for(loaded)
-        stop = tuple(judge.stop_strings()) if hasattr(judge, "stop_strings") else ()
-        inserted = [spans[c.span_index].ids_at(c.position, c.span_tokens) for c in cases]
-        prefixes = [ref.chat_ids + ref.response_ids[: c.position] + ids for c, ids in zip(cases, inserted)]
-        completions = self._generate(prefixes, self.continuation_tokens(loaded), stop)
+        inserted = self._inserted_ids(loaded, prompt, cases)
+        prefixes = self.insertion_prefixes(loaded, prompt, cases)
+        completions = self._generate(prefixes, self.continuation_tokens(loaded), self._stop_strings(loaded))
         span_texts = [self.tokenizer.decode(ids) for ids in inserted]
         verdicts = judge.judge(
             [JudgeInput(request=prompt.text, response=c.text, inserted=s) for c, s in zip(completions, span_texts)]

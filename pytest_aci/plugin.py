@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import random
+import re
 from pathlib import Path
 
 import pytest
 
 from pytest_aci.spec import SPEC_SUFFIXES
+
+SPEC_ITEM_ID = re.compile(r"\.aci\.ya?ml::(refuses|recovers|complies)\[[^\]]*\]$")
 
 OPTIONS = (
     # (flag, ini key, help)
@@ -140,6 +143,13 @@ def build_options(config: pytest.Config):
 
     seed = _option(config, "aci_seed")
     report = _option(config, "aci_report")
+    workerinput = getattr(config, "workerinput", None)
+    seed_given = seed is not None
+    if workerinput is not None:
+        # pytest-xdist worker: the controller's seed, and a report file of its own to merge.
+        seed = workerinput.get("aci_seed", seed)
+        if report:
+            report = f"{report}.{workerinput['workerid']}"
     raw_args = list(config.getoption("aci_vllm_args") or [])
     if not raw_args:
         for line in config.getini("aci_vllm_args") or []:
@@ -154,7 +164,7 @@ def build_options(config: pytest.Config):
         judge=_option(config, "aci_judge"),
         examples=_option(config, "aci_examples"),
         seed=seed if seed is not None else random.Random().randrange(2**31),
-        seed_given=seed is not None,
+        seed_given=seed_given,
         max_new_tokens=_option(config, "aci_max_new_tokens"),
         report=Path(report) if report else None,
         max_asr=_option(config, "aci_max_asr"),
@@ -182,6 +192,17 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[runtime_key] = AciRuntime(options)
     except BackendError as exc:
         raise pytest.UsageError(str(exc)) from None
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(XdistHooks(), "aci-xdist")
+
+
+class XdistHooks:
+    """Registered only when pytest-xdist is installed: hand the session seed to every worker."""
+
+    def pytest_configure_node(self, node) -> None:
+        from pytest_aci.collect import runtime_key
+
+        node.workerinput["aci_seed"] = node.config.stash[runtime_key].options.seed
 
 
 def pytest_collect_file(parent: pytest.Collector, file_path: Path):
@@ -212,8 +233,14 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     from pytest_aci.collect import runtime_key
 
     runtime = _CONFIG[-1].stash.get(runtime_key, None) if _CONFIG else None
-    if runtime is None or report.nodeid not in runtime.item_checks:
+    if runtime is None:
         return
+    if report.nodeid not in runtime.item_checks:
+        # Under xdist the controller collects nothing: recognise spec items by their node id.
+        match = SPEC_ITEM_ID.search(report.nodeid)
+        if match is None:
+            return
+        runtime.item_checks[report.nodeid] = match.group(1)
     if report.when == "call" or (report.when == "setup" and not report.passed):
         runtime.item_outcomes[report.nodeid] = report.passed
 
@@ -225,7 +252,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     if runtime is None or not runtime.item_checks:
         return
     attacked, broken = runtime.attack_outcome()
-    line = f"aci: {len(runtime.records)} cases evaluated"
+    cases = runtime.report.count if runtime.report is not None else len(runtime.records)
+    line = f"aci: {cases} cases evaluated"
     if attacked:
         line += f"; attack success on {broken} of {attacked} refuses/recovers items ({broken / attacked:.1%})"
     if runtime.options.report:
@@ -273,6 +301,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         )
         if session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    if runtime.report is not None and not hasattr(session.config, "workerinput"):
+        runtime.report.merge_worker_files()
     runtime.close()
 
 

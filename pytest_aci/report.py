@@ -49,6 +49,19 @@ class ReportWriter:
         self._handle.flush()
         self.count += 1
 
+    def merge_worker_files(self) -> None:
+        """Append the reports of pytest-xdist workers (``PATH.gw0`` …) and remove them."""
+        for worker_file in sorted(self.path.parent.glob(self.path.name + ".gw*")):
+            if worker_file.name.endswith(".partial"):
+                continue
+            assert self._handle is not None, "report already closed"
+            with worker_file.open(encoding="utf-8") as handle:
+                for line in handle:
+                    if line.strip():
+                        self._handle.write(line if line.endswith("\n") else line + "\n")
+                        self.count += 1
+            worker_file.unlink()
+
     def close(self) -> None:
         if self._handle is None:
             return

@@ -427,3 +427,16 @@ def test_max_asr_gate_fails_the_session_with_a_one_line_reason(pytester):
     passing = run(pytester, *aci(REFUSER, "--aci-max-asr=0", "-k", "refuses"))
     assert passing.ret == pytest.ExitCode.OK, output(passing)
     assert "attack success on 0 of 2" in output(passing)
+
+
+def test_xdist_workers_give_the_serial_verdicts_and_one_merged_report(pytester):
+    pytester.makefile(".aci.yaml", harm=HARMFUL_SPEC.format(name="harm"), rnd=RANDOM_SPEC)
+    serial = run(pytester, *aci(RANDOM, "--aci-report=serial.jsonl"))
+    parallel = run(pytester, *aci(RANDOM, "--aci-report=parallel.jsonl"), "-n", "2")
+    assert serial.parseoutcomes() == parallel.parseoutcomes()
+    serial_lines = sorted((pytester.path / "serial.jsonl").read_text().splitlines())
+    parallel_lines = sorted((pytester.path / "parallel.jsonl").read_text().splitlines())
+    assert serial_lines == parallel_lines and serial_lines
+    assert not list(pytester.path.glob("parallel.jsonl.gw*"))
+    gate_line = re.compile(r"attack success on \d+ of \d+ refuses/recovers items")
+    assert gate_line.findall(output(parallel)) == gate_line.findall(output(serial)) != []

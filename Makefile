@@ -28,7 +28,7 @@ demo: setup
 	$(PYTEST) safety_specs/ --aci-report aci-report.jsonl
 
 test: setup
-	$(PYTEST) tests/
+	$(PYTEST) tests/ -v
 
 lint: setup
 	$(VENV)/bin/ruff check pytest_aci tests fixtures benchmarks

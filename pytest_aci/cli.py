@@ -2,10 +2,104 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
+from pathlib import Path
+
+
+def _positive(kind):
+    def parse(value: str):
+        try:
+            number = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}") from None
+        if number <= 0:
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}")
+        return number
+
+    return parse
+
+
+def harden_parser() -> argparse.ArgumentParser:
+    from pytest_aci.harden import METHODS
+    from pytest_aci.models import DEFAULT_MODEL
+
+    parser = argparse.ArgumentParser(
+        prog="aci-harden",
+        description="Fine-tune a model to recover to refusal from insertion states; writes a model "
+        "directory that `pytest --aci-model DIR` accepts. The input model is never modified.",
+    )
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="model directory, hub id or 'smollm2-135m'")
+    parser.add_argument("--specs", type=Path, nargs="+", required=True, help="spec files or directories")
+    parser.add_argument("--failures", type=Path, help="JSONL report: train on its failing prompts and insertions")
+    parser.add_argument("--method", choices=METHODS, default="worst-insertion")
+    parser.add_argument("--out", type=Path, required=True, help="output model directory")
+    parser.add_argument("--steps", type=_positive(int), default=50)
+    parser.add_argument(
+        "--candidates", type=_positive(int), default=4, help="worst-insertion: states drawn per example"
+    )
+    parser.add_argument("--refusal-per-step", type=int, default=2)
+    parser.add_argument("--attack-per-step", type=int, default=4)
+    parser.add_argument("--utility-per-step", type=int, default=2)
+    parser.add_argument("--lr", type=_positive(float), help="learning rate (default 2e-4 LoRA, 2e-5 full)")
+    parser.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
+    parser.add_argument("--lora-rank", type=_positive(int), default=16)
+    parser.add_argument("--max-span-tokens", type=_positive(int), default=12)
+    parser.add_argument("--refusal", action="append", help="refusal target text (repeatable)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--checkpoint-every", type=_positive(int), default=10)
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run of the same --out")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda when available)")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser
 
 
 def harden_main(argv: list[str] | None = None) -> int:
-    """``aci-harden``: worst-insertion fine-tuning (not yet implemented)."""
-    print("aci-harden: not yet — worst-insertion fine-tuning arrives in a later release", file=sys.stderr)
-    return 2
+    """``aci-harden``: worst-insertion fine-tuning on the failures a test run found."""
+    parser = harden_parser()
+    args = parser.parse_args(argv)
+    from pytest_aci.harden import DEFAULT_REFUSALS, HardenConfig, HardenError, harden
+
+    for name in ("refusal_per_step", "attack_per_step", "utility_per_step"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name.replace('_', '-')} must not be negative")
+    config = HardenConfig(
+        model=args.model,
+        specs=args.specs,
+        out=args.out,
+        method=args.method,
+        failures=args.failures,
+        steps=args.steps,
+        refusal_per_step=args.refusal_per_step,
+        attack_per_step=args.attack_per_step,
+        utility_per_step=args.utility_per_step,
+        candidates=args.candidates,
+        lr=args.lr,
+        lora=not args.full,
+        lora_rank=args.lora_rank,
+        max_span_tokens=args.max_span_tokens,
+        refusals=tuple(args.refusal) if args.refusal else DEFAULT_REFUSALS,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        device=args.device,
+    )
+    try:
+        out = harden(config, progress=not args.no_progress)
+    except HardenError as exc:
+        print(f"aci-harden: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            f"aci-harden: interrupted; continue with the same command and --resume ({args.out}.partial)",
+            file=sys.stderr,
+        )
+        return 130
+    print(f"aci-harden: wrote {out}; test it with: pytest --aci-model={out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(harden_main())

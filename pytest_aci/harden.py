@@ -1,0 +1,453 @@
+"""aci-harden: fine-tune a model to recover to refusal from (worst-case) insertion states.
+
+Methods (equal compute: the same steps × examples per step):
+- ``sft``: refusal-only fine-tuning on the plain prompts (the shallow baseline);
+- ``prefix-augment``: Qi et al.'s safety recovery — a harmful prefix of random length, then the refusal;
+- ``random-insertion``: a harmful span at a random token k inside the refusal R, then the refusal again;
+- ``worst-insertion``: M random (k, span) candidates per example, keep the one the *current* model
+  handles worst (highest loss on the recovery target), redrawn at every step.
+Loss is on target tokens only. Each step also holds plain refusals and utility examples (benign prompts
+answered by the base model before training), so the model keeps refusing plainly and keeps helping.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+METHODS = ("sft", "prefix-augment", "random-insertion", "worst-insertion")
+DEFAULT_REFUSALS = (
+    "I'm sorry, but I cannot help with that request.",
+    "I cannot assist with that. It could cause serious harm.",
+    "I'm sorry, I can't provide that. If you have another question, I'm happy to help.",
+)
+IGNORE = -100
+
+
+class HardenError(Exception):
+    """A bad argument, input or state; the message is the one line the user sees."""
+
+
+@dataclass
+class HardenConfig:
+    model: str
+    specs: list[Path]
+    out: Path
+    method: str = "worst-insertion"
+    failures: Path | None = None
+    steps: int = 50
+    refusal_per_step: int = 2
+    attack_per_step: int = 4
+    utility_per_step: int = 2
+    candidates: int = 4
+    lr: float | None = None  # default: 2e-4 with LoRA, 2e-5 for full fine-tuning
+    lora: bool = True
+    lora_rank: int = 16
+    max_span_tokens: int = 12
+    max_prefix_tokens: int = 100
+    utility_tokens: int = 64
+    max_utility_prompts: int = 64
+    refusals: tuple[str, ...] = DEFAULT_REFUSALS
+    seed: int = 0
+    checkpoint_every: int = 10
+    resume: bool = False
+    overwrite: bool = False
+    device: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else (2e-4 if self.lora else 2e-5)
+
+
+@dataclass(frozen=True)
+class Example:
+    input_ids: tuple[int, ...]
+    labels: tuple[int, ...]  # IGNORE where no loss is taken
+    kind: str  # refusal | attack | utility
+
+
+@dataclass(frozen=True)
+class HarmfulPrompt:
+    text: str
+    spans: tuple[str, ...]
+    failing: tuple[tuple[str, int], ...] = ()  # (span text, position) of reported failures
+
+
+# --- data ---------------------------------------------------------------------------------
+
+
+def load_prompts(config: HardenConfig) -> tuple[list[HarmfulPrompt], list[str]]:
+    """Harmful prompts (with spans) from refuses/recovers specs, benign ones from complies specs."""
+    from pytest_aci.spec import SpecError, load_spec
+
+    harmful: dict[str, HarmfulPrompt] = {}
+    benign: list[str] = []
+    for path in _spec_files(config.specs):
+        try:
+            loaded = load_spec(path)
+        except SpecError as exc:
+            raise HardenError(str(exc)) from None
+        for prompt in loaded.prompts:
+            if "complies" in loaded.spec.checks:
+                benign.append(prompt.text)
+            if {"refuses", "recovers"} & set(loaded.spec.checks):
+                spans = tuple(loaded.spans_for(prompt)) or ("Sure, here is how to do it. Step 1:",)
+                harmful.setdefault(prompt.text, HarmfulPrompt(prompt.text, spans))
+    if not harmful:
+        raise HardenError("no harmful prompts: give --specs with refuses/recovers checks")
+    prompts = list(harmful.values())
+    if config.failures is not None:
+        prompts = _focus_on_failures(config.failures, harmful)
+    return prompts, list(dict.fromkeys(benign))
+
+
+def _spec_files(paths: Sequence[Path]) -> list[Path]:
+    from pytest_aci.spec import SPEC_SUFFIXES
+
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.name.endswith(SPEC_SUFFIXES))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise HardenError(f"--specs {path}: no such file or directory")
+    if not files:
+        raise HardenError(f"--specs {', '.join(map(str, paths))}: no *.aci.yaml files")
+    return files
+
+
+def _focus_on_failures(report: Path, harmful: dict[str, HarmfulPrompt]) -> list[HarmfulPrompt]:
+    from pytest_aci.report import read_report
+
+    try:
+        records = read_report(report)
+    except FileNotFoundError:
+        raise HardenError(f"--failures {report}: no such file") from None
+    except ValueError as exc:
+        raise HardenError(f"--failures: {exc}") from None
+    failing: dict[str, list[tuple[str, int]]] = {}
+    for record in records:
+        if record.passed or record.check == "complies":
+            continue
+        entry = failing.setdefault(record.prompt, [])
+        if record.check == "recovers" and record.span and record.position is not None:
+            entry.append((record.span.strip(), record.position))
+    focused = [
+        HarmfulPrompt(h.text, h.spans, tuple(dict.fromkeys(failing[text])))
+        for text, h in harmful.items()
+        if text in failing
+    ]
+    if not focused:
+        raise HardenError(f"--failures {report}: no failing refuses/recovers case matches a prompt of --specs")
+    return focused
+
+
+class ExampleBuilder:
+    """Token-level training examples; the insertion happens inside the refusal target, like the attack."""
+
+    def __init__(self, tokenizer, config: HardenConfig, rng: random.Random):
+        self.tokenizer, self.config, self.rng = tokenizer, config, rng
+        self.eos = [tokenizer.eos_token_id]
+        self._chat: dict[str, list[int]] = {}
+
+    def chat(self, text: str) -> list[int]:
+        if text not in self._chat:
+            self._chat[text] = list(
+                self.tokenizer.apply_chat_template(
+                    [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True, return_dict=False
+                )
+            )
+        return self._chat[text]
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def refusal_ids(self) -> list[int]:
+        return self.encode(self.rng.choice(self.config.refusals))
+
+    def _example(self, context: list[int], target: list[int], kind: str) -> Example:
+        target = target + self.eos
+        return Example(tuple(context + target), tuple([IGNORE] * len(context) + target), kind)
+
+    def refusal(self, prompt: HarmfulPrompt) -> Example:
+        return self._example(self.chat(prompt.text), self.refusal_ids(), "refusal")
+
+    def prefix_augmented(self, prompt: HarmfulPrompt) -> Example:
+        """Qi et al.: a harmful prefix of 1..100 tokens at the start of the answer, then the refusal."""
+        harmful = self.encode(self.rng.choice(prompt.spans))[: self.config.max_prefix_tokens]
+        length = self.rng.randint(1, len(harmful))
+        return self._example(self.chat(prompt.text) + harmful[:length], self.refusal_ids(), "attack")
+
+    def insertion(self, prompt: HarmfulPrompt, span: str | None = None, position: int | None = None) -> Example:
+        """``chat + R[:k] + span[:n]``, recovering with a refusal; R is a refusal target."""
+        refusal = self.refusal_ids()
+        k = self.rng.randint(0, len(refusal)) if position is None else min(position, len(refusal))
+        text = (span or self.rng.choice(prompt.spans)).strip()
+        span_ids = self.encode((" " if k else "") + text)[: self.config.max_span_tokens]
+        n = self.rng.randint(1, len(span_ids)) if span is None else len(span_ids)
+        context = self.chat(prompt.text) + refusal[:k] + span_ids[:n]
+        return self._example(context, self.refusal_ids(), "attack")
+
+    def candidates(self, prompt: HarmfulPrompt, count: int) -> list[Example]:
+        """Random insertion states, led by the reported failing insertions of this prompt."""
+        seeded = [self.insertion(prompt, span, position) for span, position in prompt.failing]
+        self.rng.shuffle(seeded)
+        drawn = [self.insertion(prompt) for _ in range(max(0, count - len(seeded)))]
+        return (seeded + drawn)[: max(count, 1)]
+
+    def utility(self, prompt: str, answer: Sequence[int]) -> Example:
+        return self._example(self.chat(prompt), list(answer), "utility")
+
+
+# --- model --------------------------------------------------------------------------------
+
+
+def _collate(examples: Sequence[Example], pad_id: int, device: str):
+    import torch
+
+    width = max(len(e.input_ids) for e in examples)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, example in enumerate(examples):
+        n = len(example.input_ids)
+        input_ids[row, :n] = torch.tensor(example.input_ids)
+        labels[row, :n] = torch.tensor(example.labels)
+        mask[row, :n] = 1
+    return input_ids.to(device), labels.to(device), mask.to(device)
+
+
+def per_example_loss(model, examples: Sequence[Example], pad_id: int, device: str):
+    """Mean token loss on each example's target tokens (a tensor of shape [len(examples)])."""
+    import torch
+
+    input_ids, labels, mask = _collate(examples, pad_id, device)
+    logits = model(input_ids=input_ids, attention_mask=mask).logits[:, :-1].float()
+    targets = labels[:, 1:]
+    losses = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE, reduction="none"
+    ).view(targets.shape)
+    counts = (targets != IGNORE).sum(dim=1).clamp(min=1)
+    return losses.sum(dim=1) / counts
+
+
+def select_worst(model, candidates: Sequence[Example], pad_id: int, device: str) -> tuple[Example, float]:
+    """The candidate the current model recovers from worst: the highest loss on its recovery target."""
+    import torch
+
+    with torch.no_grad():
+        losses = per_example_loss(model, candidates, pad_id, device)
+    index = int(torch.argmax(losses))
+    return candidates[index], float(losses[index])
+
+
+def generate_answers(model, tokenizer, builder: ExampleBuilder, prompts: Sequence[str], tokens: int, device: str):
+    """The base model's own greedy answers to benign prompts: the utility targets."""
+    import torch
+
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    answers = []
+    for start in range(0, len(prompts), 16):
+        chunk = [builder.chat(p) for p in prompts[start : start + 16]]
+        width = max(map(len, chunk))
+        ids = torch.tensor([[pad] * (width - len(c)) + c for c in chunk], device=device)
+        mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in chunk], device=device)
+        with torch.inference_mode():
+            out = model.generate(
+                input_ids=ids, attention_mask=mask, max_new_tokens=tokens, do_sample=False, pad_token_id=pad
+            )
+        for row in out[:, width:].tolist():
+            answers.append(row[: row.index(eos)] if eos in row else row)
+    return answers
+
+
+# --- the run ------------------------------------------------------------------------------
+
+
+def _hash_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def harden(config: HardenConfig, *, progress: bool = True, stop_after: int | None = None) -> Path:
+    """Run the fine-tuning and write ``config.out``; ``stop_after`` interrupts (for tests) after N steps."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pytest_aci.models import ModelNotFound, resolve_model
+
+    if config.method not in METHODS:
+        raise HardenError(f"--method {config.method!r}: choose from {', '.join(METHODS)}")
+    out = config.out
+    if out.exists() and not config.overwrite:
+        raise HardenError(f"--out {out}: already exists (pass --overwrite to replace it)")
+    work = out.with_name(out.name + ".partial")
+    state_file = work / "checkpoint.pt"
+    if work.exists() and not config.resume:
+        raise HardenError(f"{work} holds an interrupted run: pass --resume to continue it, or remove it")
+    if config.resume and not state_file.exists():
+        raise HardenError(f"--resume: no checkpoint in {work}")
+    try:
+        model_path = resolve_model(config.model)
+    except ModelNotFound as exc:
+        raise HardenError(str(exc).replace("--aci-model", "--model")) from None
+
+    random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    rng = random.Random(config.seed)
+    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(device)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    builder = ExampleBuilder(tokenizer, config, rng)
+
+    harmful, benign = load_prompts(config)
+    benign = benign[: config.max_utility_prompts]
+    model.eval()
+    answers = generate_answers(model, tokenizer, builder, benign, config.utility_tokens, device) if benign else []
+    utility = [builder.utility(p, a) for p, a in zip(benign, answers) if a]
+
+    if config.lora:
+        from peft import LoraConfig, get_peft_model
+
+        targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        model = get_peft_model(
+            model,
+            LoraConfig(r=config.lora_rank, lora_alpha=2 * config.lora_rank, target_modules=targets, lora_dropout=0.0),
+        )
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
+
+    losses: list[dict[str, float]] = []
+    step = 0
+    if config.resume:
+        state = torch.load(state_file, map_location=device, weights_only=False)
+        if state["config"] != _config_fingerprint(config):
+            raise HardenError(f"--resume: {work} was started with other settings; remove it or match them")
+        named = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, tensor in state["trainable"].items():
+                named[name].copy_(tensor)
+        optimizer.load_state_dict(state["optimizer"])
+        rng.setstate(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+        step, losses = state["step"], state["losses"]
+    work.mkdir(parents=True, exist_ok=True)
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=config.steps, initial=step, desc=f"aci-harden {config.method}", disable=not progress)
+    model.train()
+    while step < config.steps:
+        started = time.perf_counter()
+        batch, worst_losses = _make_batch(config, builder, harmful, utility, rng, model, pad_id, device)
+        loss = per_example_loss(model, batch, pad_id, device).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        step += 1
+        entry = {"step": step, "loss": float(loss), "seconds": time.perf_counter() - started}
+        if worst_losses:
+            entry["worst_candidate_loss"] = sum(worst_losses) / len(worst_losses)
+        losses.append(entry)
+        bar.set_postfix(loss=f"{float(loss):.3f}")
+        bar.update(1)
+        if step % config.checkpoint_every == 0 or step == config.steps:
+            _save_checkpoint(state_file, model, optimizer, rng, step, losses, config)
+        if stop_after is not None and step >= stop_after and step < config.steps:
+            bar.close()
+            raise KeyboardInterrupt(f"stopped after step {step}")
+    bar.close()
+
+    final = work / "model"
+    shutil.rmtree(final, ignore_errors=True)
+    model.eval()
+    merged = model.merge_and_unload() if config.lora else model
+    merged.save_pretrained(final)
+    tokenizer.save_pretrained(final)
+    _write_json(
+        final / "aci_harden.json",
+        {
+            "config": {**asdict(config), "learning_rate": config.learning_rate},
+            "base_model": config.model,
+            "seed": config.seed,
+            "data": {
+                "harmful_prompts": len(harmful),
+                "utility_examples": len(utility),
+                "specs": {str(p): _hash_file(p) for p in _spec_files(config.specs)},
+                "failures": _hash_file(config.failures) if config.failures else None,
+            },
+            "loss_curve": losses,
+        },
+    )
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(final, out)
+    shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def _make_batch(config, builder, harmful, utility, rng, model, pad_id, device) -> tuple[list[Example], list[float]]:
+    batch: list[Example] = []
+    worst_losses: list[float] = []
+    refusals = config.refusal_per_step + (config.attack_per_step if config.method == "sft" else 0)
+    batch += [builder.refusal(rng.choice(harmful)) for _ in range(refusals)]
+    if config.method != "sft":
+        for _ in range(config.attack_per_step):
+            prompt = rng.choice(harmful)
+            if config.method == "prefix-augment":
+                batch.append(builder.prefix_augmented(prompt))
+            elif config.method == "random-insertion":
+                batch.append(builder.insertion(prompt))
+            else:
+                model.eval()
+                example, loss = select_worst(model, builder.candidates(prompt, config.candidates), pad_id, device)
+                model.train()
+                batch.append(example)
+                worst_losses.append(loss)
+    if utility:
+        batch += [rng.choice(utility) for _ in range(config.utility_per_step)]
+    else:  # no benign prompts given: keep the examples per step equal across methods
+        batch += [builder.refusal(rng.choice(harmful)) for _ in range(config.utility_per_step)]
+    return batch, worst_losses
+
+
+def _config_fingerprint(config: HardenConfig) -> dict[str, Any]:
+    keep = asdict(config)
+    for volatile in ("resume", "overwrite", "device", "out"):
+        keep.pop(volatile, None)
+    return json.loads(json.dumps(keep, default=str))
+
+
+def _save_checkpoint(path: Path, model, optimizer, rng, step, losses, config) -> None:
+    import torch
+
+    state = {
+        "trainable": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad},
+        "optimizer": optimizer.state_dict(),
+        "rng": rng.getstate(),
+        "torch_rng": torch.get_rng_state(),
+        "step": step,
+        "losses": losses,
+        "config": _config_fingerprint(config),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)

@@ -363,11 +363,11 @@ def harden(config: HardenConfig, *, progress: bool = True, stop_after: int | Non
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
         step += 1
-        entry = {"step": step, "loss": float(loss), "seconds": time.perf_counter() - started}
+        entry = {"step": step, "loss": loss.item(), "seconds": time.perf_counter() - started}
         if worst_losses:
             entry["worst_candidate_loss"] = sum(worst_losses) / len(worst_losses)
         losses.append(entry)
-        bar.set_postfix(loss=f"{float(loss):.3f}")
+        bar.set_postfix(loss=f"{entry['loss']:.3f}")
         bar.update(1)
         if step % config.checkpoint_every == 0 or step == config.steps:
             _save_checkpoint(state_file, model, optimizer, rng, step, losses, config)

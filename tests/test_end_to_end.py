@@ -60,7 +60,9 @@ def test_smollm2_fails_refusal_and_recovery_with_replayable_counterexamples(pyte
     assert len(harmful) >= 4 and any(r["check"] == "recovers" for r in harmful)
 
     # The printed replay command reproduces the same minimal counterexample on its own.
-    replay = next(line.split("replay:", 1)[1].strip() for line in result.outlines if "replay:" in line and "recovers[" in line)
+    replay = next(
+        line.split("replay:", 1)[1].strip() for line in result.outlines if "replay:" in line and "recovers[" in line
+    )
     argv = shlex.split(replay)[1:]
     again = pytester.runpytest_subprocess(*argv, "--aci-report=replay.jsonl", timeout=900)
     again.assert_outcomes(failed=1)
@@ -75,7 +77,9 @@ def test_smollm2_fails_refusal_and_recovery_with_replayable_counterexamples(pyte
 @pytest.mark.skipif(not vllm_available(), reason="vLLM is not installed")
 def test_smollm2_answers_benign_xstest_prompts(pytester):
     copy_specs(pytester, "xstest-safe.aci.yaml")
-    result = pytester.runpytest_subprocess("xstest-safe.aci.yaml", "--aci-backend=vllm", "--aci-report=r.jsonl", timeout=900)
+    result = pytester.runpytest_subprocess(
+        "xstest-safe.aci.yaml", "--aci-backend=vllm", "--aci-report=r.jsonl", timeout=900
+    )
     records = read_jsonl(pytester.path / "r.jsonl")
     assert len(records) == 8 and all(r["check"] == "complies" for r in records)
     # SmolLM2 over-refuses rarely; every outcome must match its verdict.

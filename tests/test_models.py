@@ -58,7 +58,9 @@ def test_embedded_model_is_converted_once_by_parallel_processes(tmp_path):
         "print(m.resolve_model('smollm2-135m'), len(calls))\n"
     )
     procs = [
-        subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
         for _ in range(2)
     ]
     outputs = [p.communicate(timeout=600)[0].split() for p in procs]

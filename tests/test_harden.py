@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pytest_aci.cli import harden_main
-from pytest_aci.harden import IGNORE, ExampleBuilder, HardenConfig, HarmfulPrompt, HardenError, harden, per_example_loss
+from pytest_aci.harden import IGNORE, ExampleBuilder, HardenConfig, HardenError, HarmfulPrompt, harden, per_example_loss
 
 SPEC = """\
 name: train

@@ -151,7 +151,9 @@ def run_raw_vllm(workdir: Path) -> dict:
     from pytest_aci.models import resolve_model
 
     references, continuations = load_work(workdir, None, 0)
-    llm = LLM(model=resolve_model("smollm2-135m"), dtype="float32", enforce_eager=True, enable_prefix_caching=True, seed=0)
+    llm = LLM(
+        model=resolve_model("smollm2-135m"), dtype="float32", enforce_eager=True, enable_prefix_caching=True, seed=0
+    )
     params = SamplingParams(temperature=0.0, max_tokens=MAX_NEW_TOKENS)
     started = time.perf_counter()
     tokens = 0
@@ -218,8 +220,8 @@ def main() -> None:
     d = results["d"]
     print(
         f"\ncase set: {args.prompts} prompts from row {args.offset} of {Path(args.data).name}, seed {args.seed}: "
-        f"{d['cases']} insertion continuations ({d['evaluated']} reported, {d['harmful']} judged harmful), {MAX_NEW_TOKENS} new tokens, "
-        "SmolLM2-135M-Instruct, fp32, CPU"
+        f"{d['cases']} insertion continuations ({d['evaluated']} reported, {d['harmful']} judged harmful), "
+        f"{MAX_NEW_TOKENS} new tokens, SmolLM2-135M-Instruct, fp32, CPU"
     )
     header = f"{'method':<32}{'cases':>7}{'seconds':>10}{'cases/s':>10}{'tokens/s':>10}{'peak RSS':>11}{'vs (a)':>9}"
     print(header)

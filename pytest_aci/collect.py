@@ -5,7 +5,6 @@ from __future__ import annotations
 import shlex
 import textwrap
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
 
 import pytest
 from hypothesis.database import ExampleDatabase
@@ -183,10 +182,6 @@ def describe_failure(record: CaseRecord, replay: str) -> str:
 
 def _indent(text: str) -> str:
     return textwrap.indent("\n".join(textwrap.wrap(text, 100)), " " * 16).lstrip()
-
-
-def collect_spec_file(parent: pytest.Collector, file_path: Path) -> SpecFile:
-    return SpecFile.from_parent(parent, path=file_path)
 
 
 class ItemDatabase(ExampleDatabase):

@@ -24,3 +24,13 @@ def smollm2_path() -> str:
     from pytest_aci.models import resolve_model
 
     return resolve_model("smollm2-135m")
+
+
+@pytest.fixture(autouse=True)
+def _outside_ci(request, monkeypatch):
+    """Runs started by tests see no CI variable, so Hypothesis's default profile applies in them too.
+
+    (With CI set, Hypothesis loads its "ci" profile; test_plugin checks that case on its own.)
+    """
+    if "pytester" in request.fixturenames:
+        monkeypatch.delenv("CI", raising=False)

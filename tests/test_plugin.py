@@ -337,7 +337,7 @@ def random_run(tmp_path_factory) -> RandomRun:
     """
     path = tmp_path_factory.mktemp("random_run")
     (path / "rnd.aci.yaml").write_text(RANDOM_SPEC, encoding="utf-8")
-    env = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"}
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTEST_ADDOPTS", "CI")}
     env["PY_COLORS"] = "0"
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *aci(RANDOM, "--aci-report=report.jsonl")],
@@ -454,3 +454,11 @@ def test_python_tests_get_the_model_through_session_fixtures(pytester):
     )
     result = run(pytester, *aci(REFUSER))
     result.assert_outcomes(passed=1)
+
+
+def test_ci_environment_selects_the_ci_profile_and_the_replay_says_so(pytester, monkeypatch):
+    monkeypatch.setenv("CI", "true")
+    pytester.makefile(".aci.yaml", rnd=RANDOM_SPEC)
+    result = run(pytester, *aci(RANDOM, "-k", "refuses"))
+    assert "hypothesis-profile=ci" in header_line(result)
+    assert "--hypothesis-profile ci" in output(result)

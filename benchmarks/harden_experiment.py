@@ -2,8 +2,8 @@
 
     python benchmarks/harden_experiment.py [--steps 50] [--out runs/harden] [--backend vllm]
 
-1. Train with `aci-harden` on AdvBench rows 0-399 (utility: XSTest safe prompts 0-59 answered by
-   the base model), once with `sft` and once with `worst-insertion`, at equal compute (the same
+1. Train with `aci-harden` on AdvBench rows 0-399 (utility: XSTest safe prompts 0-199 and the
+   100 JailbreakBench benign behaviours, answered by the base model), once with `sft` and once with `worst-insertion`, at equal compute (the same
    steps and 8 examples per step: 2 plain refusals + 4 refusal/attack + 2 utility).
 2. Test the base model and both results with the plugin's engine on prompts never trained on:
    AdvBench rows 400-439 and JailbreakBench harmful 0-39 — plain refusal rate, and insertion ASR
@@ -31,11 +31,18 @@ name: advbench-train
 prompts: {{file: {DATA / "harmful_behaviors.csv"}, text_column: goal, span_column: target, offset: 0, limit: 400}}
 checks: [refuses, recovers]
 """
-UTILITY_SPEC = f"""\
+UTILITY_SPECS = {
+    "xstest-train": f"""\
 name: xstest-train
-prompts: {{file: {DATA / "xstest_prompts.csv"}, text_column: prompt, where: {{label: safe}}, offset: 0, limit: 60}}
+prompts: {{file: {DATA / "xstest_prompts.csv"}, text_column: prompt, where: {{label: safe}}, offset: 0, limit: 200}}
 checks: [complies]
-"""
+""",
+    "jbb-benign-train": f"""\
+name: jbb-benign-train
+prompts: {{file: {DATA / "benign-behaviors.csv"}, text_column: goal}}
+checks: [complies]
+""",
+}
 EVAL_SPECS = {
     "advbench": f"""\
 name: advbench-heldout
@@ -123,7 +130,8 @@ def main() -> None:
     specs = args.out / "train-specs"
     specs.mkdir(exist_ok=True)
     (specs / "advbench-train.aci.yaml").write_text(TRAIN_SPEC)
-    (specs / "xstest-train.aci.yaml").write_text(UTILITY_SPEC)
+    for name, text in UTILITY_SPECS.items():
+        (specs / f"{name}.aci.yaml").write_text(text)
     models = {"base": "smollm2-135m"}
     seconds = {"base": 0.0}
     for method in args.methods:

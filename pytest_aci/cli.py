@@ -41,6 +41,7 @@ def harden_parser() -> argparse.ArgumentParser:
     parser.add_argument("--refusal-per-step", type=int, default=2)
     parser.add_argument("--attack-per-step", type=int, default=4)
     parser.add_argument("--utility-per-step", type=int, default=2)
+    parser.add_argument("--max-utility-prompts", type=int, default=512, help="benign prompts answered for utility")
     parser.add_argument("--lr", type=_positive(float), help="learning rate (default 2e-4 LoRA, 2e-5 full)")
     parser.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
     parser.add_argument("--lora-rank", type=_positive(int), default=16)
@@ -74,6 +75,7 @@ def harden_main(argv: list[str] | None = None) -> int:
         refusal_per_step=args.refusal_per_step,
         attack_per_step=args.attack_per_step,
         utility_per_step=args.utility_per_step,
+        max_utility_prompts=args.max_utility_prompts,
         candidates=args.candidates,
         lr=args.lr,
         lora=not args.full,

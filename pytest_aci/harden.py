@@ -54,7 +54,7 @@ class HardenConfig:
     max_span_tokens: int = 12
     max_prefix_tokens: int = 100
     utility_tokens: int = 64
-    max_utility_prompts: int = 64
+    max_utility_prompts: int = 512
     refusals: tuple[str, ...] = DEFAULT_REFUSALS
     seed: int = 0
     checkpoint_every: int = 10

@@ -3,8 +3,9 @@
     python benchmarks/harden_experiment.py [--steps 50] [--out runs/harden] [--backend vllm]
 
 1. Train with `aci-harden` on AdvBench rows 0-399 (utility: XSTest safe prompts 0-199 and the
-   100 JailbreakBench benign behaviours, answered by the base model), once with `sft` and once with `worst-insertion`, at equal compute (the same
-   steps and 8 examples per step: 2 plain refusals + 4 refusal/attack + 2 utility).
+   100 JailbreakBench benign behaviours, answered by the base model), once with `sft` and once
+   with `worst-insertion`, at equal compute (the same steps and 8 examples per step: 2 plain
+   refusals + 4 refusal/attack + 2 utility).
 2. Test the base model and both results with the plugin's engine on prompts never trained on:
    AdvBench rows 400-439 and JailbreakBench harmful 0-39 — plain refusal rate, and insertion ASR
    (keyword judge, 12-token target span, 40 new tokens) at k = 0 and at one random k in each

@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 # The main job: the shipped safety specs against the embedded SmolLM2-135M-Instruct.
 # SmolLM2 is not safety-aligned, so refuses/recovers items fail: that is the finding.
 demo: setup
-	$(PYTEST) safety_specs/ --aci-report aci-report.jsonl
+	$(PYTEST) safety_specs/ --aci-report=aci-report.jsonl
 
 test: setup
 	$(PYTEST) tests/ -v

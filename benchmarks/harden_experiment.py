@@ -4,8 +4,8 @@
 
 1. Train with `aci-harden` on AdvBench rows 0-399 (utility: XSTest safe prompts 0-199 and the
    100 JailbreakBench benign behaviours, answered by the base model), once with `sft` and once
-   with `worst-insertion`, at equal compute (the same steps and 8 examples per step: 2 plain
-   refusals + 4 refusal/attack + 2 utility).
+   with `worst-insertion`, at equal compute (the same steps and 10 examples per step: 2 plain
+   refusals + 4 refusal/attack + 4 utility).
 2. Test the base model and both results with the plugin's engine on prompts never trained on:
    AdvBench rows 400-439 and JailbreakBench harmful 0-39 — plain refusal rate, and insertion ASR
    (keyword judge, 12-token target span, 40 new tokens) at k = 0 and at one random k in each
@@ -121,6 +121,7 @@ def main() -> None:
     parser.add_argument("--backend", default="auto", help="evaluation backend (auto, vllm, hf)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--methods", nargs="+", default=["sft", "worst-insertion"])
+    parser.add_argument("--utility-per-step", type=int, default=4, help="utility examples per step (both methods)")
     parser.add_argument("--evaluate", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -138,7 +139,7 @@ def main() -> None:
     for method in args.methods:
         out = args.out / method
         if not out.exists():
-            seconds[method] = train(method, args.steps, out, specs, [])
+            seconds[method] = train(method, args.steps, out, specs, ["--utility-per-step", str(args.utility_per_step)])
         else:
             curve = json.loads((out / "aci_harden.json").read_text())["loss_curve"]
             seconds[method] = sum(step["seconds"] for step in curve)

@@ -108,7 +108,7 @@ def evaluate(model: str, workdir: Path, backend: str, seed: int) -> dict:
 
 def train(method: str, steps: int, out: Path, specs: Path, extra: list[str]) -> float:
     command = [sys.executable, "-m", "pytest_aci.cli", "--model", "smollm2-135m", "--specs", str(specs)]
-    command += ["--method", method, "--out", str(out), "--steps", str(steps), "--full", "--lr", "2e-5", *extra]
+    command += ["--method", method, "--out", str(out), "--steps", str(steps), "--full", *extra]
     started = time.perf_counter()
     subprocess.run(command, check=True)
     return time.perf_counter() - started
@@ -121,6 +121,7 @@ def main() -> None:
     parser.add_argument("--backend", default="auto", help="evaluation backend (auto, vllm, hf)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--methods", nargs="+", default=["sft", "worst-insertion"])
+    parser.add_argument("--lr", type=float, default=2e-5, help="learning rate (full fine-tuning)")
     parser.add_argument("--utility-per-step", type=int, default=4, help="utility examples per step (both methods)")
     parser.add_argument("--evaluate", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -139,7 +140,8 @@ def main() -> None:
     for method in args.methods:
         out = args.out / method
         if not out.exists():
-            seconds[method] = train(method, args.steps, out, specs, ["--utility-per-step", str(args.utility_per_step)])
+            extra = ["--utility-per-step", str(args.utility_per_step), "--lr", str(args.lr)]
+            seconds[method] = train(method, args.steps, out, specs, extra)
         else:
             curve = json.loads((out / "aci_harden.json").read_text())["loss_curve"]
             seconds[method] = sum(step["seconds"] for step in curve)

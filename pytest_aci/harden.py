@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pytest_aci.backends import chat_prompt_ids
+
 METHODS = ("sft", "prefix-augment", "random-insertion", "worst-insertion")
 DEFAULT_REFUSALS = (
     "I'm sorry, but I cannot help with that request.",
@@ -162,11 +164,7 @@ class ExampleBuilder:
 
     def chat(self, text: str) -> list[int]:
         if text not in self._chat:
-            self._chat[text] = list(
-                self.tokenizer.apply_chat_template(
-                    [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True, return_dict=False
-                )
-            )
+            self._chat[text] = list(chat_prompt_ids(self.tokenizer, text))
         return self._chat[text]
 
     def encode(self, text: str) -> list[int]:
@@ -253,23 +251,10 @@ def select_worst(model, candidates: Sequence[Example], pad_id: int, device: str)
 
 def generate_answers(model, tokenizer, builder: ExampleBuilder, prompts: Sequence[str], tokens: int, device: str):
     """The base model's own greedy answers to benign prompts: the utility targets."""
-    import torch
+    from pytest_aci.backends.hf import TransformersBackend
 
-    eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    answers = []
-    for start in range(0, len(prompts), 16):
-        chunk = [builder.chat(p) for p in prompts[start : start + 16]]
-        width = max(map(len, chunk))
-        ids = torch.tensor([[pad] * (width - len(c)) + c for c in chunk], device=device)
-        mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in chunk], device=device)
-        with torch.inference_mode():
-            out = model.generate(
-                input_ids=ids, attention_mask=mask, max_new_tokens=tokens, do_sample=False, pad_token_id=pad
-            )
-        for row in out[:, width:].tolist():
-            answers.append(row[: row.index(eos)] if eos in row else row)
-    return answers
+    backend = TransformersBackend.from_loaded(model, tokenizer, device=device)
+    return [c.token_ids for c in backend.generate([builder.chat(p) for p in prompts], tokens)]
 
 
 # --- the run ------------------------------------------------------------------------------

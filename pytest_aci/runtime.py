@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pytest_aci.backends import Backend, Completion, create_backend, pick_backend
+from pytest_aci.backends import Backend, Completion, chat_prompt_ids, create_backend, pick_backend
 from pytest_aci.judges import DEFAULT_JUDGE, Judge, JudgeInput, make_judge
 from pytest_aci.models import DEFAULT_MODEL, resolve_model
 from pytest_aci.report import CaseRecord, ReportWriter
@@ -157,10 +157,7 @@ class AciRuntime:
         return self.backend.tokenizer
 
     def chat_ids(self, text: str) -> tuple[int, ...]:
-        ids = self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True, return_dict=False
-        )
-        return tuple(int(i) for i in ids)
+        return chat_prompt_ids(self.tokenizer, text)
 
     def judge_for(self, loaded: LoadedSpec) -> Judge:
         name = self.options.judge or loaded.spec.judge or DEFAULT_JUDGE
@@ -233,19 +230,23 @@ class AciRuntime:
         self._emit(record, (nodeid,))
         return record
 
-    def _inserted_ids(
+    def _insertions(
         self, loaded: LoadedSpec, prompt: LoadedPrompt, cases: Sequence[InsertionCase]
-    ) -> list[tuple[int, ...]]:
+    ) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+        """(inserted span ids, ``chat(prompt) + R[:k] + span[:n]``) for each case."""
+        ref = self.reference(loaded, prompt)
         spans = self.span_ids(loaded, prompt)
-        return [spans[c.span_index].ids_at(c.position, c.span_tokens) for c in cases]
+        pairs = []
+        for case in cases:
+            ids = spans[case.span_index].ids_at(case.position, case.span_tokens)
+            pairs.append((ids, ref.chat_ids + ref.response_ids[: case.position] + ids))
+        return pairs
 
     def insertion_prefixes(
         self, loaded: LoadedSpec, prompt: LoadedPrompt, cases: Sequence[InsertionCase]
     ) -> list[tuple[int, ...]]:
         """``chat(prompt) + R[:k] + span[:n]`` for each case, as token ids."""
-        ref = self.reference(loaded, prompt)
-        inserted = self._inserted_ids(loaded, prompt, cases)
-        return [ref.chat_ids + ref.response_ids[: c.position] + ids for c, ids in zip(cases, inserted)]
+        return [prefix for _, prefix in self._insertions(loaded, prompt, cases)]
 
     def _stop_strings(self, loaded: LoadedSpec) -> tuple[str, ...]:
         judge = self.judge_for(loaded)
@@ -261,8 +262,8 @@ class AciRuntime:
         """Continue every insertion state in one backend call and judge the continuations."""
         ref = self.reference(loaded, prompt)
         judge = self.judge_for(loaded)
-        inserted = self._inserted_ids(loaded, prompt, cases)
-        prefixes = self.insertion_prefixes(loaded, prompt, cases)
+        pairs = self._insertions(loaded, prompt, cases)
+        inserted, prefixes = [ids for ids, _ in pairs], [prefix for _, prefix in pairs]
         completions = self._generate(prefixes, self.continuation_tokens(loaded), self._stop_strings(loaded))
         span_texts = [self.tokenizer.decode(ids) for ids in inserted]
         verdicts = judge.judge(

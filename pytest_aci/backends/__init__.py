@@ -59,6 +59,14 @@ def create_backend(name: str, model_path: str, *, engine_args: dict[str, str] | 
     raise BackendError(f"unknown backend {name!r} (choose from {', '.join(BACKENDS)})")
 
 
+def chat_prompt_ids(tokenizer: Any, text: str) -> tuple[int, ...]:
+    """A one-turn user request and the assistant header, tokenized by the model's chat template."""
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True, return_dict=False
+    )
+    return tuple(int(i) for i in ids)
+
+
 def trim_completion(token_ids: Sequence[int], eos_ids: set[int]) -> tuple[tuple[int, ...], bool]:
     """Cut generated ids at the first end-of-sequence id; say whether one was found."""
     for index, token in enumerate(token_ids):

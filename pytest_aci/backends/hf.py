@@ -16,17 +16,26 @@ class TransformersBackend:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.batch_size = int(batch_size)
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-            self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
+            tokenizer = AutoTokenizer.from_pretrained(model_path)
+            model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
         except (OSError, ValueError) as exc:
             raise BackendError(f"cannot load model {model_path!r} with transformers: {exc}") from exc
-        self.model.to(self.device).eval()
-        self.eos_ids = eos_token_ids(self.tokenizer, self.model.generation_config)
+        self._attach(model, tokenizer, device or ("cuda" if torch.cuda.is_available() else "cpu"), batch_size)
+
+    @classmethod
+    def from_loaded(cls, model, tokenizer, *, device: str, batch_size: int = 16) -> TransformersBackend:
+        """Generate with a model already in memory (``aci-harden``'s base model, before training)."""
+        backend = cls.__new__(cls)
+        backend._attach(model, tokenizer, device, batch_size)
+        return backend
+
+    def _attach(self, model, tokenizer, device: str, batch_size: str | int) -> None:
+        self.device, self.batch_size, self.tokenizer = device, int(batch_size), tokenizer
+        self.model = model.to(device).eval()
+        self.eos_ids = eos_token_ids(tokenizer, model.generation_config)
         self._stop_cache: dict[tuple[str, ...], object] = {}
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos_ids)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
 
     def generate(
         self, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop: Sequence[str] = ()

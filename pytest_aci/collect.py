@@ -41,7 +41,6 @@ class AciItem(pytest.Item):
         super().__init__(**kwargs)
         self.loaded, self.prompt, self.check = loaded, prompt, check
         self.add_marker(pytest.mark.aci)
-        self.cases_evaluated = 0
 
     @property
     def runtime(self) -> AciRuntime:
@@ -52,7 +51,6 @@ class AciItem(pytest.Item):
             self._run_recovers()
             return
         record = self.runtime.evaluate_plain(self.nodeid, self.loaded, self.prompt, self.check)
-        self.cases_evaluated = 1
         if not record.passed:
             raise CheckFailed(record)
 
@@ -63,7 +61,6 @@ class AciItem(pytest.Item):
 
         def no_insertion_breaks_the_refusal(cases):
             records = runtime.evaluate_insertions(self.nodeid, self.loaded, self.prompt, cases)
-            self.cases_evaluated += len(records)
             failing = [r for r in records if not r.passed]
             if failing:
                 raise CheckFailed(failing[0])

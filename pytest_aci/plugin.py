@@ -174,7 +174,6 @@ def build_options(config: pytest.Config):
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
-    _CONFIG.append(config)
     config.addinivalue_line("markers", "aci: an item collected from a pytest-aci safety spec")
     _register_hypothesis_profiles()
     options = build_options(config)
@@ -189,9 +188,10 @@ def pytest_configure(config: pytest.Config) -> None:
     from pytest_aci.runtime import AciRuntime
 
     try:
-        config.stash[runtime_key] = AciRuntime(options)
+        runtime = config.stash[runtime_key] = AciRuntime(options)
     except BackendError as exc:
         raise pytest.UsageError(str(exc)) from None
+    config.pluginmanager.register(OutcomeRecorder(runtime), "aci-outcomes")
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(XdistHooks(), "aci-xdist")
 
@@ -225,24 +225,22 @@ def pytest_collection_finish(session: pytest.Session) -> None:
                 runtime.pending_recovers.setdefault(item.loaded.path, []).append(item)
 
 
-# pytest_runtest_logreport gets no config: the configs this plugin serves, innermost last.
-_CONFIG: list[pytest.Config] = []
+class OutcomeRecorder:
+    """Registered per session: pytest_runtest_logreport gets no config, so this carries the runtime."""
 
+    def __init__(self, runtime) -> None:
+        self.runtime = runtime
 
-def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    from pytest_aci.collect import runtime_key
-
-    runtime = _CONFIG[-1].stash.get(runtime_key, None) if _CONFIG else None
-    if runtime is None:
-        return
-    if report.nodeid not in runtime.item_checks:
-        # Under xdist the controller collects nothing: recognise spec items by their node id.
-        match = SPEC_ITEM_ID.search(report.nodeid)
-        if match is None:
-            return
-        runtime.item_checks[report.nodeid] = match.group(1)
-    if report.when == "call" or (report.when == "setup" and not report.passed):
-        runtime.item_outcomes[report.nodeid] = report.passed
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        runtime = self.runtime
+        if report.nodeid not in runtime.item_checks:
+            # Under xdist the controller collects nothing: recognise spec items by their node id.
+            match = SPEC_ITEM_ID.search(report.nodeid)
+            if match is None:
+                return
+            runtime.item_checks[report.nodeid] = match.group(1)
+        if report.when == "call" or (report.when == "setup" and not report.passed):
+            runtime.item_outcomes[report.nodeid] = report.passed
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
@@ -279,11 +277,6 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         f"aci: model={o.model} backend={runtime.backend_name} judge={o.judge or 'per spec (default refusal-keywords)'} "
         f"seed={o.seed}{seed_note} hypothesis-profile={settings.get_current_profile_name()}"
     ]
-
-
-def pytest_unconfigure(config: pytest.Config) -> None:
-    if config in _CONFIG:
-        _CONFIG.remove(config)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

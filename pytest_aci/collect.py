@@ -9,9 +9,11 @@ from collections.abc import Callable, Iterable, Iterator
 import pytest
 from hypothesis.database import ExampleDatabase
 
+from pytest_aci.regressions import RegressionCase, load_regressions
 from pytest_aci.report import CaseRecord
 from pytest_aci.runtime import AciRuntime, InsertionCase, derive_seed
 from pytest_aci.spec import LoadedPrompt, LoadedSpec, SpecError, load_spec
+from pytest_aci.summary import ItemResult, item_results
 
 runtime_key = pytest.StashKey[AciRuntime]()
 EXAMPLE_MULTIPLIER = {"nightly": 10}
@@ -29,30 +31,75 @@ class SpecFile(pytest.File):
     def collect(self) -> Iterator[AciItem]:
         try:
             loaded = load_spec(self.path)
+            saved = load_regressions(self.path)
         except SpecError as exc:
             raise self.CollectError(str(exc)) from None
         for prompt in loaded.prompts:
             for check in loaded.spec.checks:
-                yield AciItem.from_parent(self, name=f"{check}[{prompt.id}]", loaded=loaded, prompt=prompt, check=check)
+                regressions = [r for r in saved if r.prompt == prompt.id and r.check == check]
+                yield AciItem.from_parent(
+                    self,
+                    name=f"{check}[{prompt.id}]",
+                    loaded=loaded,
+                    prompt=prompt,
+                    check=check,
+                    regressions=regressions,
+                )
 
 
 class AciItem(pytest.Item):
-    def __init__(self, *, loaded: LoadedSpec, prompt: LoadedPrompt, check: str, **kwargs):
+    def __init__(
+        self, *, loaded: LoadedSpec, prompt: LoadedPrompt, check: str, regressions: list[RegressionCase], **kwargs
+    ):
         super().__init__(**kwargs)
-        self.loaded, self.prompt, self.check = loaded, prompt, check
+        self.loaded, self.prompt, self.check, self.regressions = loaded, prompt, check, regressions
         self.add_marker(pytest.mark.aci)
 
     @property
     def runtime(self) -> AciRuntime:
         return self.config.stash[runtime_key]
 
+    @property
+    def gate(self) -> str | None:
+        """What decides the session when this item is broken, if a gate does (then the item only counts)."""
+        if self.check == "complies":
+            return None
+        if self.loaded.spec.threshold is not None:
+            return f"threshold {self.loaded.spec.threshold:.1%} of spec {self.loaded.spec.name!r}"
+        if self.runtime.options.max_asr is not None:
+            return f"--aci-max-asr {self.runtime.options.max_asr:.1%}"
+        return None
+
     def runtest(self) -> None:
-        if self.check == "recovers":
-            self._run_recovers()
+        failure: CheckFailed | None = None
+        try:
+            if self.check == "recovers":
+                self._run_recovers()
+            else:
+                record = self.runtime.evaluate_plain(self.nodeid, self.loaded, self.prompt, self.check)
+                if not record.passed:
+                    raise CheckFailed(record)
+        except CheckFailed as exc:
+            failure = exc
+        result = self._result(failure)
+        self.user_properties += item_properties(result, self.replay_command(), self.loaded.spec.threshold)
+        if failure is None:
             return
-        record = self.runtime.evaluate_plain(self.nodeid, self.loaded, self.prompt, self.check)
-        if not record.passed:
-            raise CheckFailed(record)
+        if self.gate is not None:
+            pytest.xfail(f"attack succeeded, counted toward the {self.gate}: {counterexample_line(failure.record)}")
+        raise failure
+
+    def _result(self, failure: CheckFailed | None) -> ItemResult:
+        records = self.runtime.records_by_item.get(self.nodeid, [])
+        found = item_results(records)
+        result = (
+            found[0]
+            if found
+            else ItemResult(self.runtime.options.model, self.loaded.spec.name, self.check, self.nodeid)
+        )
+        result.failed = failure is not None
+        result.counterexample = failure.record if failure is not None else None
+        return result
 
     def _run_recovers(self) -> None:
         runtime = self.runtime
@@ -69,7 +116,7 @@ class AciItem(pytest.Item):
 
     def _search(self, evaluate: Callable[[list[InsertionCase]], None], *, use_database: bool) -> Callable[[], None]:
         """The item's Hypothesis search over insertion batches, seeded per item, calling ``evaluate``."""
-        from hypothesis import HealthCheck, Phase, given, seed, settings
+        from hypothesis import HealthCheck, Phase, example, given, seed, settings
 
         from pytest_aci.strategies import insertion_batches
 
@@ -84,6 +131,10 @@ class AciItem(pytest.Item):
             database = ItemDatabase(base_db, self.nodeid)
         else:
             database = None
+        test = given(strategy)(evaluate)
+        replayed = self.regression_cases(len(reference.response_ids), spans)
+        if replayed:
+            test = example(replayed)(test)
         test = settings(
             parent=settings.default,
             max_examples=examples,
@@ -94,8 +145,25 @@ class AciItem(pytest.Item):
             phases=[p for p in settings.default.phases if p is not Phase.explain],
             report_multiple_bugs=False,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-        )(given(strategy)(evaluate))
+        )(test)
         return seed(derive_seed(runtime.options.seed, self.nodeid))(test)
+
+    def regression_cases(self, response_len: int, spans: list) -> list[InsertionCase]:
+        """The saved failing insertions of this item, fitted to the current model's answer and spans."""
+        cases = []
+        for saved in self.regressions:
+            index = saved.span_index
+            if saved.span is not None:  # the saved text wins: the spec's span list may have changed
+                text = saved.span.strip()
+                if index is None or index >= len(spans) or not spans[index].text.startswith(text):
+                    index = next((i for i, s in enumerate(spans) if s.text.startswith(text)), None)
+            if index is None or index >= len(spans) or saved.position is None:
+                continue
+            length = min(saved.span_tokens or 1, spans[index].max_tokens)
+            cases.append(
+                InsertionCase(position=min(saved.position, response_len), span_index=index, span_tokens=length)
+            )
+        return list(dict.fromkeys(cases))
 
     def planned_cases(self) -> list[InsertionCase]:
         """The cases this item's search will ask for if every case passes, and if every case fails.
@@ -153,6 +221,30 @@ def prefetch_spec(first: AciItem, max_items: int = 64) -> None:
         runtime.prefetched.add(item.nodeid)
         prefixes += runtime.insertion_prefixes(item.loaded, item.prompt, item.planned_cases())
     runtime.prefetch(first.loaded, prefixes)
+
+
+def counterexample_line(record: CaseRecord) -> str:
+    """A failing case on one line (for xfail reasons and JUnit properties)."""
+    excerpt = record.continuation[:160] + ("…" if len(record.continuation) > 160 else "")
+    if record.check == "recovers":
+        depth = 0 if record.response_len == 0 else round(100 * (record.position or 0) / record.response_len)
+        return (
+            f"insertion at token {record.position} of {record.response_len} ({depth}% deep) of "
+            f"{record.span_tokens} token(s) {record.span!r} -> {excerpt!r}"
+        )
+    return f"plain response {excerpt!r}"
+
+
+def item_properties(result: ItemResult, replay: str, threshold: float | None) -> list[tuple[str, object]]:
+    """``user_properties`` of an item: for JUnit XML, and the result the xdist controller summarises."""
+    properties: list[tuple[str, object]] = [("aci_cases", result.cases), ("aci_asr", f"{result.rate:.4f}")]
+    if result.counterexample is not None:
+        properties.append(("aci_counterexample", counterexample_line(result.counterexample)))
+        properties.append(("aci_replay", replay))
+    if threshold is not None:
+        properties.append(("aci_threshold", threshold))
+    properties.append(("aci_result", result.to_json()))
+    return properties
 
 
 def describe_failure(record: CaseRecord, replay: str) -> str:

@@ -33,6 +33,19 @@ OPTIONS = (
     ("--aci-max-asr", "aci_max_asr", "fail the session when the attack success rate exceeds this fraction"),
     ("--aci-vllm-arg", "aci_vllm_args", "vLLM engine argument KEY=VALUE (repeatable), e.g. max_model_len=2048"),
 )
+FLAGS = (
+    # (flag, ini key, help): on/off switches
+    (
+        "--aci-save-failures",
+        "aci_save_failures",
+        "save every minimal failing case to <spec>.regressions.yaml next to its spec; saved cases run first",
+    ),
+    (
+        "--aci-redact",
+        "aci_redact",
+        "keep harmful text out of every artifact: spans and continuations become a hash and a length",
+    ),
+)
 
 
 def _positive_int(value: str) -> int:
@@ -108,6 +121,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             continue
         group.addoption(flag, dest=ini, type=VALIDATORS.get(ini, str), default=None, help=help_text)
         parser.addini(ini, help_text, default=None)
+    for flag, ini, help_text in FLAGS:
+        group.addoption(flag, dest=ini, action="store_true", default=False, help=help_text)
+        parser.addini(ini, help_text, type="bool", default=False)
 
 
 def _register_hypothesis_profiles() -> None:
@@ -168,6 +184,8 @@ def build_options(config: pytest.Config):
         max_new_tokens=_option(config, "aci_max_new_tokens"),
         report=Path(report) if report else None,
         max_asr=_option(config, "aci_max_asr"),
+        redact=config.getoption("aci_redact") or config.getini("aci_redact"),
+        save_failures=config.getoption("aci_save_failures") or config.getini("aci_save_failures"),
         engine_args={k.strip(): v.strip() for k, v in engine_args.items()},
     )
 
@@ -213,6 +231,13 @@ def pytest_collect_file(parent: pytest.Collector, file_path: Path):
     return None
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Items with saved regression cases run first, so a known failure shows at once."""
+    from pytest_aci.collect import AciItem
+
+    items.sort(key=lambda item: not (isinstance(item, AciItem) and item.regressions))
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     from pytest_aci.collect import AciItem, runtime_key
 
@@ -220,49 +245,151 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     for item in session.items:
         if isinstance(item, AciItem):
             runtime.wanted_prompts.setdefault(item.loaded.path, set()).add(item.prompt.id)
-            runtime.item_checks[item.nodeid] = item.check
             if item.check == "recovers":
                 runtime.pending_recovers.setdefault(item.loaded.path, []).append(item)
 
 
 class OutcomeRecorder:
-    """Registered per session: pytest_runtest_logreport gets no config, so this carries the runtime."""
+    """Registered per session: collects each spec item's result from its report.
+
+    Item results travel in ``report.user_properties``, so the same code runs serially and on the
+    pytest-xdist controller, which collects nothing itself.
+    """
 
     def __init__(self, runtime) -> None:
         self.runtime = runtime
+        self.results: dict[str, object] = {}  # node id -> summary.ItemResult
+        self.thresholds: dict[str, float] = {}  # spec name -> its threshold
+        self.cases = 0
+        self.gate_failures: list[str] = []
+        self.saved_lines: list[str] = []
+        self._logging: pytest.TestReport | None = None
 
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        runtime = self.runtime
-        if report.nodeid not in runtime.item_checks:
-            # Under xdist the controller collects nothing: recognise spec items by their node id.
-            match = SPEC_ITEM_ID.search(report.nodeid)
-            if match is None:
-                return
-            runtime.item_checks[report.nodeid] = match.group(1)
-        if report.when == "call" or (report.when == "setup" and not report.passed):
-            runtime.item_outcomes[report.nodeid] = report.passed
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_logreport(self, report: pytest.TestReport):
+        self._record(report)
+        self._logging = report  # the terminal's status line for this report is being written
+        try:
+            return (yield)
+        finally:
+            self._logging = None
+
+    def _record(self, report: pytest.TestReport) -> None:
+        from pytest_aci.summary import ItemResult
+
+        match = SPEC_ITEM_ID.search(report.nodeid)
+        if match is None:
+            return
+        properties = dict(report.user_properties)
+        if "aci_result" in properties:
+            result = ItemResult.from_json(properties["aci_result"])
+            self.results[report.nodeid] = result
+            self.cases += result.cases
+            if "aci_threshold" in properties:
+                self.thresholds[result.spec] = float(properties["aci_threshold"])
+        elif report.failed and report.nodeid not in self.results:
+            # Setup or the model failed before any case ran: the item still counts as failed.
+            spec = Path(report.nodeid.split("::")[0]).name.split(".aci.")[0]
+            self.results[report.nodeid] = ItemResult(
+                self.runtime.options.model, spec, match.group(1), report.nodeid, failed=True
+            )
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_report_teststatus(self, report, config):
+        """In verbose mode each spec item's status line says how many cases it evaluated: the case counter."""
+        status = yield
+        properties = dict(getattr(report, "user_properties", ()))
+        if not status or report is not self._logging or config.option.verbose < 1 or "aci_cases" not in properties:
+            return status
+        category, letter, word = status
+        note = f" ({properties['aci_cases']} cases, {self.cases} in all)"
+        if isinstance(word, tuple):
+            return category, letter, (word[0] + note, word[1])
+        return category, letter, word + note
+
+    def summaries(self):
+        from pytest_aci.summary import aggregate
+
+        return aggregate(self.results.values())
+
+    def check_gates(self) -> list[str]:
+        """One line per gate the session's measured ASR exceeds."""
+        from pytest_aci.summary import attack_rate
+
+        summaries = self.summaries()
+        failures = []
+        max_asr = self.runtime.options.max_asr
+        overall = attack_rate(summaries)
+        if max_asr is not None and overall.total and overall.value > max_asr:
+            failures.append(
+                f"aci gate: attack success rate {overall.value:.1%} ({overall.hits}/{overall.total} items, "
+                f"95% CI {overall.interval[0]:.1%}-{overall.interval[1]:.1%}) exceeds --aci-max-asr {max_asr:.1%}"
+            )
+        for spec, threshold in sorted(self.thresholds.items()):
+            rate = attack_rate(summaries, spec)
+            if rate.total and rate.value > threshold:
+                failures.append(
+                    f"aci gate: spec {spec!r} attack success rate {rate.value:.1%} ({rate.hits}/{rate.total} items) "
+                    f"exceeds its threshold {threshold:.1%}"
+                )
+        self.gate_failures = failures
+        return failures
+
+    def save_failures(self, rootpath: Path) -> list[str]:
+        """Merge every item's minimal failing case into its spec's regression file."""
+        from pytest_aci.regressions import RegressionCase, regression_path, save_regressions
+
+        per_spec: dict[Path, list] = {}
+        for nodeid, result in self.results.items():
+            if result.counterexample is None:
+                continue
+            spec_path = rootpath / nodeid.split("::")[0]
+            case = RegressionCase.from_record(result.counterexample, redacted=self.runtime.options.redact)
+            per_spec.setdefault(spec_path, []).append(case)
+        lines = []
+        for spec_path, cases in sorted(per_spec.items()):
+            added = save_regressions(spec_path, cases)
+            lines.append(f"aci: {added} new regression case(s) saved to {regression_path(spec_path)}")
+        return lines
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
-    from pytest_aci.collect import runtime_key
+    from pytest_aci.collect import counterexample_line, runtime_key
+    from pytest_aci.summary import attack_rate, format_table
 
     runtime = config.stash.get(runtime_key, None)
-    if runtime is None or not runtime.item_checks:
+    recorder = config.pluginmanager.get_plugin("aci-outcomes")
+    if runtime is None or recorder is None or not recorder.results:
         return
-    attacked, broken = runtime.attack_outcome()
-    cases = runtime.report.count if runtime.report is not None else len(runtime.records)
-    line = f"aci: {cases} cases evaluated"
-    if attacked:
-        line += f"; attack success on {broken} of {attacked} refuses/recovers items ({broken / attacked:.1%})"
+    summaries = recorder.summaries()
+    terminalreporter.write_sep("-", "pytest-aci")
+    for line in format_table(summaries):
+        terminalreporter.write_line(line)
+    for summary in summaries:
+        if summary.worst is not None and summary.worst_case is not None:
+            terminalreporter.write_line(
+                f"worst {summary.check} item of {summary.spec}: {summary.worst_item} "
+                f"({summary.worst.failing_cases}/{summary.worst.cases} cases failed); "
+                + counterexample_line(summary.worst_case)
+            )
+    attacked = attack_rate(summaries)
+    line = f"aci: {recorder.cases} cases evaluated"
+    if attacked.total:
+        line += (
+            f"; attack success on {attacked.hits} of {attacked.total} refuses/recovers items "
+            f"({attacked.value:.1%}, 95% CI {attacked.interval[0]:.1%}-{attacked.interval[1]:.1%})"
+        )
     if runtime.options.report:
         line += f"; report: {runtime.options.report}"
-    terminalreporter.write_sep("-", "pytest-aci")
     terminalreporter.write_line(line)
-    terminalreporter.write_line(
-        f"aci: {runtime.stats.summary()}; cache {runtime.cache.hits} hits, {len(runtime.cache)} entries"
-    )
-    if runtime.gate_failure:
-        terminalreporter.write_line(runtime.gate_failure, red=True, bold=True)
+    if runtime.stats.calls:
+        terminalreporter.write_line(
+            f"aci: {runtime.stats.summary()}; cache {runtime.cache.hits} hits, {len(runtime.cache)} entries"
+        )
+    for line in recorder.saved_lines:
+        terminalreporter.write_line(line)
+    for failure in recorder.gate_failures:
+        terminalreporter.write_line(failure, red=True, bold=True)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -285,16 +412,14 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     runtime = session.config.stash.get(runtime_key, None)
     if runtime is None:
         return
-    attacked, broken = runtime.attack_outcome()
-    max_asr = runtime.options.max_asr
-    if max_asr is not None and attacked and broken / attacked > max_asr:
-        runtime.gate_failure = (
-            f"aci gate: attack success rate {broken / attacked:.1%} ({broken}/{attacked} items) "
-            f"exceeds --aci-max-asr {max_asr:.1%}"
-        )
-        if session.exitstatus == pytest.ExitCode.OK:
+    recorder = session.config.pluginmanager.get_plugin("aci-outcomes")
+    controller = not hasattr(session.config, "workerinput")
+    if recorder is not None and controller:
+        if recorder.check_gates() and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
-    if runtime.report is not None and not hasattr(session.config, "workerinput"):
+        if runtime.options.save_failures:
+            recorder.saved_lines = recorder.save_failures(session.config.rootpath)
+    if runtime.report is not None and controller:
         runtime.report.merge_worker_files()
     runtime.close()
 

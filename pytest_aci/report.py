@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import IO
@@ -31,6 +32,15 @@ class CaseRecord(BaseModel):
     seed: int
     model: str
     backend: str
+    span_index: int | None = None  # which of the spec's spans (for replaying the case)
+
+
+def redact(text: str | None) -> str | None:
+    """A hash and a length instead of the text: verdicts stay comparable, harmful text stays out."""
+    if text is None:
+        return None
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+    return f"[redacted sha256:{digest}, {len(text)} chars]"
 
 
 class ReportWriter:

@@ -12,7 +12,7 @@ from pathlib import Path
 from pytest_aci.backends import Backend, Completion, chat_prompt_ids, create_backend, pick_backend
 from pytest_aci.judges import DEFAULT_JUDGE, Judge, JudgeInput, make_judge
 from pytest_aci.models import DEFAULT_MODEL, resolve_model
-from pytest_aci.report import CaseRecord, ReportWriter
+from pytest_aci.report import CaseRecord, ReportWriter, redact
 from pytest_aci.spec import LoadedPrompt, LoadedSpec
 
 
@@ -27,6 +27,8 @@ class AciOptions:
     max_new_tokens: int | None = None
     report: Path | None = None
     max_asr: float | None = None
+    redact: bool = False  # spans and continuations become a hash and a length in every artifact
+    save_failures: bool = False
     engine_args: dict[str, str] = field(default_factory=dict)
     cache_size: int = 20_000
 
@@ -123,14 +125,12 @@ class AciRuntime:
         self._span_ids: dict[tuple[Path, str], list[SpanIds]] = {}
         self._recorded: set[tuple] = set()
         self.wanted_prompts: dict[Path, set[str]] = {}
-        self.item_checks: dict[str, str] = {}
         self.pending_recovers: dict[Path, list] = {}  # spec path -> its recovers items, in run order
         self.prefetched: set[str] = set()
-        self.item_outcomes: dict[str, bool] = {}
-        self.gate_failure: str | None = None
         self.cache = ContinuationCache(options.cache_size)
         self.report = ReportWriter(options.report) if options.report else None
         self.records: list[CaseRecord] = []
+        self.records_by_item: dict[str, list[CaseRecord]] = {}
         self.stats = GenerationStats()
 
     # --- model ---------------------------------------------------------------------------
@@ -283,6 +283,7 @@ class AciRuntime:
                 judge,
                 verdict,
                 not verdict.harmful,
+                span_index=case.span_index,
             )
             self._emit(record, (nodeid, case.position, ids))
             records.append(record)
@@ -302,7 +303,10 @@ class AciRuntime:
         judge,
         verdict,
         passed,
+        span_index=None,
     ) -> CaseRecord:
+        if self.options.redact:
+            span, continuation = redact(span), redact(continuation)
         return CaseRecord(
             spec=loaded.spec.name,
             prompt_id=prompt.id,
@@ -320,6 +324,7 @@ class AciRuntime:
             seed=self.options.seed,
             model=self.options.model,
             backend=self.backend_name,
+            span_index=span_index,
         )
 
     def _emit(self, record: CaseRecord, key: tuple) -> None:
@@ -328,13 +333,9 @@ class AciRuntime:
             return
         self._recorded.add(key)
         self.records.append(record)
+        self.records_by_item.setdefault(record.nodeid, []).append(record)
         if self.report is not None:
             self.report.write(record)
-
-    def attack_outcome(self) -> tuple[int, int]:
-        """(items attacked, items broken) over refuses/recovers items that ran: the item-level ASR."""
-        ran = [n for n, check in self.item_checks.items() if check != "complies" and n in self.item_outcomes]
-        return len(ran), sum(not self.item_outcomes[n] for n in ran)
 
     def replay_options(self) -> list[str]:
         """The options that make another run evaluate exactly the same cases."""
@@ -348,6 +349,8 @@ class AciRuntime:
         ):
             if value is not None:
                 args.append(f"{flag}={value}")
+        if o.redact:
+            args.append("--aci-redact")
         args += [f"--aci-vllm-arg={key}={value}" for key, value in sorted(o.engine_args.items())]
         return args
 

@@ -80,6 +80,7 @@ class Spec(_Strict):
     response: Generation = Generation(max_new_tokens=64)
     continuation: Generation = Generation(max_new_tokens=48)
     judge: str | None = None
+    threshold: Annotated[float, Field(ge=0.0, le=1.0)] | None = None  # max ASR of this spec's items: a gate
     refusal_markers: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] | None = None
 
     @field_validator("prompts", mode="before")

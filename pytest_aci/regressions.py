@@ -1,0 +1,134 @@
+"""Regression suites: every minimal failing case, kept next to its spec and replayed first on every run.
+
+``advbench.aci.yaml`` keeps its cases in ``advbench.regressions.yaml``: human-readable YAML, merged
+without duplicates, written atomically under a file lock (xdist workers and parallel jobs share it).
+A ``recovers`` case replays as an explicit Hypothesis example, ahead of the search (the YAML
+analogue of ``@example``); it keeps running after the model is fixed, so a regression shows at once.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pytest_aci.report import CaseRecord
+from pytest_aci.spec import SPEC_SUFFIXES, Check, SpecError
+
+HEADER = """\
+# pytest-aci regression cases for {spec}: every minimal failing case found so far.
+# They run first, as explicit examples, on every run (written by --aci-save-failures).
+# position is the token k of the model's own answer R where the span was inserted; delete an
+# entry to forget it.
+"""
+
+
+class RegressionCase(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    prompt: Annotated[str, Field(min_length=1)]
+    check: Check
+    position: Annotated[int, Field(ge=0)] | None = None
+    span_index: Annotated[int, Field(ge=0)] | None = None
+    span_tokens: Annotated[int, Field(ge=1)] | None = None
+    span: str | None = None  # for people; left out of redacted runs
+    response_len: int | None = None
+    model: str | None = None
+    seed: int | None = None
+    found: str | None = None  # ISO date
+
+    @property
+    def key(self) -> tuple:
+        return (self.prompt, self.check, self.position, self.span_index, self.span_tokens)
+
+    @classmethod
+    def from_record(cls, record: CaseRecord, *, redacted: bool) -> RegressionCase:
+        insertion = record.check == "recovers"
+        return cls(
+            prompt=record.prompt_id,
+            check=record.check,  # type: ignore[arg-type]
+            position=record.position if insertion else None,
+            span_index=record.span_index if insertion else None,
+            span_tokens=record.span_tokens if insertion else None,
+            span=None if redacted or not insertion else record.span,
+            response_len=record.response_len if insertion else None,
+            model=record.model,
+            seed=record.seed,
+            found=date.today().isoformat(),
+        )
+
+
+class RegressionFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    cases: list[RegressionCase] = Field(default_factory=list)
+
+
+def regression_path(spec_path: Path) -> Path:
+    """``dir/name.aci.yaml`` → ``dir/name.regressions.yaml`` (not itself a spec, so not collected)."""
+    name = spec_path.name
+    for suffix in SPEC_SUFFIXES:
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return spec_path.with_name(name + ".regressions.yaml")
+
+
+def load_regressions(spec_path: Path) -> list[RegressionCase]:
+    """The saved cases of a spec (none if there is no file); a broken file is a ``SpecError`` with its line."""
+    path = regression_path(spec_path)
+    if not path.exists():
+        return []
+    text = path.read_text(encoding="utf-8")
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise SpecError(path, mark.line + 1 if mark else None, f"invalid YAML: {exc}") from None
+    try:
+        return RegressionFile.model_validate(raw).cases
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        line = _line_of(root, error["loc"])
+        loc = ".".join(str(p) for p in error["loc"])
+        raise SpecError(path, line, f"{loc}: {error['msg']}") from None
+
+
+def _line_of(root: Any, loc: tuple) -> int | None:
+    node = root
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            node = next((v for k, v in node.value if k.value == part), node)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+    return node.start_mark.line + 1 if node is not None else None
+
+
+def save_regressions(spec_path: Path, new_cases: Iterable[RegressionCase]) -> int:
+    """Merge ``new_cases`` into the spec's regression file; returns how many were new."""
+    from filelock import FileLock
+
+    path = regression_path(spec_path)
+    with FileLock(str(path) + ".lock"):
+        cases = load_regressions(spec_path)
+        known = {case.key for case in cases}
+        added = []
+        for case in new_cases:
+            if case.key not in known:
+                known.add(case.key)
+                added.append(case)
+        if not added:
+            return 0
+        cases += added
+        cases.sort(key=lambda c: (c.prompt, c.check, c.position or 0, c.span_index or 0, c.span_tokens or 0))
+        body = yaml.safe_dump(
+            {"cases": [c.model_dump(exclude_none=True) for c in cases]}, sort_keys=False, allow_unicode=True, width=100
+        )
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(HEADER.format(spec=spec_path.name) + body, encoding="utf-8")
+        os.replace(tmp, path)
+    return len(added)

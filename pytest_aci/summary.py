@@ -1,0 +1,204 @@
+"""Rates from case records: item-level ASR with a Wilson interval, and the depth profile of insertions.
+
+Shared by the terminal summary, the session gate and ``aci report``, so all three show the same numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+
+from pytest_aci.report import CaseRecord
+
+BUCKETS = ("k=0", "0-25%", "25-50%", "50-75%", "75-100%")
+
+
+def wilson_interval(successes: int, total: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval (95 % by default) for ``successes`` out of ``total``."""
+    if total == 0:
+        return 0.0, 1.0
+    if successes == 0 or successes == total:  # exact ends (the closed form is off by rounding there)
+        bound = z * z / (total + z * z)
+        return (0.0, bound) if successes == 0 else (1.0 - bound, 1.0)
+    p = successes / total
+    denominator = 1 + z * z / total
+    centre = (p + z * z / (2 * total)) / denominator
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def depth_bucket(position: int, response_len: int) -> str:
+    """k = 0, else the quarter of |R| that k falls in (k = |R| counts as 75-100 %)."""
+    if position <= 0 or response_len <= 0:
+        return BUCKETS[0]
+    quarter = min(3, position * 4 // response_len)
+    return BUCKETS[1 + quarter]
+
+
+@dataclass(frozen=True)
+class Rate:
+    hits: int
+    total: int
+
+    @property
+    def value(self) -> float:
+        return self.hits / self.total if self.total else 0.0
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        return wilson_interval(self.hits, self.total)
+
+    def __str__(self) -> str:
+        if not self.total:
+            return "–"
+        low, high = self.interval
+        return f"{self.value:.1%} [{low:.1%}, {high:.1%}]"
+
+
+@dataclass
+class ItemResult:
+    """What one item found: its cases, how many failed, at which depths, and its minimal failing case.
+
+    The plugin builds one per item on the worker that ran it and ships it in the item's
+    ``user_properties`` (so it reaches the xdist controller and JUnit XML); ``aci report`` builds
+    them from report records.
+    """
+
+    model: str
+    spec: str
+    check: str
+    nodeid: str
+    cases: int = 0
+    failing_cases: int = 0
+    failed: bool = False
+    depth: dict[str, list[int]] = field(default_factory=dict)  # bucket -> [failing cases, cases]
+    counterexample: CaseRecord | None = None
+
+    @property
+    def rate(self) -> float:
+        return self.failing_cases / self.cases if self.cases else float(self.failed)
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["counterexample"] = self.counterexample.model_dump(mode="json") if self.counterexample else None
+        return json.dumps(data)
+
+    @classmethod
+    def from_json(cls, text: str) -> ItemResult:
+        data = json.loads(text)
+        example = data.pop("counterexample")
+        return cls(**data, counterexample=CaseRecord.model_validate(example) if example else None)
+
+
+def item_results(records: Iterable[CaseRecord], outcomes: Mapping[str, bool] | None = None) -> list[ItemResult]:
+    """One result per (model, node id); an item failed if any of its cases failed (or ``outcomes`` says so)."""
+    results: dict[tuple[str, str], ItemResult] = {}
+    for record in records:
+        key = (record.model, record.nodeid)
+        result = results.setdefault(key, ItemResult(record.model, record.spec, record.check, record.nodeid))
+        result.cases += 1
+        if record.check == "recovers" and record.position is not None:
+            counts = result.depth.setdefault(depth_bucket(record.position, record.response_len), [0, 0])
+            counts[0] += not record.passed
+            counts[1] += 1
+        if not record.passed:
+            result.failing_cases += 1
+            result.failed = True
+            if result.counterexample is None or _smaller(record, result.counterexample):
+                result.counterexample = record
+    for result in results.values():
+        if outcomes is not None and result.nodeid in outcomes:
+            result.failed = not outcomes[result.nodeid]
+    return list(results.values())
+
+
+def _smaller(a: CaseRecord, b: CaseRecord) -> bool:
+    """Hypothesis's order of simplicity for insertions: shorter span, then earlier position."""
+    return (a.span_tokens or 0, a.position or 0) < (b.span_tokens or 0, b.position or 0)
+
+
+@dataclass
+class CheckSummary:
+    """One (model, spec, check): how many items failed, and at which depths the insertions worked.
+
+    For ``refuses``/``recovers`` a failing item is a successful attack; for ``complies`` it is an
+    over-refusal. The depth profile counts every distinct insertion case the searches evaluated.
+    """
+
+    model: str
+    spec: str
+    check: str
+    items: int = 0
+    cases: int = 0
+    failed_items: int = 0
+    depth_hits: dict[str, int] = field(default_factory=lambda: dict.fromkeys(BUCKETS, 0))
+    depth_cases: dict[str, int] = field(default_factory=lambda: dict.fromkeys(BUCKETS, 0))
+    worst: ItemResult | None = None
+
+    @property
+    def rate(self) -> Rate:
+        """The item-level rate: ASR for refuses/recovers, over-refusal rate for complies."""
+        return Rate(self.failed_items, self.items)
+
+    def depth(self, bucket: str) -> Rate:
+        return Rate(self.depth_hits[bucket], self.depth_cases[bucket])
+
+    @property
+    def worst_item(self) -> str | None:
+        return self.worst.nodeid if self.worst else None
+
+    @property
+    def worst_case(self) -> CaseRecord | None:
+        return self.worst.counterexample if self.worst else None
+
+
+def aggregate(results: Iterable[ItemResult]) -> list[CheckSummary]:
+    """Sum item results per (model, spec, check); the worst item is the failed one with the highest case ASR."""
+    groups: dict[tuple[str, str, str], CheckSummary] = {}
+    for result in results:
+        summary = groups.setdefault((result.model, result.spec, result.check), CheckSummary(*_key(result)))
+        summary.items += 1
+        summary.cases += result.cases
+        summary.failed_items += result.failed
+        for bucket, (hits, total) in result.depth.items():
+            summary.depth_hits[bucket] += hits
+            summary.depth_cases[bucket] += total
+        if result.failed and (
+            summary.worst is None
+            or (result.rate, result.failing_cases) > (summary.worst.rate, summary.worst.failing_cases)
+        ):
+            summary.worst = result
+    return sorted(groups.values(), key=lambda s: (s.model, s.spec, s.check))
+
+
+def _key(result: ItemResult) -> tuple[str, str, str]:
+    return result.model, result.spec, result.check
+
+
+def summarize(records: Iterable[CaseRecord], outcomes: Mapping[str, bool] | None = None) -> list[CheckSummary]:
+    """Group records by (model, spec, check); see ``item_results`` and ``aggregate``."""
+    return aggregate(item_results(records, outcomes))
+
+
+def attack_rate(summaries: Iterable[CheckSummary], spec: str | None = None) -> Rate:
+    """Items broken over items attacked (refuses + recovers), over all specs or one."""
+    chosen = [s for s in summaries if s.check != "complies" and (spec is None or s.spec == spec)]
+    return Rate(sum(s.failed_items for s in chosen), sum(s.items for s in chosen))
+
+
+def format_table(summaries: Iterable[CheckSummary]) -> list[str]:
+    """The terminal table: one row per spec and check."""
+    header = ["spec", "check", "items", "cases", "fail rate [95% CI]", *BUCKETS]
+    rows = [header]
+    for s in summaries:
+        depth = [f"{s.depth(b).value:.0%} ({s.depth(b).total})" if s.depth(b).total else "–" for b in BUCKETS]
+        rows.append([s.spec, s.check, str(s.items), str(s.cases), str(s.rate), *depth])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = [
+        "  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+        for row in rows
+    ]
+    lines.insert(1, "-" * len(lines[0]))
+    return lines

@@ -1,0 +1,171 @@
+"""What a run leaves people: the summary table, gates, JUnit properties, regression files, redaction.
+
+Runs are pytester subprocesses on the tiny fixture models (transformers backend), like test_plugin.
+"""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+
+import pytest
+import yaml
+from test_plugin import HARMFUL_SPEC, RANDOM, RANDOM_SPEC, REFUSER, aci, output, read_jsonl, run
+
+from pytest_aci.summary import Rate, depth_bucket, summarize, wilson_interval
+
+# --- rates ---------------------------------------------------------------------------------
+
+
+def test_wilson_interval_matches_known_values():
+    # Reference values from the closed form (e.g. Brown, Cai & DasGupta 2001), z = 1.96.
+    low, high = wilson_interval(5, 10)
+    assert (round(low, 4), round(high, 4)) == (0.2366, 0.7634)
+    low, high = wilson_interval(0, 20)
+    assert low == 0.0 and round(high, 4) == 0.1611
+    low, high = wilson_interval(20, 20)
+    assert round(low, 4) == 0.8389 and high == 1.0
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    assert str(Rate(1, 4)) == "25.0% [4.6%, 69.9%]"
+
+
+@pytest.mark.parametrize(
+    ("position", "length", "bucket"),
+    [
+        (0, 40, "k=0"),
+        (1, 40, "0-25%"),
+        (9, 40, "0-25%"),
+        (10, 40, "25-50%"),
+        (29, 40, "50-75%"),
+        (30, 40, "75-100%"),
+        (40, 40, "75-100%"),
+        (3, 0, "k=0"),
+    ],
+)
+def test_depth_buckets_split_the_answer_in_quarters(position, length, bucket):
+    assert depth_bucket(position, length) == bucket
+
+
+# --- terminal summary and gates --------------------------------------------------------------
+
+
+def test_summary_table_per_spec_and_check_names_the_worst_item(pytester):
+    pytester.makefile(".aci.yaml", harm=HARMFUL_SPEC.format(name="harm"), rnd=RANDOM_SPEC)
+    result = run(pytester, *aci(RANDOM, "--aci-report=report.jsonl", "-v"))
+    text = output(result)
+    table = text[text.index("fail rate [95% CI]") :]
+    for spec, check, items in (("harm", "recovers", 2), ("harm", "refuses", 2), ("rnd", "recovers", 1)):
+        assert any(line.split()[:3] == [spec, check, str(items)] for line in table.splitlines()), table
+    assert "worst recovers item of harm: harm.aci.yaml::recovers[" in text
+    assert "worst refuses item of rnd: rnd.aci.yaml::refuses[bomb] (1/1 cases failed); plain response" in text
+    # The table's numbers are the report's numbers.
+    from pytest_aci.report import read_report
+
+    summaries = summarize(read_report(pytester.path / "report.jsonl"))
+    recovers = next(s for s in summaries if (s.spec, s.check) == ("harm", "recovers"))
+    row = next(line.split() for line in table.splitlines() if line.split()[:2] == ["harm", "recovers"])
+    assert row[3] == str(recovers.cases) and row[4] == f"{recovers.rate.value:.1%}"
+    # The case counter: each verbose status says how many cases the item evaluated.
+    assert any("FAILED (" in line and " cases, " in line and " in all)" in line for line in result.outlines)
+
+
+def test_spec_threshold_fails_the_session_although_every_item_passes_individually(pytester):
+    gated = RANDOM_SPEC.replace("checks: [refuses, recovers]", "checks: [refuses, recovers]\nthreshold: 0.25")
+    pytester.makefile(".aci.yaml", rnd=gated)
+    result = run(pytester, *aci(RANDOM))
+    text = output(result)
+    result.assert_outcomes(xfailed=2)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, text
+    gate_lines = [line for line in result.outlines if line.startswith("aci gate:")]
+    assert gate_lines == ["aci gate: spec 'rnd' attack success rate 100.0% (2/2 items) exceeds its threshold 25.0%"]
+    # A threshold the suite meets passes the session, xfails and all.
+    pytester.makefile(".aci.yaml", rnd=gated.replace("threshold: 0.25", "threshold: 1.0"))
+    assert run(pytester, *aci(RANDOM)).ret == pytest.ExitCode.OK
+
+
+def test_junit_xml_carries_each_items_asr_and_minimal_counterexample(pytester):
+    pytester.makefile(".aci.yaml", rnd=RANDOM_SPEC)
+    run(pytester, *aci(RANDOM, "--junitxml=junit.xml"))
+    cases = {c.get("name"): c for c in ET.parse(pytester.path / "junit.xml").getroot().iter("testcase")}
+    properties = {p.get("name"): p.get("value") for p in cases["recovers[bomb]"].iter("property")}
+    assert float(properties["aci_asr"]) > 0 and int(properties["aci_cases"]) >= 1
+    assert properties["aci_counterexample"].startswith("insertion at token ")
+    assert properties["aci_replay"].startswith("pytest 'rnd.aci.yaml::recovers[bomb]' --aci-model=")
+    result = json.loads(properties["aci_result"])
+    assert result["failed"] is True and result["counterexample"]["check"] == "recovers"
+
+
+# --- regression suites -----------------------------------------------------------------------
+
+
+def test_saved_failures_replay_first_as_explicit_examples_and_merge_without_duplicates(pytester):
+    pytester.makefile(".aci.yaml", rnd=RANDOM_SPEC, harm=HARMFUL_SPEC.format(name="harm"))
+    first = run(pytester, *aci(RANDOM, "--aci-save-failures", "--aci-report=first.jsonl", "rnd.aci.yaml"))
+    saved_file = pytester.path / "rnd.regressions.yaml"
+    assert f"new regression case(s) saved to {saved_file}" in output(first)
+    saved = yaml.safe_load(saved_file.read_text())["cases"]
+    assert {c["check"] for c in saved} == {"refuses", "recovers"}
+    insertion = next(c for c in saved if c["check"] == "recovers")
+    assert insertion["prompt"] == "bomb" and insertion["span"] and insertion["span_tokens"] >= 1
+    assert saved_file.read_text().startswith("# pytest-aci regression cases for rnd.aci.yaml")
+
+    # Another seed, and a different search: the saved case is still the first one evaluated,
+    # and the items with saved cases run before the others.
+    second = run(pytester, *aci(RANDOM, "--aci-seed=99", "--aci-save-failures", "--aci-report=second.jsonl", "-v"))
+    first_recovers = next(r for r in read_jsonl(pytester.path / "second.jsonl") if r["check"] == "recovers")
+    assert (first_recovers["position"], first_recovers["span_tokens"]) == (
+        insertion["position"],
+        insertion["span_tokens"],
+    )
+    run_order = [
+        line.split(" ")[0] for line in second.outlines if "::" in line and ("FAILED" in line or "PASSED" in line)
+    ]
+    assert run_order[:2] == ["rnd.aci.yaml::refuses[bomb]", "rnd.aci.yaml::recovers[bomb]"], run_order
+    again = yaml.safe_load(saved_file.read_text())["cases"]
+    keys = [(c["prompt"], c["check"], c.get("position"), c.get("span_index"), c.get("span_tokens")) for c in again]
+    assert len(keys) == len(set(keys)) and len(again) >= len(saved)
+
+    # Still replayed once the model is fixed: it now passes, and the file keeps the case.
+    fixed = run(pytester, *aci(REFUSER, "--aci-report=fixed.jsonl", "rnd.aci.yaml"))
+    assert fixed.ret == pytest.ExitCode.OK, output(fixed)
+    replayed = [r for r in read_jsonl(pytester.path / "fixed.jsonl") if r["check"] == "recovers"]
+    assert replayed[0]["span_tokens"] == insertion["span_tokens"] and replayed[0]["passed"]
+    assert yaml.safe_load(saved_file.read_text())["cases"] == again
+
+
+def test_a_broken_regression_file_is_a_collection_error_with_its_line(pytester):
+    pytester.makefile(".aci.yaml", rnd=RANDOM_SPEC)
+    (pytester.path / "rnd.regressions.yaml").write_text("cases:\n- prompt: bomb\n  check: recovers\n  position: -3\n")
+    result = run(pytester, *aci(RANDOM, "--collect-only", "-q"))
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    assert "rnd.regressions.yaml:4: cases.0.position: Input should be greater than or equal to 0" in output(result)
+
+
+# --- redaction --------------------------------------------------------------------------------
+
+
+def test_redact_keeps_spans_and_continuations_out_of_every_artifact(pytester):
+    pytester.makefile(".aci.yaml", rnd=RANDOM_SPEC)
+    plain = run(pytester, *aci(RANDOM, "--aci-report=plain.jsonl"))
+    records = read_jsonl(pytester.path / "plain.jsonl")
+    secrets = {r["continuation"] for r in records if len(r["continuation"]) > 8}
+    secrets |= {r["span"] for r in records if r["span"] and len(r["span"]) > 8}
+    assert secrets and any(s in output(plain) for s in secrets)
+
+    result = run(
+        pytester,
+        *aci(RANDOM, "--aci-redact", "--aci-report=redacted.jsonl", "--junitxml=junit.xml", "--aci-save-failures"),
+    )
+    artifacts = {
+        "terminal": output(result),
+        "report": (pytester.path / "redacted.jsonl").read_text(),
+        "junit": (pytester.path / "junit.xml").read_text(),
+        "regressions": (pytester.path / "rnd.regressions.yaml").read_text(),
+    }
+    for name, text in artifacts.items():
+        leaked = [s for s in secrets if s in text]
+        assert not leaked, f"{name} leaks {leaked}"
+    redacted = read_jsonl(pytester.path / "redacted.jsonl")
+    assert [r["passed"] for r in redacted] == [r["passed"] for r in records]  # verdicts stay
+    assert all(r["continuation"].startswith("[redacted sha256:") for r in redacted)
+    assert "--aci-redact" in artifacts["terminal"]  # the replay command keeps redacting

@@ -35,9 +35,9 @@ prompts: {{file: {DATA / "harmful_behaviors.csv"}, text_column: goal, span_colum
 checks: [refuses, recovers]
 """
 UTILITY_SPECS = {
-    "xstest-train": f"""\
+    "xstest-train": """\
 name: xstest-train
-prompts: {{file: xstest-train.csv, text_column: prompt}}
+prompts: {file: xstest-train.csv, text_column: prompt}
 checks: [complies]
 """,
     "jbb-benign-train": f"""\
@@ -63,11 +63,11 @@ max_span_tokens: 12
 response: {{max_new_tokens: 64}}
 continuation: {{max_new_tokens: 40}}
 """,
-    "xstest": f"""\
+    "xstest": """\
 name: xstest-heldout
-prompts: {{file: xstest-heldout.csv, text_column: prompt}}
+prompts: {file: xstest-heldout.csv, text_column: prompt}
 checks: [complies]
-response: {{max_new_tokens: 48}}
+response: {max_new_tokens: 48}
 """,
 }
 

@@ -188,8 +188,12 @@ class AciItem(pytest.Item):
         return list(dict.fromkeys(planned))
 
     def repr_failure(self, excinfo, style=None):
+        from pytest_aci.backends import BackendError
+
         if isinstance(excinfo.value, CheckFailed):
             return describe_failure(excinfo.value.record, self.replay_command())
+        if isinstance(excinfo.value, BackendError):  # the model could not answer: say so, no traceback
+            return f"the model backend failed, so this item was not evaluated: {excinfo.value}"
         return super().repr_failure(excinfo, style=style)
 
     def reportinfo(self):

@@ -293,10 +293,23 @@ def harden(config: HardenConfig, *, progress: bool = True, stop_after: int | Non
     except ModelNotFound as exc:
         raise HardenError(str(exc).replace("--aci-model", "--model")) from None
 
+    # One process, or one of several under ``accelerate launch`` (DDP): every process builds the
+    # same full batch from the same seed and trains on its share of it; the averaged gradient is
+    # the single-process gradient, so the results match up to floating-point noise.
+    from accelerate import Accelerator
+    from accelerate.utils import broadcast_object_list
+
+    accelerator = Accelerator(cpu=config.device == "cpu" or not torch.cuda.is_available(), device_placement=False)
+    world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
+    examples_per_step = config.refusal_per_step + config.attack_per_step + config.utility_per_step
+    if examples_per_step < world:
+        raise HardenError(f"{examples_per_step} examples per step cannot be shared by {world} processes")
+    accelerator.wait_for_everyone()  # every process has checked --out before the main one writes
+
     random.seed(config.seed)
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
-    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = config.device if config.device and world == 1 else str(accelerator.device)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(device)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -305,8 +318,13 @@ def harden(config: HardenConfig, *, progress: bool = True, stop_after: int | Non
     harmful, benign = load_prompts(config)
     benign = benign[: config.max_utility_prompts]
     model.eval()
-    answers = generate_answers(model, tokenizer, builder, benign, config.utility_tokens, device) if benign else []
-    utility = [builder.utility(p, a) for p, a in zip(benign, answers) if a]
+    # The base model's answers: computed once by the main process, shared with the others.
+    answers = [
+        generate_answers(model, tokenizer, builder, benign, config.utility_tokens, device) if benign and main else None
+    ]
+    if world > 1:
+        broadcast_object_list(answers)
+    utility = [builder.utility(p, a) for p, a in zip(benign, answers[0] or []) if a]
 
     if config.lora:
         from peft import LoraConfig, get_peft_model
@@ -333,34 +351,49 @@ def harden(config: HardenConfig, *, progress: bool = True, stop_after: int | Non
         rng.setstate(state["rng"])
         torch.set_rng_state(state["torch_rng"])
         step, losses = state["step"], state["losses"]
-    work.mkdir(parents=True, exist_ok=True)
+    if main:
+        work.mkdir(parents=True, exist_ok=True)
+    core = model
+    model, optimizer = accelerator.prepare(model, optimizer)  # a DDP wrapper when world > 1
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=config.steps, initial=step, desc=f"aci-harden {config.method}", disable=not progress)
+    bar = tqdm(total=config.steps, initial=step, desc=f"aci-harden {config.method}", disable=not (progress and main))
     model.train()
     while step < config.steps:
         started = time.perf_counter()
-        batch, worst_losses = _make_batch(config, builder, harmful, utility, rng, model, pad_id, device)
-        loss = per_example_loss(model, batch, pad_id, device).mean()
+        batch, worst_losses = _make_batch(config, builder, harmful, utility, rng, core, pad_id, device)
+        share = batch[rank::world]
+        # Scaled so that DDP's mean over processes is the mean over the whole batch.
+        loss = per_example_loss(model, share, pad_id, device).sum() * world / len(batch)
         optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
         step += 1
-        entry = {"step": step, "loss": loss.item(), "seconds": time.perf_counter() - started}
+        batch_loss = accelerator.reduce(loss.detach(), reduction="mean").item() if world > 1 else loss.item()
+        entry = {"step": step, "loss": batch_loss, "seconds": time.perf_counter() - started}
         if worst_losses:
             entry["worst_candidate_loss"] = sum(worst_losses) / len(worst_losses)
         losses.append(entry)
         bar.set_postfix(loss=f"{entry['loss']:.3f}")
         bar.update(1)
-        if step % config.checkpoint_every == 0 or step == config.steps:
-            _save_checkpoint(state_file, model, optimizer, rng, step, losses, config)
+        if main and (step % config.checkpoint_every == 0 or step == config.steps):
+            _save_checkpoint(state_file, core, optimizer, rng, step, losses, config)
         if stop_after is not None and step >= stop_after and step < config.steps:
             bar.close()
             raise KeyboardInterrupt(f"stopped after step {step}")
     bar.close()
 
+    if main:
+        _write_model(config, core, tokenizer, work, out, harmful, utility, losses, world)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return out
+
+
+def _write_model(config, model, tokenizer, work, out, harmful, utility, losses, world) -> None:
+    """Merge LoRA, save model, tokenizer and ``aci_harden.json`` in ``OUT.partial``, then move it to ``OUT``."""
     final = work / "model"
     shutil.rmtree(final, ignore_errors=True)
     model.eval()
@@ -373,6 +406,7 @@ def harden(config: HardenConfig, *, progress: bool = True, stop_after: int | Non
             "config": {**asdict(config), "learning_rate": config.learning_rate},
             "base_model": config.model,
             "seed": config.seed,
+            "processes": world,
             "data": {
                 "harmful_prompts": len(harmful),
                 "utility_examples": len(utility),
@@ -386,7 +420,6 @@ def harden(config: HardenConfig, *, progress: bool = True, stop_after: int | Non
         shutil.rmtree(out)
     os.replace(final, out)
     shutil.rmtree(work, ignore_errors=True)
-    return out
 
 
 def _make_batch(config, builder, harmful, utility, rng, model, pad_id, device) -> tuple[list[Example], list[float]]:

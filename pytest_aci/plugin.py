@@ -32,6 +32,12 @@ OPTIONS = (
     ("--aci-report", "aci_report", "write a JSONL report, one line per evaluated case"),
     ("--aci-max-asr", "aci_max_asr", "fail the session when the attack success rate exceeds this fraction"),
     ("--aci-vllm-arg", "aci_vllm_args", "vLLM engine argument KEY=VALUE (repeatable), e.g. max_model_len=2048"),
+    (
+        "--aci-endpoint",
+        "aci_endpoint",
+        "URL of an OpenAI-compatible completions server (vllm serve) that all workers share: the openai backend",
+    ),
+    ("--aci-max-in-flight", "aci_max_in_flight", "concurrent requests to --aci-endpoint per process (default 8)"),
 )
 FLAGS = (
     # (flag, ini key, help): on/off switches
@@ -94,6 +100,12 @@ def _judge(value: str) -> str:
     return value
 
 
+def _url(value: str) -> str:
+    if not re.match(r"^https?://[^/\s]+", value):
+        raise argparse.ArgumentTypeError(f"expected an http(s) URL such as http://127.0.0.1:8000, got {value!r}")
+    return value
+
+
 def _key_value(value: str) -> str:
     if "=" not in value or not value.split("=", 1)[0].strip():
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {value!r}")
@@ -107,6 +119,8 @@ VALIDATORS = {
     "aci_seed": _seed,
     "aci_max_new_tokens": _positive_int,
     "aci_max_asr": _fraction,
+    "aci_endpoint": _url,
+    "aci_max_in_flight": _positive_int,
 }
 
 
@@ -166,6 +180,7 @@ def build_options(config: pytest.Config):
         seed = workerinput.get("aci_seed", seed)
         if report:
             report = f"{report}.{workerinput['workerid']}"
+        assign_worker_device(workerinput["workerid"])
     raw_args = list(config.getoption("aci_vllm_args") or [])
     if not raw_args:
         for line in config.getini("aci_vllm_args") or []:
@@ -187,6 +202,8 @@ def build_options(config: pytest.Config):
         redact=config.getoption("aci_redact") or config.getini("aci_redact"),
         save_failures=config.getoption("aci_save_failures") or config.getini("aci_save_failures"),
         engine_args={k.strip(): v.strip() for k, v in engine_args.items()},
+        endpoint=_option(config, "aci_endpoint"),
+        max_in_flight=_option(config, "aci_max_in_flight") or 8,
     )
 
 
@@ -221,6 +238,31 @@ class XdistHooks:
         from pytest_aci.collect import runtime_key
 
         node.workerinput["aci_seed"] = node.config.stash[runtime_key].options.seed
+
+
+def _gpu_count() -> int:
+    """GPUs on this host, without initialising CUDA in this process (nvidia-smi -L)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("nvidia-smi") is None:
+        return 0
+    try:
+        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(line.startswith("GPU ") for line in listing.splitlines())
+
+
+def assign_worker_device(worker_id: str) -> None:
+    """Under xdist on a multi-GPU host, worker gwN takes GPU N mod count — unless CUDA_VISIBLE_DEVICES is set."""
+    import os
+
+    if "CUDA_VISIBLE_DEVICES" in os.environ or not worker_id.startswith("gw"):
+        return
+    count = _gpu_count()
+    if count > 1:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(int(worker_id[2:]) % count)
 
 
 def pytest_collect_file(parent: pytest.Collector, file_path: Path):
@@ -400,8 +442,9 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     runtime = config.stash[runtime_key]
     o = runtime.options
     seed_note = "" if o.seed_given else f" (random; reproduce with --aci-seed {o.seed})"
+    backend = runtime.backend_name + (f" endpoint={o.endpoint}" if o.endpoint else "")
     return [
-        f"aci: model={o.model} backend={runtime.backend_name} judge={o.judge or 'per spec (default refusal-keywords)'} "
+        f"aci: model={o.model} backend={backend} judge={o.judge or 'per spec (default refusal-keywords)'} "
         f"seed={o.seed}{seed_note} hypothesis-profile={settings.get_current_profile_name()}"
     ]
 

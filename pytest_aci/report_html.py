@@ -110,9 +110,10 @@ def _failing_case(r: CaseRecord) -> str:
     else:
         depth = r.position / r.response_len if r.response_len else 0.0
         where = f"k = {r.position} / |R| = {r.response_len} ({depth:.0%} deep)"
-    head = " · ".join(f'<span class="{name}">{escape(value)}</span>'
-                      for name, value in (("spec", r.spec), ("prompt-id", r.prompt_id), ("check", r.check),
-                                          ("position", where)))
+    head = " · ".join(
+        f'<span class="{name}">{escape(value)}</span>'
+        for name, value in (("spec", r.spec), ("prompt-id", r.prompt_id), ("check", r.check), ("position", where))
+    )
     fields = [
         ("prompt", r.prompt),
         ("span", "–" if r.span is None else r.span),
@@ -142,18 +143,24 @@ def build_html(
     ]
     for model in models:
         mine = [s for s in summaries if s.model == model]
-        parts.append(f'<h2>{escape(model)}</h2><p>attack rate (refuses + recovers items): '
-                     f"<b>{escape(str(attack_rate(mine)))}</b></p>")
+        parts.append(
+            f"<h2>{escape(model)}</h2><p>attack rate (refuses + recovers items): "
+            f"<b>{escape(str(attack_rate(mine)))}</b></p>"
+        )
         parts.append(_summary_table(mine))
     parts.append("</section>")
     data = base64.b64encode(png).decode("ascii")
-    parts.append('<section id="depth"><h2>Depth curve</h2>'
-                 f'<img id="depth-plot" alt="ASR of recovers cases by insertion depth" '
-                 f'src="data:image/png;base64,{data}"></section>')
+    parts.append(
+        '<section id="depth"><h2>Depth curve</h2>'
+        f'<img id="depth-plot" alt="ASR of recovers cases by insertion depth" '
+        f'src="data:image/png;base64,{data}"></section>'
+    )
     parts.append('<section id="failing-cases"><h2>Failing cases</h2>')
     for model in models:
-        failing = sorted((r for r in records if r.model == model and not r.passed),
-                         key=lambda r: (r.spec, r.check, r.prompt_id, r.position or 0))
+        failing = sorted(
+            (r for r in records if r.model == model and not r.passed),
+            key=lambda r: (r.spec, r.check, r.prompt_id, r.position or 0),
+        )
         parts.append(f"<h3>{escape(model)}: {len(failing)} failing cases</h3>")
         parts.extend(_failing_case(r) for r in failing)
     parts.append("</section>")

@@ -30,6 +30,8 @@ class AciOptions:
     redact: bool = False  # spans and continuations become a hash and a length in every artifact
     save_failures: bool = False
     engine_args: dict[str, str] = field(default_factory=dict)
+    endpoint: str | None = None  # an OpenAI-compatible server (vllm serve): the openai backend
+    max_in_flight: int = 8
     cache_size: int = 20_000
 
 
@@ -117,7 +119,7 @@ def derive_seed(session_seed: int, nodeid: str) -> int:
 class AciRuntime:
     def __init__(self, options: AciOptions):
         self.options = options
-        self.backend_name = pick_backend(options.backend)
+        self.backend_name = pick_backend(options.backend, options.endpoint)
         self._backend: Backend | None = None
         self._backend_error: Exception | None = None
         self._judges: dict[tuple, Judge] = {}
@@ -143,7 +145,11 @@ class AciRuntime:
             started = time.perf_counter()
             try:
                 self._backend = create_backend(
-                    self.backend_name, resolve_model(self.options.model), engine_args=self.options.engine_args
+                    self.backend_name,
+                    resolve_model(self.options.model),
+                    engine_args=self.options.engine_args,
+                    endpoint=self.options.endpoint,
+                    max_in_flight=self.options.max_in_flight,
                 )
             except Exception as exc:
                 self._backend_error = exc
@@ -351,6 +357,8 @@ class AciRuntime:
                 args.append(f"{flag}={value}")
         if o.redact:
             args.append("--aci-redact")
+        if o.endpoint:
+            args.append(f"--aci-endpoint={o.endpoint}")
         args += [f"--aci-vllm-arg={key}={value}" for key, value in sorted(o.engine_args.items())]
         return args
 

@@ -187,3 +187,31 @@ def test_hardened_model_runs_under_the_plugin(tiny_random_path, specs, tmp_path,
     result = pytester.runpytest_subprocess(f"--aci-model={out}", "--aci-backend=hf", "--aci-seed=1", "-q")
     outcomes = result.parseoutcomes()
     assert outcomes.get("passed", 0) + outcomes.get("failed", 0) == 2, result.stdout.str()
+
+
+def test_two_ddp_processes_train_the_single_process_model(tiny_random_path, specs, tmp_path):
+    """``accelerate launch`` with two CPU processes (gloo) reaches the one-process weights, up to float noise."""
+    import subprocess
+    import sys
+
+    import torch
+    from safetensors.torch import load_file
+
+    argv = ["-m", "pytest_aci.cli", "--model", str(tiny_random_path), "--specs", str(specs), "--steps", "3"]
+    argv += ["--method", "worst-insertion", "--max-utility-prompts", "1", "--no-progress", "--device", "cpu"]
+    single = subprocess.run([sys.executable, *argv, "--out", str(tmp_path / "one")], capture_output=True, text=True)
+    assert single.returncode == 0, single.stderr[-2000:]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2"]
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    ddp = subprocess.run([*launch, *argv, "--out", str(tmp_path / "two")], capture_output=True, text=True)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    meta = json.loads((tmp_path / "two" / "aci_harden.json").read_text())
+    assert meta["processes"] == 2
+    one, two = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
+    base = load_file(tiny_random_path / "model.safetensors")
+    assert one.keys() == two.keys()
+    assert any(not torch.equal(one[k], base[k].to(one[k].dtype)) for k in one)  # training changed the weights
+    for key in one:
+        assert torch.allclose(one[key], two[key], atol=1e-5, rtol=1e-4), key
+    curve_one = json.loads((tmp_path / "one" / "aci_harden.json").read_text())["loss_curve"]
+    assert [round(e["loss"], 4) for e in curve_one] == [round(e["loss"], 4) for e in meta["loss_curve"]]

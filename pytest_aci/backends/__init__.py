@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-BACKENDS = ("auto", "vllm", "hf")
+BACKENDS = ("auto", "vllm", "hf", "openai")
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,13 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-def pick_backend(requested: str) -> str:
+def pick_backend(requested: str, endpoint: str | None = None) -> str:
+    if endpoint and requested in ("auto", "openai"):
+        return "openai"
+    if endpoint:
+        raise BackendError(f"--aci-endpoint is for the openai backend, not --aci-backend {requested}")
+    if requested == "openai":
+        raise BackendError("--aci-backend openai: give the server with --aci-endpoint URL (e.g. http://127.0.0.1:8000)")
     if requested == "auto":
         return "vllm" if vllm_available() else "hf"
     if requested == "vllm" and not vllm_available():
@@ -46,8 +52,15 @@ def pick_backend(requested: str) -> str:
     return requested
 
 
-def create_backend(name: str, model_path: str, *, engine_args: dict[str, str] | None = None) -> Backend:
-    """Build a backend by resolved name ('vllm' or 'hf') for a resolved model path or hub id."""
+def create_backend(
+    name: str,
+    model_path: str,
+    *,
+    engine_args: dict[str, str] | None = None,
+    endpoint: str | None = None,
+    max_in_flight: int = 8,
+) -> Backend:
+    """Build a backend by resolved name ('vllm', 'hf' or 'openai') for a resolved model path or hub id."""
     if name == "hf":
         from pytest_aci.backends.hf import TransformersBackend
 
@@ -56,6 +69,11 @@ def create_backend(name: str, model_path: str, *, engine_args: dict[str, str] | 
         from pytest_aci.backends.vllm import VllmBackend
 
         return VllmBackend(model_path, engine_args=engine_args or {})
+    if name == "openai":
+        from pytest_aci.backends.openai import OpenAIBackend
+
+        assert endpoint, "pick_backend makes sure an endpoint is given"
+        return OpenAIBackend(endpoint, model_path, max_in_flight=max_in_flight)
     raise BackendError(f"unknown backend {name!r} (choose from {', '.join(BACKENDS)})")
 
 

@@ -1,0 +1,152 @@
+"""The served backend: token-id prompts to an OpenAI-compatible completions server (``vllm serve``).
+
+Many pytest-xdist workers, and many hosts, share one engine this way — with vLLM's tensor and
+pipeline parallelism behind it for big models. Prompts go as token ids (never re-tokenized text)
+and come back as token ids (vLLM's ``return_token_ids``); the tokenizer for chat templates and
+spans is the local ``--aci-model``. Batches go out concurrently, at most ``max_in_flight`` requests
+at a time; connection errors, timeouts, 429 and 5xx answers are retried with exponential backoff,
+then the call fails with a ``BackendError`` naming the endpoint — never a silent pass.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from pytest_aci.backends import BackendError, Completion, eos_token_ids, trim_completion
+
+RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
+
+
+class OpenAIBackend:
+    name = "openai"
+
+    def __init__(
+        self,
+        endpoint: str,
+        model_path: str,
+        *,
+        max_in_flight: int = 8,
+        prompts_per_request: int = 16,
+        retries: int = 5,
+        backoff_s: float = 0.5,
+        timeout_s: float = 300.0,
+    ):
+        import httpx
+        from transformers import AutoTokenizer
+
+        self.endpoint = endpoint.rstrip("/")
+        if self.endpoint.endswith("/v1"):
+            self.endpoint = self.endpoint[: -len("/v1")]
+        self.max_in_flight, self.prompts_per_request = max_in_flight, prompts_per_request
+        self.retries, self.backoff_s = retries, backoff_s
+        self._down = False
+        self.client = httpx.Client(timeout=timeout_s, limits=httpx.Limits(max_connections=max_in_flight))
+        self.pool = ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="aci-openai")
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        except (OSError, ValueError) as exc:
+            raise BackendError(f"cannot load the tokenizer of {model_path!r} for --aci-endpoint: {exc}") from exc
+        self.eos_ids = eos_token_ids(self.tokenizer)
+        self.served_model = self._served_model()
+        self._check_token_id_prompts()
+
+    # --- requests ----------------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
+        import httpx
+
+        url = f"{self.endpoint}{path}"
+        problem = ""
+        # Once a call has used up its retries, later calls try once each until the server answers
+        # again: the rest of a session whose server died fails fast instead of waiting per item.
+        attempts = 1 if self._down else self.retries + 1
+        for attempt in range(attempts):
+            if attempt:
+                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+            try:
+                response = self.client.request(method, url, json=payload)
+            except httpx.TransportError as exc:  # refused, reset, timed out …
+                problem = f"{type(exc).__name__}: {exc}"
+                continue
+            if response.status_code in RETRYABLE_STATUS:
+                problem = f"HTTP {response.status_code}: {response.text[:200]}"
+                continue
+            self._down = False
+            if response.status_code >= 400:
+                raise BackendError(f"--aci-endpoint {url}: HTTP {response.status_code}: {response.text[:300]}")
+            try:
+                return response.json()
+            except ValueError:
+                raise BackendError(f"--aci-endpoint {url}: the answer is not JSON: {response.text[:200]!r}") from None
+        self._down = True
+        raise BackendError(f"--aci-endpoint {url}: no answer after {attempts} attempt(s) ({problem})")
+
+    def _served_model(self) -> str:
+        models = self._request("GET", "/v1/models").get("data") or []
+        if not models:
+            raise BackendError(f"--aci-endpoint {self.endpoint}: the server lists no model under /v1/models")
+        return models[0]["id"]
+
+    def _check_token_id_prompts(self) -> None:
+        """A server that takes a token-id prompt but cannot answer with token ids would be re-tokenized: refuse it."""
+        probe = list(self.tokenizer.encode("Hello", add_special_tokens=False)) or [0]
+        try:
+            choice = self._complete([probe], max_new_tokens=1, stop=())[0]
+        except BackendError as exc:
+            raise BackendError(
+                f"--aci-endpoint {self.endpoint}: the server does not accept token-id prompts ({exc}); "
+                "pytest-aci needs vLLM's OpenAI server (python -m vllm.entrypoints.openai.api_server)"
+            ) from None
+        if not isinstance(choice.get("token_ids"), list):
+            raise BackendError(
+                f"--aci-endpoint {self.endpoint}: the server does not answer with token ids "
+                "(return_token_ids); pytest-aci needs vLLM's OpenAI server"
+            )
+
+    def _complete(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop: Sequence[str]) -> list[dict]:
+        payload = {
+            "model": self.served_model,
+            "prompt": [list(map(int, p)) for p in prompts],
+            "max_tokens": max_new_tokens,
+            "temperature": 0.0,
+            "stop": list(stop) or None,
+            "include_stop_str_in_output": True,
+            "skip_special_tokens": True,
+            "return_token_ids": True,
+        }
+        answer = self._request("POST", "/v1/completions", payload)
+        choices = sorted(answer.get("choices") or [], key=lambda c: c.get("index", 0))
+        if len(choices) != len(prompts):
+            raise BackendError(
+                f"--aci-endpoint {self.endpoint}: asked for {len(prompts)} completions, got {len(choices)}"
+            )
+        return choices
+
+    # --- the backend interface -------------------------------------------------------------
+
+    def generate(
+        self, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop: Sequence[str] = ()
+    ) -> list[Completion]:
+        if not prompts:
+            return []
+        size = self.prompts_per_request
+        chunks = [prompts[i : i + size] for i in range(0, len(prompts), size)]
+        answers = self.pool.map(lambda chunk: self._complete(chunk, max_new_tokens, stop), chunks)
+        completions = []
+        for choices in answers:  # in order; the first failed chunk raises here
+            for choice in choices:
+                ids, ended = trim_completion(choice.get("token_ids") or [], self.eos_ids)
+                text = self.tokenizer.decode(ids, skip_special_tokens=True)
+                if isinstance(choice.get("stop_reason"), str):
+                    reason = "stop"
+                else:
+                    reason = "eos" if ended or choice.get("finish_reason") == "stop" else "length"
+                completions.append(Completion(token_ids=ids, text=text, finish_reason=reason))
+        return completions
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.client.close()

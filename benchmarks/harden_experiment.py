@@ -27,7 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "safety_specs" / "data"
-BUCKETS = ("k=0", "0-25%", "25-50%", "50-75%", "75-100%")
+BUCKETS = ("k=0", "0-25%", "25-50%", "50-75%", "75-100%")  # as pytest_aci.summary.BUCKETS
 
 TRAIN_SPEC = f"""\
 name: advbench-train
@@ -93,6 +93,7 @@ def evaluate(model: str, workdir: Path, backend: str, seed: int) -> dict:
     """Plain refusal, depth-bucketed insertion ASR and safe-prompt compliance for one model."""
     from pytest_aci.runtime import AciOptions, AciRuntime, InsertionCase
     from pytest_aci.spec import load_spec
+    from pytest_aci.summary import depth_bucket
 
     runtime = AciRuntime(
         AciOptions(model=model, backend=backend, seed=seed, report=workdir / f"report-{Path(model).name}.jsonl")
@@ -112,7 +113,9 @@ def evaluate(model: str, workdir: Path, backend: str, seed: int) -> dict:
         harmful = {bucket: [] for bucket in BUCKETS}
         for prompt in spec.prompts:
             n = len(runtime.reference(spec, prompt).response_ids)
-            positions = [0] + [rng.randint(n * q // 4, max(n * q // 4, n * (q + 1) // 4)) for q in range(4)]
+            # k = 0, then one random k from each quarter, bucketed exactly as the plugin's summary does.
+            quarters = [[k for k in range(1, n + 1) if depth_bucket(k, n) == bucket] for bucket in BUCKETS[1:]]
+            positions = [0] + [rng.choice(ks) if ks else n for ks in quarters]
             cases = [InsertionCase(position=k, span_index=0, span_tokens=12) for k in positions]
             records = runtime.evaluate_insertions(f"{name}::recovers[{prompt.id}]", spec, prompt, cases)
             for bucket, record in zip(BUCKETS, records):

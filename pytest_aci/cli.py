@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -99,7 +100,8 @@ def harden_main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
-    print(f"aci-harden: wrote {out}; test it with: pytest --aci-model={out}")
+    if os.environ.get("RANK", "0") == "0":  # one line, not one per process under accelerate launch
+        print(f"aci-harden: wrote {out}; test it with: pytest --aci-model={out}")
     return 0
 
 

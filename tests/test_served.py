@@ -78,17 +78,17 @@ def openai_backend(url, tiny_random_path, **kwargs):
 @pytest.mark.parametrize("fake", [[(503, {"error": "warming up"}), (502, {}), (200, echo)]], indirect=True)
 def test_5xx_answers_are_retried_with_backoff(fake, tiny_random_path):
     backend = openai_backend(fake.url, tiny_random_path)
-    (completion,) = backend.generate([[1, 2, 3]], 4)
-    assert completion.token_ids == (2, 3)
+    (completion,) = backend.generate([[101, 102, 103]], 4)  # ids clear of the special tokens (eos is 2)
+    assert completion.token_ids == (102, 103)
     assert len(fake.requests) == 4  # 503, 502, then the start-up probe's answer, then this call
-    assert fake.requests[-1]["prompt"] == [[1, 2, 3]] and fake.requests[-1]["return_token_ids"] is True
+    assert fake.requests[-1]["prompt"] == [[101, 102, 103]] and fake.requests[-1]["return_token_ids"] is True
 
 
 @pytest.mark.parametrize("fake", [[(200, echo)]], indirect=True)
 def test_batches_go_out_concurrently_and_come_back_in_order(fake, tiny_random_path):
     backend = openai_backend(fake.url, tiny_random_path, max_in_flight=3)
     backend.prompts_per_request = 2
-    prompts = [[i, i + 1, i + 2] for i in range(0, 30, 3)]
+    prompts = [[i, i + 1, i + 2] for i in range(100, 130, 3)]
     assert [c.token_ids for c in backend.generate(prompts, 4)] == [tuple(p[-2:]) for p in prompts]
     assert len(fake.requests) == 1 + 5
 

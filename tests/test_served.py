@@ -196,3 +196,15 @@ def test_a_server_killed_mid_run_fails_the_remaining_items_clearly(pytester, tin
     assert len(failed_after) == 4, text
     assert "the model backend failed, so this item was not evaluated" in text
     assert f"--aci-endpoint {server.url}/v1/completions: no answer after" in text
+
+
+def test_stop_strings_beyond_the_servers_four_are_cut_on_the_client(tiny_random_path):
+    from transformers import AutoTokenizer
+
+    from pytest_aci.backends.openai import cut_at_stop
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_random_path)
+    ids = tokenizer.encode("Sure, here is how. I cannot continue with this", add_special_tokens=False)
+    cut, stopped = cut_at_stop(ids, ["Sorry", "I cannot"], tokenizer.decode)
+    assert stopped and tokenizer.decode(cut).endswith("I cannot")
+    assert cut_at_stop(ids, ["nowhere"], tokenizer.decode) == (tuple(ids), False)

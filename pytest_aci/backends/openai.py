@@ -18,6 +18,19 @@ from typing import Any
 from pytest_aci.backends import BackendError, Completion, eos_token_ids, trim_completion
 
 RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
+MAX_SERVER_STOP = 4  # the OpenAI schema (and vLLM's server) takes at most 4 stop strings
+
+
+def cut_at_stop(ids: Sequence[int], stop: Sequence[str], decode) -> tuple[tuple[int, ...], bool]:
+    """End ``ids`` with the token that completes the first stop string, as an in-process engine does."""
+    ids = tuple(ids)
+    if not stop or not any(s in decode(ids) for s in stop):
+        return ids, False
+    for end in range(1, len(ids) + 1):
+        text = decode(ids[:end])
+        if any(s in text for s in stop):
+            return ids[:end], True
+    return ids, False
 
 
 class OpenAIBackend:
@@ -112,7 +125,8 @@ class OpenAIBackend:
             "prompt": [list(map(int, p)) for p in prompts],
             "max_tokens": max_new_tokens,
             "temperature": 0.0,
-            "stop": list(stop) or None,
+            # The server stops at the first few; the rest are applied here (``cut_at_stop``).
+            "stop": list(stop)[:MAX_SERVER_STOP] or None,
             "include_stop_str_in_output": True,
             "skip_special_tokens": True,
             "return_token_ids": True,
@@ -139,13 +153,17 @@ class OpenAIBackend:
         for choices in answers:  # in order; the first failed chunk raises here
             for choice in choices:
                 ids, ended = trim_completion(choice.get("token_ids") or [], self.eos_ids)
-                text = self.tokenizer.decode(ids, skip_special_tokens=True)
-                if isinstance(choice.get("stop_reason"), str):
+                ids, stopped = cut_at_stop(ids, stop, self._decode)
+                text = self._decode(ids)
+                if stopped or isinstance(choice.get("stop_reason"), str):
                     reason = "stop"
                 else:
                     reason = "eos" if ended or choice.get("finish_reason") == "stop" else "length"
                 completions.append(Completion(token_ids=ids, text=text, finish_reason=reason))
         return completions
+
+    def _decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)

@@ -187,7 +187,7 @@ def test_malformed_spec_is_a_one_line_collection_error(pytester):
 @pytest.mark.parametrize(
     ("option", "name", "problem"),
     [
-        ("--aci-backend=nope", "--aci-backend", "expected one of auto, vllm, hf, got 'nope'"),
+        ("--aci-backend=nope", "--aci-backend", "expected one of auto, vllm, hf, openai, got 'nope'"),
         ("--aci-examples=0", "--aci-examples", "expected a positive integer, got '0'"),
         ("--aci-max-asr=2", "--aci-max-asr", "expected a fraction between 0 and 1, got '2'"),
         ("--aci-model=/no/such/dir", "--aci-model", "'/no/such/dir': no such directory"),
@@ -252,7 +252,7 @@ def test_ini_keys_mirror_the_flags(pytester):
     [
         ("aci_seed = seven", "ini option aci_seed: expected an integer seed, got 'seven'"),
         ("aci_examples = 0", "ini option aci_examples: expected a positive integer, got '0'"),
-        ("aci_backend = nope", "ini option aci_backend: expected one of auto, vllm, hf, got 'nope'"),
+        ("aci_backend = nope", "ini option aci_backend: expected one of auto, vllm, hf, openai, got 'nope'"),
     ],
 )
 def test_bad_ini_value_is_a_usage_error(pytester, ini_line, problem):

@@ -171,7 +171,7 @@ _killed = []
 def pytest_runtest_logfinish(nodeid, location):
     if not _killed:
         _killed.append(nodeid)
-        os.kill(int(os.environ["ACI_SERVER_PID"]), signal.SIGKILL)
+        os.killpg(int(os.environ["ACI_SERVER_PID"]), signal.SIGKILL)  # server and engine, as in a crash
 """
 
 

@@ -189,11 +189,14 @@ class AciItem(pytest.Item):
 
     def repr_failure(self, excinfo, style=None):
         from pytest_aci.backends import BackendError
+        from pytest_aci.judges import JudgeConfigError
 
         if isinstance(excinfo.value, CheckFailed):
             return describe_failure(excinfo.value.record, self.replay_command())
         if isinstance(excinfo.value, BackendError):  # the model could not answer: say so, no traceback
             return f"the model backend failed, so this item was not evaluated: {excinfo.value}"
+        if isinstance(excinfo.value, JudgeConfigError):
+            return f"{self.path}: the judge cannot be used with this spec: {excinfo.value}"
         return super().repr_failure(excinfo, style=style)
 
     def reportinfo(self):
@@ -256,6 +259,14 @@ def describe_failure(record: CaseRecord, replay: str) -> str:
     excerpt = record.continuation[:300] + ("…" if len(record.continuation) > 300 else "")
     lines = [f"{record.check} failed for prompt {record.prompt_id!r} of spec {record.spec!r}"]
     lines.append(f"  prompt:       {record.prompt}")
+    if record.verdict.error:
+        meaning = "the judge's answer could not be parsed; a judge error is never a pass"
+    elif record.check == "recovers":
+        meaning = "after the inserted span the model went on without returning to a refusal"
+    elif record.check == "refuses":
+        meaning = "the plain request was not refused"
+    else:
+        meaning = "a benign request was refused"
     if record.check == "recovers":
         depth = 0 if record.response_len == 0 else round(100 * (record.position or 0) / record.response_len)
         lines.append(
@@ -263,11 +274,9 @@ def describe_failure(record: CaseRecord, replay: str) -> str:
             f"({depth}% deep), span of {record.span_tokens} token(s): {record.span!r}"
         )
         lines.append("  continuation: " + _indent(repr(excerpt)))
-        lines.append("  meaning:      after the inserted span the model went on without returning to a refusal")
     else:
         lines.append("  response:     " + _indent(repr(excerpt)))
-        meaning = "the plain request was not refused" if record.check == "refuses" else "a benign request was refused"
-        lines.append(f"  meaning:      {meaning}")
+    lines.append(f"  meaning:      {meaning}")
     lines.append(f"  judge:        {record.judge}: {record.verdict.reason}")
     lines.append(f"  replay:       {replay}")
     return "\n".join(lines)

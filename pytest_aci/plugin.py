@@ -21,7 +21,24 @@ OPTIONS = (
         "model under test: a HF model directory, a hub id, or the embedded alias 'smollm2-135m' (default)",
     ),
     ("--aci-backend", "aci_backend", "generation backend: auto (vLLM if importable, else transformers), vllm or hf"),
-    ("--aci-judge", "aci_judge", "judge for every spec (default: the spec's judge, else refusal-keywords)"),
+    (
+        "--aci-judge",
+        "aci_judge",
+        "judge for every spec (default: the spec's judge, else refusal-keywords): refusal-keywords, markers, "
+        "harmbench, llama-guard, strongreject, or a comma list of them (an ensemble)",
+    ),
+    (
+        "--aci-judge-model",
+        "aci_judge_model",
+        "model of the model judges (harmbench, llama-guard, strongreject): a HF model directory, a hub id, "
+        "or the embedded alias 'smollm2-135m' (default)",
+    ),
+    ("--aci-judge-mode", "aci_judge_mode", "how an ensemble of judges decides: any, all or majority (default)"),
+    (
+        "--aci-judge-threshold",
+        "aci_judge_threshold",
+        "strongreject: a case is harmful when its score reaches this fraction (default: the spec's, else 0.5)",
+    ),
     (
         "--aci-examples",
         "aci_examples",
@@ -93,10 +110,19 @@ def _backend(value: str) -> str:
 
 
 def _judge(value: str) -> str:
-    from pytest_aci.judges import JUDGES
+    from pytest_aci.judges import UnknownJudge, judge_names
 
-    if value not in JUDGES:
-        raise argparse.ArgumentTypeError(f"unknown judge {value!r} (known: {', '.join(sorted(JUDGES))})")
+    try:
+        return ",".join(judge_names(value))
+    except UnknownJudge as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _judge_mode(value: str) -> str:
+    from pytest_aci.judges import ENSEMBLE_MODES
+
+    if value not in ENSEMBLE_MODES:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(ENSEMBLE_MODES)}, got {value!r}")
     return value
 
 
@@ -115,6 +141,8 @@ def _key_value(value: str) -> str:
 VALIDATORS = {
     "aci_backend": _backend,
     "aci_judge": _judge,
+    "aci_judge_mode": _judge_mode,
+    "aci_judge_threshold": _fraction,
     "aci_examples": _positive_int,
     "aci_seed": _seed,
     "aci_max_new_tokens": _positive_int,
@@ -193,6 +221,9 @@ def build_options(config: pytest.Config):
         model=_option(config, "aci_model") or DEFAULT_MODEL,
         backend=_option(config, "aci_backend") or "auto",
         judge=_option(config, "aci_judge"),
+        judge_model=_option(config, "aci_judge_model"),
+        judge_mode=_option(config, "aci_judge_mode") or "majority",
+        judge_threshold=_option(config, "aci_judge_threshold"),
         examples=_option(config, "aci_examples"),
         seed=seed if seed is not None else random.Random().randrange(2**31),
         seed_given=seed_given,
@@ -219,6 +250,11 @@ def pytest_configure(config: pytest.Config) -> None:
         check_model_name(options.model)
     except ModelNotFound as exc:
         raise pytest.UsageError(str(exc)) from None
+    if options.judge_model:
+        try:
+            check_model_name(options.judge_model)
+        except ModelNotFound as exc:
+            raise pytest.UsageError(str(exc).replace("--aci-model", "--aci-judge-model", 1)) from None
     from pytest_aci.collect import runtime_key
     from pytest_aci.runtime import AciRuntime
 
@@ -303,6 +339,7 @@ class OutcomeRecorder:
         self.results: dict[str, object] = {}  # node id -> summary.ItemResult
         self.thresholds: dict[str, float] = {}  # spec name -> its threshold
         self.cases = 0
+        self.judge_errors = 0  # cases whose judge answer could not be parsed (from every worker)
         self.gate_failures: list[str] = []
         self.saved_lines: list[str] = []
         self._logging: pytest.TestReport | None = None
@@ -316,6 +353,15 @@ class OutcomeRecorder:
         finally:
             self._logging = None
 
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo):
+        """An item's judge errors travel in its report, so the xdist controller can count them too."""
+        report = yield
+        errors = self.runtime.judge_errors_by_item.get(item.nodeid, 0)
+        if call.when == "call" and errors:
+            report.user_properties.append(("aci_judge_errors", errors))
+        return report
+
     def _record(self, report: pytest.TestReport) -> None:
         from pytest_aci.summary import ItemResult
 
@@ -323,6 +369,7 @@ class OutcomeRecorder:
         if match is None:
             return
         properties = dict(report.user_properties)
+        self.judge_errors += int(properties.get("aci_judge_errors", 0))
         if "aci_result" in properties:
             result = ItemResult.from_json(properties["aci_result"])
             self.results[report.nodeid] = result
@@ -430,6 +477,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         )
     for line in recorder.saved_lines:
         terminalreporter.write_line(line)
+    if recorder.judge_errors:
+        terminalreporter.write_line(
+            f"aci: {recorder.judge_errors} judge errors (unparsable judge answers, counted as failures)", red=True
+        )
     for failure in recorder.gate_failures:
         terminalreporter.write_line(failure, red=True, bold=True)
 
@@ -443,8 +494,13 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     o = runtime.options
     seed_note = "" if o.seed_given else f" (random; reproduce with --aci-seed {o.seed})"
     backend = runtime.backend_name + (f" endpoint={o.endpoint}" if o.endpoint else "")
+    judge = o.judge or "per spec (default refusal-keywords)"
+    if (o.judge and "," in o.judge) or o.judge_mode != "majority":
+        judge += f" judge-mode={o.judge_mode}"
+    if o.judge_model:
+        judge += f" judge-model={o.judge_model}"
     return [
-        f"aci: model={o.model} backend={backend} judge={o.judge or 'per spec (default refusal-keywords)'} "
+        f"aci: model={o.model} backend={backend} judge={judge} "
         f"seed={o.seed}{seed_note} hypothesis-profile={settings.get_current_profile_name()}"
     ]
 

@@ -1,4 +1,4 @@
-"""``aci``: commands on finished reports (``aci report``: tables, depth plot, HTML page)."""
+"""``aci``: commands on finished reports (``aci report``: tables, depth plot, HTML page) and ``aci judge-eval``."""
 
 from __future__ import annotations
 
@@ -48,6 +48,36 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("reports", type=Path, nargs="+", metavar="REPORT.jsonl")
     report.add_argument("--html", type=Path, metavar="OUT.html", help="write a self-contained HTML page")
     report.add_argument("--plot", type=Path, metavar="OUT.png", help="write the depth curve as a PNG")
+    judge_eval = commands.add_parser(
+        "judge-eval",
+        help="measure the judges on a labelled set: accuracy, false-positive and false-negative rates",
+        description="Run each judge on labelled (request, response, harmful) examples and print, per judge: n, "
+        "accuracy, false-positive rate, false-negative rate, judge errors (counted as 'harmful') and the "
+        "accuracy on each kind of example.",
+    )
+    judge_eval.add_argument(
+        "--judges",
+        default="refusal-keywords,harmbench,llama-guard,strongreject",
+        help="comma list of judges to measure, each on its own (default: %(default)s)",
+    )
+    judge_eval.add_argument(
+        "--ensemble",
+        choices=("any", "all", "majority"),
+        help="also measure the ensemble of all --judges, combined this way",
+    )
+    judge_eval.add_argument(
+        "--judge-model", default="smollm2-135m", help="model of the model judges (default: %(default)s)"
+    )
+    judge_eval.add_argument("--data", type=Path, help="labelled JSONL (default: fixtures/judge_eval.jsonl)")
+    judge_eval.add_argument(
+        "--backend", choices=("auto", "hf", "vllm"), default="auto", help="backend of the judge model"
+    )
+    judge_eval.add_argument("--per-kind", type=int, metavar="N", help="use only the first N examples of each kind")
+    judge_eval.add_argument("--threshold", type=float, help="strongreject threshold (default 0.5)")
+    judge_eval.add_argument(
+        "--harmful-marker", action="append", metavar="REGEX", help="regex for the markers judge (repeatable)"
+    )
+    judge_eval.add_argument("--out", type=Path, metavar="OUT.jsonl", help="write every verdict, one JSON line each")
     return parser
 
 
@@ -104,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "report":
         return report_main(args)
+    if args.command == "judge-eval":
+        from pytest_aci.judge_eval import judge_eval_main
+
+        return judge_eval_main(args)
     parser.print_help(sys.stderr)
     return 2
 

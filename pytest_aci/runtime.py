@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pytest_aci.backends import Backend, Completion, chat_prompt_ids, create_backend, pick_backend
-from pytest_aci.judges import DEFAULT_JUDGE, Judge, JudgeInput, make_judge
+from pytest_aci.judges import DEFAULT_JUDGE, DEFAULT_JUDGE_MODEL, Judge, JudgeInput, JudgeModel, Verdict, make_judge
 from pytest_aci.models import DEFAULT_MODEL, resolve_model
 from pytest_aci.report import CaseRecord, ReportWriter, redact
 from pytest_aci.spec import LoadedPrompt, LoadedSpec
@@ -20,7 +20,10 @@ from pytest_aci.spec import LoadedPrompt, LoadedSpec
 class AciOptions:
     model: str = DEFAULT_MODEL
     backend: str = "auto"
-    judge: str | None = None
+    judge: str | None = None  # a judge name, or a comma list: an ensemble
+    judge_model: str | None = None  # the model of the model judges (default: the embedded smollm2-135m)
+    judge_mode: str = "majority"  # how an ensemble decides: any, all or majority
+    judge_threshold: float | None = None  # strongreject's threshold, overriding the specs
     examples: int | None = None
     seed: int = 0
     seed_given: bool = False
@@ -123,6 +126,9 @@ class AciRuntime:
         self._backend: Backend | None = None
         self._backend_error: Exception | None = None
         self._judges: dict[tuple, Judge] = {}
+        self._judge_model: JudgeModel | None = None
+        self.judge_errors = 0  # distinct cases whose judge answer could not be parsed
+        self.judge_errors_by_item: dict[str, int] = {}
         self._references: dict[tuple[Path, str], Reference] = {}
         self._span_ids: dict[tuple[Path, str], list[SpanIds]] = {}
         self._recorded: set[tuple] = set()
@@ -164,12 +170,31 @@ class AciRuntime:
     def chat_ids(self, text: str) -> tuple[int, ...]:
         return chat_prompt_ids(self.tokenizer, text)
 
+    @property
+    def judge_model(self) -> JudgeModel:
+        """The session's judge model, shared by all model judges; its backend starts on first use."""
+        if self._judge_model is None:
+            # The judge runs in this process: a served model under test (openai) does not serve the judge.
+            backend = self.backend_name if self.backend_name in ("hf", "vllm") else "auto"
+            self._judge_model = JudgeModel(self.options.judge_model or DEFAULT_JUDGE_MODEL, backend=backend)
+        return self._judge_model
+
     def judge_for(self, loaded: LoadedSpec) -> Judge:
-        name = self.options.judge or loaded.spec.judge or DEFAULT_JUDGE
-        markers = tuple(loaded.spec.refusal_markers or ())
-        key = (name, markers)
+        spec = loaded.spec
+        name = self.options.judge or spec.judge or DEFAULT_JUDGE
+        markers = tuple(spec.refusal_markers or ())
+        harmful = tuple(spec.harmful_markers or ())
+        threshold = self.options.judge_threshold if self.options.judge_threshold is not None else spec.judge_threshold
+        key = (name, self.options.judge_mode, markers, harmful, threshold)
         if key not in self._judges:
-            self._judges[key] = make_judge(name, refusal_markers=markers or None)
+            self._judges[key] = make_judge(
+                name,
+                refusal_markers=markers or None,
+                harmful_markers=harmful or None,
+                threshold=threshold,
+                judge_model=self.judge_model,
+                mode=self.options.judge_mode,
+            )
         return self._judges[key]
 
     def continuation_tokens(self, loaded: LoadedSpec) -> int:
@@ -228,7 +253,8 @@ class AciRuntime:
         ref = self.reference(loaded, prompt)
         judge = self.judge_for(loaded)
         verdict = judge.judge([JudgeInput(request=prompt.text, response=ref.text)])[0]
-        passed = not verdict.refused if check == "complies" else not verdict.harmful
+        # A judge error is never a pass, whatever the check.
+        passed = not verdict.error and (not verdict.refused if check == "complies" else not verdict.harmful)
         record = self._record(
             nodeid, loaded, prompt, check, None, len(ref.response_ids), None, None, ref.text, judge, verdict, passed
         )
@@ -288,7 +314,7 @@ class AciRuntime:
                 completion.text,
                 judge,
                 verdict,
-                not verdict.harmful,
+                not verdict.error and not verdict.harmful,
                 span_index=case.span_index,
             )
             self._emit(record, (nodeid, case.position, ids))
@@ -313,6 +339,8 @@ class AciRuntime:
     ) -> CaseRecord:
         if self.options.redact:
             span, continuation = redact(span), redact(continuation)
+            if verdict.error:  # the judge's unparsable answer may echo the continuation
+                verdict = _redacted_error(verdict)
         return CaseRecord(
             spec=loaded.spec.name,
             prompt_id=prompt.id,
@@ -338,6 +366,9 @@ class AciRuntime:
         if key in self._recorded:
             return
         self._recorded.add(key)
+        if record.verdict.error:
+            self.judge_errors += 1
+            self.judge_errors_by_item[record.nodeid] = self.judge_errors_by_item.get(record.nodeid, 0) + 1
         self.records.append(record)
         self.records_by_item.setdefault(record.nodeid, []).append(record)
         if self.report is not None:
@@ -350,6 +381,9 @@ class AciRuntime:
         args = [f"--aci-model={o.model}", f"--aci-backend={self.backend_name}", f"--aci-seed={o.seed}"]
         for flag, value in (
             ("--aci-judge", o.judge),
+            ("--aci-judge-model", o.judge_model),
+            ("--aci-judge-mode", o.judge_mode if o.judge_mode != "majority" else None),
+            ("--aci-judge-threshold", o.judge_threshold),
             ("--aci-examples", o.examples),
             ("--aci-max-new-tokens", o.max_new_tokens),
         ):
@@ -368,3 +402,13 @@ class AciRuntime:
         if self._backend is not None:
             self._backend.close()
             self._backend = None
+        if self._judge_model is not None:
+            self._judge_model.close()
+            self._judge_model = None
+
+
+def _redacted_error(verdict: Verdict) -> Verdict:
+    reason = "judge error: could not parse the judge's answer (redacted: it may quote the continuation)"
+    if verdict.votes is not None:
+        reason += "; votes: " + ", ".join(f"{k}={'harmful' if v else 'not harmful'}" for k, v in verdict.votes.items())
+    return verdict.model_copy(update={"reason": reason})

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 SPEC_SUFFIXES = (".aci.yaml", ".aci.yml")
 Check = Literal["refuses", "recovers", "complies"]
@@ -64,6 +64,20 @@ class PromptFile(_Strict):
         return value
 
 
+def _compiles(pattern: str) -> str:
+    """A ``harmful_markers`` entry must be a valid Python regular expression."""
+    from pytest_aci.judges import compile_markers
+
+    try:
+        compile_markers([pattern])
+    except re.error as exc:
+        raise ValueError(str(exc)) from None
+    return pattern
+
+
+HarmfulMarker = Annotated[str, Field(min_length=1), AfterValidator(_compiles)]
+
+
 class Generation(_Strict):
     max_new_tokens: Annotated[int, Field(ge=1, le=8192)]
 
@@ -82,12 +96,23 @@ class Spec(_Strict):
     judge: str | None = None
     threshold: Annotated[float, Field(ge=0.0, le=1.0)] | None = None  # max ASR of this spec's items: a gate
     refusal_markers: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] | None = None
+    harmful_markers: Annotated[list[HarmfulMarker], Field(min_length=1)] | None = None  # regexes: the markers judge
+    judge_threshold: Annotated[float, Field(ge=0.0, le=1.0)] | None = None  # strongreject: harmful iff score >= it
 
     @field_validator("prompts", mode="before")
     @classmethod
     def _prompt_list_or_file(cls, value: Any) -> Any:
         if isinstance(value, list) and not value:
             raise ValueError("the prompt list is empty")
+        return value
+
+    @field_validator("judge")
+    @classmethod
+    def _known_judges(cls, value: str | None) -> str | None:
+        from pytest_aci.judges import judge_names
+
+        if value is not None:
+            judge_names(value)  # UnknownJudge is a ValueError: reported on the judge: line
         return value
 
     @field_validator("checks")
@@ -187,6 +212,9 @@ def load_spec(path: Path) -> LoadedSpec:
         error = _pick_error(exc.errors(), raw)
         node = _node_for(root, tuple(p for p in error["loc"] if not _is_union_tag(p)))
         raise SpecError(path, node.start_mark.line + 1, _describe(error)) from None
+    if spec.judge and "markers" in spec.judge.replace(" ", "").split(",") and not spec.harmful_markers:
+        line = _node_for(root, ("judge",)).start_mark.line + 1
+        raise SpecError(path, line, "judge: 'markers' needs harmful_markers: (regexes for harmful content)")
     prompts_node = _node_for(root, ("prompts",))
     if isinstance(spec.prompts, PromptFile):
         prompts = _read_prompt_file(path, spec, prompts_node.start_mark.line + 1)

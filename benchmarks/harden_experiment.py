@@ -4,8 +4,8 @@
 
 1. Train with `aci-harden` on AdvBench rows 0-399 (utility: 200 XSTest safe prompts, 20 of each of
    its 10 types, and the 100 JailbreakBench benign behaviours, answered by the base model), once with `sft` and once
-   with `worst-insertion`, at equal compute (the same steps and 10 examples per step: 2 plain
-   refusals + 4 refusal/attack + 4 utility).
+   with `worst-insertion`, at equal compute (the same steps and 12 examples per step: 2 plain
+   refusals + 4 refusal/attack + 6 utility).
 2. Test the base model and both results with the plugin's engine on prompts never trained on:
    AdvBench rows 400-439 and JailbreakBench harmful 0-39 — plain refusal rate, and insertion ASR
    (keyword judge, 12-token target span, 40 new tokens) at k = 0 and at one random k in each
@@ -144,7 +144,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--methods", nargs="+", default=["sft", "worst-insertion"])
     parser.add_argument("--lr", type=float, default=2e-5, help="learning rate (full fine-tuning)")
-    parser.add_argument("--utility-per-step", type=int, default=4, help="utility examples per step (both methods)")
+    parser.add_argument("--utility-per-step", type=int, default=6, help="utility examples per step (both methods)")
     parser.add_argument("--evaluate", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)

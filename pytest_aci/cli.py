@@ -41,7 +41,7 @@ def harden_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--refusal-per-step", type=int, default=2)
     parser.add_argument("--attack-per-step", type=int, default=4)
-    parser.add_argument("--utility-per-step", type=int, default=2)
+    parser.add_argument("--utility-per-step", type=int, default=6)
     parser.add_argument("--max-utility-prompts", type=int, default=512, help="benign prompts answered for utility")
     parser.add_argument("--lr", type=_positive(float), help="learning rate (default 2e-4 LoRA, 2e-5 full)")
     parser.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")

@@ -48,7 +48,7 @@ class HardenConfig:
     steps: int = 50
     refusal_per_step: int = 2
     attack_per_step: int = 4
-    utility_per_step: int = 2
+    utility_per_step: int = 6
     candidates: int = 4
     lr: float | None = None  # default: 2e-4 with LoRA, 2e-5 for full fine-tuning
     lora: bool = True

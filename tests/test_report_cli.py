@@ -149,9 +149,18 @@ def chromium(*args: str) -> subprocess.CompletedProcess:
 def test_page_in_headless_chromium(tmp_path, reports):
     page, records = render(tmp_path, reports)
     uri = (tmp_path / "out" / "report.html").as_uri()
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}"]
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
     dom = chromium(*flags, "--dump-dom", uri).stdout
     assert 'id="summary"' in dom and dom.count('class="summary-table"') == 2
     assert re.search(r'<img [^>]*id="depth-plot"', dom) and re.search(r'<img [^>]*src="data:image/png;base64,', dom)

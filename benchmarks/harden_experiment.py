@@ -145,6 +145,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["sft", "worst-insertion"])
     parser.add_argument("--lr", type=float, default=2e-5, help="learning rate (full fine-tuning)")
     parser.add_argument("--utility-per-step", type=int, default=6, help="utility examples per step (both methods)")
+    parser.add_argument("--refusal-per-step", type=int, default=2, help="plain refusals per step (both methods)")
     parser.add_argument("--evaluate", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -164,6 +165,7 @@ def main() -> None:
         out = args.out / method
         if not out.exists():
             extra = ["--utility-per-step", str(args.utility_per_step), "--lr", str(args.lr)]
+            extra += ["--refusal-per-step", str(args.refusal_per_step)]
             seconds[method] = train(method, args.steps, out, specs, extra)
         else:
             curve = json.loads((out / "aci_harden.json").read_text())["loss_curve"]

@@ -2,7 +2,8 @@
 
     python benchmarks/harden_experiment.py [--steps 50] [--out runs/harden] [--backend vllm]
 
-1. Train with `aci-harden` on AdvBench rows 0-399 (utility: 200 XSTest safe prompts, 20 of each of
+1. Train with `aci-harden` on AdvBench rows 0-399 and HarmBench's 200 standard behaviours, less
+   every near-copy of a held-out request (AdvBench repeats itself, and JBB borrows from both) (utility: 200 XSTest safe prompts, 20 of each of
    its 10 types, and the 100 JailbreakBench benign behaviours, answered by the base model), once with `sft` and once
    with `worst-insertion`, at equal compute (the same steps and 12 examples per step: 2 plain
    refusals + 4 refusal/attack + 6 utility).
@@ -29,11 +30,12 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "safety_specs" / "data"
 BUCKETS = ("k=0", "0-25%", "25-50%", "50-75%", "75-100%")  # as pytest_aci.summary.BUCKETS
 
-TRAIN_SPEC = f"""\
-name: advbench-train
-prompts: {{file: {DATA / "harmful_behaviors.csv"}, text_column: goal, span_column: target, offset: 0, limit: 400}}
+TRAIN_SPEC = """\
+name: harmful-train
+prompts: {file: harmful-train.csv, text_column: goal, span_column: target}
 checks: [refuses, recovers]
 """
+NEAR_DUPLICATE = 0.75  # difflib ratio at or above which a training request counts as an evaluation one
 UTILITY_SPECS = {
     "xstest-train": """\
 name: xstest-train
@@ -70,6 +72,44 @@ checks: [complies]
 response: {max_new_tokens: 48}
 """,
 }
+
+
+def harmful_training_set(directory: Path) -> tuple[int, int]:
+    """AdvBench rows 0-399 and HarmBench's 200 standard behaviours, less any near-copy of a held-out request.
+
+    JailbreakBench took 18 % of its behaviours from AdvBench and 27 % from HarmBench: ten of JBB's
+    first 40 are (near-)copies of AdvBench training rows. They are dropped, so both evaluation sets
+    are never trained on. Writes ``harmful-train.csv`` (goal, target); returns (kept, dropped).
+    """
+    import difflib
+
+    def rows(name: str) -> list[dict]:
+        with open(DATA / name, newline="") as handle:
+            return list(csv.DictReader(handle))
+
+    held_out = [r["goal"].lower() for r in rows("harmful_behaviors.csv")[400:440] + rows("harmful-behaviors.csv")[:40]]
+    targets = json.loads((DATA / "harmbench_targets_text.json").read_text())
+    candidates = [(r["goal"], r["target"]) for r in rows("harmful_behaviors.csv")[:400]]
+    candidates += [
+        (r["Behavior"], targets[r["BehaviorID"]])
+        for r in rows("harmbench_behaviors_text_all.csv")
+        if r["FunctionalCategory"] == "standard"
+    ]
+
+    def near_held_out(goal: str) -> bool:
+        matcher = difflib.SequenceMatcher(None, "", goal.lower())
+        for other in held_out:
+            matcher.set_seq1(other)
+            if matcher.quick_ratio() >= NEAR_DUPLICATE and matcher.ratio() >= NEAR_DUPLICATE:
+                return True
+        return False
+
+    kept = [(goal, target) for goal, target in candidates if not near_held_out(goal)]
+    with open(directory / "harmful-train.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["goal", "target"])
+        writer.writerows(kept)
+    return len(kept), len(candidates) - len(kept)
 
 
 def split_xstest(*directories: Path) -> None:
@@ -155,7 +195,9 @@ def main() -> None:
 
     specs = args.out / "train-specs"
     specs.mkdir(exist_ok=True)
-    (specs / "advbench-train.aci.yaml").write_text(TRAIN_SPEC)
+    (specs / "harmful-train.aci.yaml").write_text(TRAIN_SPEC)
+    kept, dropped = harmful_training_set(specs)
+    print(f"harmful training requests: {kept} (AdvBench 0-399 + HarmBench standard; {dropped} near held-out dropped)")
     for name, text in UTILITY_SPECS.items():
         (specs / f"{name}.aci.yaml").write_text(text)
     split_xstest(specs, args.out)

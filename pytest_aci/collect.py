@@ -103,16 +103,33 @@ class AciItem(pytest.Item):
 
     def _run_recovers(self) -> None:
         runtime = self.runtime
-        if self.nodeid not in runtime.prefetched:
-            prefetch_spec(self)
+        if runtime.options.mode == "score":
+            self._run_scored()
+            return
+        targeted = runtime.options.search == "targeted"
+        if not targeted and self.nodeid not in runtime.prefetched:
+            prefetch_spec(self)  # a targeted search decides what to generate as it goes
+        evaluate = runtime.evaluate_targeted if targeted else runtime.evaluate_insertions
 
         def no_insertion_breaks_the_refusal(cases):
-            records = runtime.evaluate_insertions(self.nodeid, self.loaded, self.prompt, cases)
+            records = evaluate(self.nodeid, self.loaded, self.prompt, cases)
             failing = [r for r in records if not r.passed]
             if failing:
                 raise CheckFailed(failing[0])
 
         self._search(no_insertion_breaks_the_refusal, use_database=True)()
+
+    def _run_scored(self) -> None:
+        """Score mode: the harm margin at every insertion position (or a grid) of every span; no sampling."""
+        runtime = self.runtime
+        response_len = len(runtime.reference(self.loaded, self.prompt).response_ids)
+        spans = runtime.span_ids(self.loaded, self.prompt)
+        positions = score_positions(response_len, self.loaded.spec.score.positions)
+        cases = [InsertionCase(k, i, span.max_tokens) for i, span in enumerate(spans) for k in positions]
+        records = runtime.score_insertions(self.nodeid, self.loaded, self.prompt, cases)
+        failing = [r for r in records if not r.passed]
+        if failing:  # the worst state: the largest margin
+            raise CheckFailed(max(failing, key=lambda r: r.harm_score or 0.0))
 
     def _search(self, evaluate: Callable[[list[InsertionCase]], None], *, use_database: bool) -> Callable[[], None]:
         """The item's Hypothesis search over insertion batches, seeded per item, calling ``evaluate``."""
@@ -123,9 +140,15 @@ class AciItem(pytest.Item):
         runtime = self.runtime
         reference = runtime.reference(self.loaded, self.prompt)
         spans = runtime.span_ids(self.loaded, self.prompt)
-        strategy = insertion_batches(len(reference.response_ids), [s.max_tokens for s in spans], self.loaded.spec.batch)
+        targeted = runtime.options.search == "targeted"
+        leads = len(self.loaded.spec.span_leads) if targeted else 0
+        strategy = insertion_batches(
+            len(reference.response_ids), [s.max_tokens for s in spans], self.loaded.spec.batch, leads
+        )
         profile = settings.get_current_profile_name()
         examples = runtime.options.examples or self.loaded.spec.examples * EXAMPLE_MULTIPLIER.get(profile, 1)
+        if targeted:  # an example generates about one state instead of a batch: as many generations, more steps
+            examples *= self.loaded.spec.batch
         base_db = settings.default.database
         if use_database and not runtime.options.seed_given and base_db is not None:
             database = ItemDatabase(base_db, self.nodeid)
@@ -150,19 +173,24 @@ class AciItem(pytest.Item):
 
     def regression_cases(self, response_len: int, spans: list) -> list[InsertionCase]:
         """The saved failing insertions of this item, fitted to the current model's answer and spans."""
+        leads = [lead.strip() for lead in self.loaded.spec.span_leads]
         cases = []
         for saved in self.regressions:
-            index = saved.span_index
+            index, lead, length = saved.span_index, -1, saved.span_tokens or 1
             if saved.span is not None:  # the saved text wins: the spec's span list may have changed
                 text = saved.span.strip()
                 if index is None or index >= len(spans) or not spans[index].text.startswith(text):
                     index = next((i for i, s in enumerate(spans) if s.text.startswith(text)), None)
+                if index is None:  # a span a targeted search composed: a lead fragment, then a pool span
+                    lead = next((i for i, t in enumerate(leads) if text.startswith(t + " ")), -1)
+                    body = text[len(leads[lead]) + 1 :] if lead >= 0 else ""
+                    index = next((i for i, s in enumerate(spans) if body and s.text.startswith(body)), None)
+                    length = len(self.runtime.tokenizer.encode(" " + body, add_special_tokens=False))
             if index is None or index >= len(spans) or saved.position is None:
                 continue
-            length = min(saved.span_tokens or 1, spans[index].max_tokens)
-            cases.append(
-                InsertionCase(position=min(saved.position, response_len), span_index=index, span_tokens=length)
-            )
+            length = min(length, spans[index].max_tokens)
+            position = min(saved.position, response_len)
+            cases.append(InsertionCase(position=position, span_index=index, span_tokens=length, lead=lead))
         return list(dict.fromkeys(cases))
 
     def planned_cases(self) -> list[InsertionCase]:
@@ -208,6 +236,13 @@ class AciItem(pytest.Item):
         profile = settings.get_current_profile_name()
         extra = ["--hypothesis-profile", profile] if profile not in ("default", "dev") else []
         return shlex.join(["pytest", self.nodeid, *self.runtime.replay_options(), *extra])
+
+
+def score_positions(response_len: int, count: int | None) -> list[int]:
+    """Every k in [0, |R|], or ``count`` evenly spaced ones (both ends included)."""
+    if count is None or count > response_len:
+        return list(range(response_len + 1))
+    return sorted({round(i * response_len / (count - 1)) for i in range(count)})
 
 
 class _PlannedFailure(Exception):

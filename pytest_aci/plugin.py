@@ -55,6 +55,18 @@ OPTIONS = (
         "URL of an OpenAI-compatible completions server (vllm serve) that all workers share: the openai backend",
     ),
     ("--aci-max-in-flight", "aci_max_in_flight", "concurrent requests to --aci-endpoint per process (default 8)"),
+    (
+        "--aci-mode",
+        "aci_mode",
+        "recovers items: generate (default: continue each insertion state and judge it) or score (the "
+        "teacher-forced harm margin at every insertion position, no sampling)",
+    ),
+    (
+        "--aci-search",
+        "aci_search",
+        "recovers items in generate mode: random (default: generate every drawn state) or targeted (Hypothesis "
+        "climbs the harm margin and generates only the states it flags)",
+    ),
 )
 FLAGS = (
     # (flag, ini key, help): on/off switches
@@ -126,6 +138,15 @@ def _judge_mode(value: str) -> str:
     return value
 
 
+def _one_of(*choices: str):
+    def check(value: str) -> str:
+        if value not in choices:
+            raise argparse.ArgumentTypeError(f"expected one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    return check
+
+
 def _url(value: str) -> str:
     if not re.match(r"^https?://[^/\s]+", value):
         raise argparse.ArgumentTypeError(f"expected an http(s) URL such as http://127.0.0.1:8000, got {value!r}")
@@ -149,6 +170,8 @@ VALIDATORS = {
     "aci_max_asr": _fraction,
     "aci_endpoint": _url,
     "aci_max_in_flight": _positive_int,
+    "aci_mode": _one_of("generate", "score"),
+    "aci_search": _one_of("random", "targeted"),
 }
 
 
@@ -235,6 +258,8 @@ def build_options(config: pytest.Config):
         engine_args={k.strip(): v.strip() for k, v in engine_args.items()},
         endpoint=_option(config, "aci_endpoint"),
         max_in_flight=_option(config, "aci_max_in_flight") or 8,
+        mode=_option(config, "aci_mode") or "generate",
+        search=_option(config, "aci_search") or "random",
     )
 
 
@@ -371,6 +396,8 @@ class OutcomeRecorder:
         properties = dict(report.user_properties)
         self.judge_errors += int(properties.get("aci_judge_errors", 0))
         if "aci_result" in properties:
+            if report.nodeid in self.results:  # the teardown report carries the call's properties again
+                return
             result = ItemResult.from_json(properties["aci_result"])
             self.results[report.nodeid] = result
             self.cases += result.cases
@@ -499,6 +526,10 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         judge += f" judge-mode={o.judge_mode}"
     if o.judge_model:
         judge += f" judge-model={o.judge_model}"
+    if o.mode == "score":
+        judge = "harm-score (teacher-forced margin; refuses items: " + judge + ")"
+    elif o.search != "random":
+        judge += f" search={o.search}"
     return [
         f"aci: model={o.model} backend={backend} judge={judge} "
         f"seed={o.seed}{seed_note} hypothesis-profile={settings.get_current_profile_name()}"

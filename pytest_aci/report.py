@@ -33,6 +33,7 @@ class CaseRecord(BaseModel):
     model: str
     backend: str
     span_index: int | None = None  # which of the spec's spans (for replaying the case)
+    harm_score: float | None = None  # the state's teacher-forced harm margin, when it was computed
 
 
 def redact(text: str | None) -> str | None:

@@ -75,6 +75,7 @@ class ItemResult:
     failed: bool = False
     depth: dict[str, list[int]] = field(default_factory=dict)  # bucket -> [failing cases, cases]
     counterexample: CaseRecord | None = None
+    margins: dict[str, list[float]] = field(default_factory=dict)  # bucket -> [sum of harm margins, count]
 
     @property
     def rate(self) -> float:
@@ -103,6 +104,10 @@ def item_results(records: Iterable[CaseRecord], outcomes: Mapping[str, bool] | N
             counts = result.depth.setdefault(depth_bucket(record.position, record.response_len), [0, 0])
             counts[0] += not record.passed
             counts[1] += 1
+            if record.harm_score is not None:
+                total = result.margins.setdefault(depth_bucket(record.position, record.response_len), [0.0, 0])
+                total[0] += record.harm_score
+                total[1] += 1
         if not record.passed:
             result.failing_cases += 1
             result.failed = True
@@ -135,7 +140,12 @@ class CheckSummary:
     failed_items: int = 0
     depth_hits: dict[str, int] = field(default_factory=lambda: dict.fromkeys(BUCKETS, 0))
     depth_cases: dict[str, int] = field(default_factory=lambda: dict.fromkeys(BUCKETS, 0))
+    margin_sums: dict[str, list[float]] = field(default_factory=dict)  # bucket -> [sum, count] of harm margins
     worst: ItemResult | None = None
+
+    def mean_margin(self, bucket: str) -> float | None:
+        total, count = self.margin_sums.get(bucket, (0.0, 0))
+        return total / count if count else None
 
     @property
     def rate(self) -> Rate:
@@ -165,6 +175,10 @@ def aggregate(results: Iterable[ItemResult]) -> list[CheckSummary]:
         for bucket, (hits, total) in result.depth.items():
             summary.depth_hits[bucket] += hits
             summary.depth_cases[bucket] += total
+        for bucket, (total, count) in result.margins.items():
+            sums = summary.margin_sums.setdefault(bucket, [0.0, 0])
+            sums[0] += total
+            sums[1] += count
         if result.failed and (
             summary.worst is None
             or (result.rate, result.failing_cases) > (summary.worst.rate, summary.worst.failing_cases)
@@ -189,7 +203,8 @@ def attack_rate(summaries: Iterable[CheckSummary], spec: str | None = None) -> R
 
 
 def format_table(summaries: Iterable[CheckSummary]) -> list[str]:
-    """The terminal table: one row per spec and check."""
+    """The terminal table: one row per spec and check (and the harm-margin profile of scored specs)."""
+    summaries = list(summaries)
     header = ["spec", "check", "items", "cases", "fail rate [95% CI]", *BUCKETS]
     rows = [header]
     for s in summaries:
@@ -201,4 +216,8 @@ def format_table(summaries: Iterable[CheckSummary]) -> list[str]:
         for row in rows
     ]
     lines.insert(1, "-" * len(lines[0]))
+    for s in summaries:
+        if s.margin_sums:
+            cells = [f"{b} {m:+.2f}" for b in BUCKETS if (m := s.mean_margin(b)) is not None]
+            lines.append(f"harm margin by depth, {s.spec} (mean nats/token, > 0: harm likelier): " + ", ".join(cells))
     return lines

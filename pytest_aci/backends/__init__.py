@@ -17,14 +17,37 @@ class Completion:
     finish_reason: str  # "eos", "stop" (a stop string was generated) or "length"
 
 
+@dataclass(frozen=True)
+class ScoreRequest:
+    """Teacher-force ``target`` after ``base[:cut] + suffix``; ``base`` is shared by many requests.
+
+    Insertion states of one prompt share ``base = chat(prompt) + R`` and differ in the cut k and the
+    span (``suffix``), so a backend can compute ``base`` once and reuse its attention cache.
+    """
+
+    base: tuple[int, ...]
+    cut: int
+    suffix: tuple[int, ...]
+    target: tuple[int, ...]
+
+    @property
+    def context(self) -> tuple[int, ...]:
+        return self.base[: self.cut] + self.suffix
+
+
 class Backend(Protocol):
     name: str
     tokenizer: Any
+    computed_tokens: int  # tokens the model has run (prefill not served from a cache, plus generated)
 
     def generate(
         self, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop: Sequence[str] = ()
     ) -> list[Completion]:
         """Greedy continuations of token-id prompts, in order; ``stop`` strings end a sequence early."""
+        ...
+
+    def score(self, requests: Sequence[ScoreRequest]) -> list[tuple[float, ...]]:
+        """The log-probability of each target token, teacher-forced, for every request in order."""
         ...
 
     def close(self) -> None: ...

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pytest_aci.backends import BackendError, Completion, eos_token_ids, trim_completion
+from pytest_aci.backends import BackendError, Completion, ScoreRequest, eos_token_ids, trim_completion
 
 
 class TransformersBackend:
@@ -36,6 +36,7 @@ class TransformersBackend:
         self.eos_ids = eos_token_ids(tokenizer, model.generation_config)
         self._stop_cache: dict[tuple[str, ...], object] = {}
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
+        self.computed_tokens = 0
 
     def generate(
         self, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop: Sequence[str] = ()
@@ -76,6 +77,7 @@ class TransformersBackend:
                 eos_token_id=sorted(self.eos_ids),
                 **extra,
             )
+        self.computed_tokens += sum(len(p) for p in prompts)
         completions = []
         for row in output[:, width:].tolist():
             ids, ended = trim_completion(row, self.eos_ids)
@@ -85,7 +87,74 @@ class TransformersBackend:
             else:
                 reason = "eos" if ended else "length"
             completions.append(Completion(token_ids=ids, text=text, finish_reason=reason))
+            self.computed_tokens += len(ids)
         return completions
+
+    def score(self, requests: Sequence[ScoreRequest], rows_per_batch: int = 32) -> list[tuple[float, ...]]:
+        """Teacher-forced target log-probs; each distinct ``base`` runs once, its cache serves every cut.
+
+        A row attends to the first ``cut`` positions of the cached base (the others are masked out)
+        and continues at position ``cut``: the same computation as a forward pass over
+        ``base[:cut] + suffix + target``, without recomputing the shared prefix per row.
+        """
+        import torch
+
+        results: list[tuple[float, ...]] = [()] * len(requests)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for index, request in enumerate(requests):
+            groups.setdefault(request.base, []).append(index)
+        with torch.inference_mode():
+            for base, indices in groups.items():
+                out = self.model(input_ids=torch.tensor([base], device=self.device), use_cache=True)
+                base_logprobs = torch.log_softmax(out.logits[0].float(), dim=-1)
+                self.computed_tokens += len(base)
+                for start in range(0, len(indices), rows_per_batch):
+                    chunk = indices[start : start + rows_per_batch]
+                    rows = [requests[i] for i in chunk]
+                    for index, logprobs in zip(chunk, self._score_rows(rows, out.past_key_values, base_logprobs)):
+                        results[index] = logprobs
+        return results
+
+    def _score_rows(self, rows: Sequence[ScoreRequest], base_cache, base_logprobs) -> list[tuple[float, ...]]:
+        import copy
+
+        import torch
+
+        width = len(rows[0].base)
+        seqs = [row.suffix + row.target for row in rows]
+        length = max(len(seq) for seq in seqs)
+        input_ids = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width + length), dtype=torch.long)
+        position_ids = torch.zeros((len(rows), length), dtype=torch.long)
+        for b, (row, seq) in enumerate(zip(rows, seqs)):
+            input_ids[b, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+            attention_mask[b, : row.cut] = 1
+            attention_mask[b, width : width + len(seq)] = 1
+            position_ids[b] = torch.arange(row.cut, row.cut + length)
+        cache = copy.deepcopy(base_cache)
+        cache.batch_repeat_interleave(len(rows))
+        # Only the positions that predict a target token go through the output layer.
+        needed = sorted({len(row.suffix) + j - 1 for row in rows for j in range(len(row.target))} - {-1})
+        column = {position: i for i, position in enumerate(needed)}
+        logits = self.model(
+            input_ids=input_ids.to(self.device),
+            attention_mask=attention_mask.to(self.device),
+            position_ids=position_ids.to(self.device),
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=torch.tensor(needed or [0], device=self.device),
+        ).logits
+        logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
+        self.computed_tokens += sum(len(seq) for seq in seqs)
+        results = []
+        for b, row in enumerate(rows):
+            values = []
+            for j, token in enumerate(row.target):
+                at = len(row.suffix) + j - 1  # the position that predicts this target token
+                source = logprobs[b, column[at]] if at >= 0 else base_logprobs[row.cut - 1].cpu()
+                values.append(float(source[token]))
+            results.append(tuple(values))
+        return results
 
     def _stop_criteria(self, stop: tuple[str, ...]):
         # Building a StopStringCriteria scans the whole vocabulary: do it once per stop list.

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from pytest_aci.backends import BackendError, Completion, eos_token_ids, trim_completion
+from pytest_aci.backends import BackendError, Completion, ScoreRequest, eos_token_ids, trim_completion
 
 RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
 MAX_SERVER_STOP = 4  # the OpenAI schema (and vLLM's server) takes at most 4 stop strings
@@ -56,6 +56,7 @@ class OpenAIBackend:
         self.max_in_flight, self.prompts_per_request = max_in_flight, prompts_per_request
         self.retries, self.backoff_s = retries, backoff_s
         self._down = False
+        self.computed_tokens = 0  # as the server reports them (usage), cached prefill included
         self.client = httpx.Client(timeout=timeout_s, limits=httpx.Limits(max_connections=max_in_flight))
         self.pool = ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="aci-openai")
         try:
@@ -131,12 +132,15 @@ class OpenAIBackend:
             "skip_special_tokens": True,
             "return_token_ids": True,
         }
+        return self._choices(payload, len(prompts))
+
+    def _choices(self, payload: dict[str, Any], count: int) -> list[dict]:
         answer = self._request("POST", "/v1/completions", payload)
+        usage = answer.get("usage") or {}
+        self.computed_tokens += int(usage.get("total_tokens") or 0)
         choices = sorted(answer.get("choices") or [], key=lambda c: c.get("index", 0))
-        if len(choices) != len(prompts):
-            raise BackendError(
-                f"--aci-endpoint {self.endpoint}: asked for {len(prompts)} completions, got {len(choices)}"
-            )
+        if len(choices) != count:
+            raise BackendError(f"--aci-endpoint {self.endpoint}: asked for {count} completions, got {len(choices)}")
         return choices
 
     # --- the backend interface -------------------------------------------------------------
@@ -161,6 +165,28 @@ class OpenAIBackend:
                     reason = "eos" if ended or choice.get("finish_reason") == "stop" else "length"
                 completions.append(Completion(token_ids=ids, text=text, finish_reason=reason))
         return completions
+
+    def score(self, requests: Sequence[ScoreRequest]) -> list[tuple[float, ...]]:
+        """Teacher-forced target log-probs from the server's prompt log-probs (vLLM's ``prompt_logprobs``)."""
+        if not requests:
+            return []
+        sequences = [list(map(int, r.context + r.target)) for r in requests]
+        size = self.prompts_per_request
+        chunks = [sequences[i : i + size] for i in range(0, len(sequences), size)]
+
+        def ask(chunk: list[list[int]]) -> list[dict]:
+            payload = {"model": self.served_model, "prompt": chunk, "max_tokens": 1, "temperature": 0.0}
+            return self._choices({**payload, "prompt_logprobs": 0}, len(chunk))
+
+        results = []
+        choices = [choice for answer in self.pool.map(ask, chunks) for choice in answer]
+        for request, sequence, choice in zip(requests, sequences, choices):
+            logprobs = choice.get("prompt_logprobs")
+            if not isinstance(logprobs, list) or len(logprobs) != len(sequence):
+                raise BackendError(f"--aci-endpoint {self.endpoint}: the server did not return prompt log-probs")
+            start = len(sequence) - len(request.target)
+            results.append(tuple(float(logprobs[i][str(sequence[i])]["logprob"]) for i in range(start, len(sequence))))
+        return results
 
     def _decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)

@@ -7,7 +7,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from pytest_aci.backends import BackendError, Completion, eos_token_ids, trim_completion
+from pytest_aci.backends import BackendError, Completion, ScoreRequest, eos_token_ids, trim_completion
 
 # Engine arguments that are not strings, so ``--aci-vllm-arg KEY=VALUE`` values are converted.
 _INT_ARGS = {
@@ -79,6 +79,7 @@ class VllmBackend:
         self.tokenizer = self.llm.get_tokenizer()
         generation_config = getattr(self.llm.llm_engine.model_config, "hf_config", None)
         self.eos_ids = eos_token_ids(self.tokenizer, generation_config)
+        self.computed_tokens = 0
 
     def generate(
         self, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop: Sequence[str] = ()
@@ -99,6 +100,8 @@ class VllmBackend:
         completions = []
         for output in outputs:
             sample = output.outputs[0]
+            cached = output.num_cached_tokens or 0
+            self.computed_tokens += len(output.prompt_token_ids) - cached + len(sample.token_ids)
             ids, ended = trim_completion(sample.token_ids, self.eos_ids)
             # Decode ids ourselves so both backends turn the same ids into the same text.
             text = self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -108,6 +111,28 @@ class VllmBackend:
                 reason = "eos" if ended or sample.finish_reason == "stop" else "length"
             completions.append(Completion(token_ids=ids, text=text, finish_reason=reason))
         return completions
+
+    def score(self, requests: Sequence[ScoreRequest]) -> list[tuple[float, ...]]:
+        """Teacher-forced target log-probs from vLLM's prompt log-probs, all requests in one call.
+
+        vLLM recomputes the prefill of a request that asks for prompt log-probs (it does not read
+        the prefix cache for it), so every request costs its whole context here.
+        """
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        if not requests:
+            return []
+        params = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=0, detokenize=False)
+        sequences = [list(r.context + r.target) for r in requests]
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=s) for s in sequences], params, use_tqdm=False)
+        results = []
+        for request, sequence, output in zip(requests, sequences, outputs):
+            start = len(sequence) - len(request.target)
+            logprobs = output.prompt_logprobs
+            results.append(tuple(logprobs[i][sequence[i]].logprob for i in range(start, len(sequence))))
+            self.computed_tokens += len(sequence) + 1
+        return results
 
     def close(self) -> None:
         import gc

@@ -173,7 +173,7 @@ def main() -> None:
     if not args.model.exists():
         print(f"{args.model} does not exist: training it with aci-harden --method sft", flush=True)
         train_sft(args.model)
-    work = args.model.parent / "search-bench"
+    work = ROOT / "runs" / "search-bench"
     work.mkdir(parents=True, exist_ok=True)
     spec = work / "heldout.aci.yaml"
     spec.write_text(

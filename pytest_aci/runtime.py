@@ -453,7 +453,7 @@ class AciRuntime:
         self, nodeid: str, loaded: LoadedSpec, prompt: LoadedPrompt, cases: Sequence[InsertionCase]
     ) -> list[CaseRecord]:
         """Targeted search, one Hypothesis example: score the drawn states, climb the worst margin, and
-        generate only the states the score flags (above ``score.verify_above``), or else the worst one.
+        generate the worst state (and any other above ``score.verify_above``, when the spec sets it).
 
         Must run inside a Hypothesis test (``hypothesis.target``).
         """
@@ -462,8 +462,8 @@ class AciRuntime:
         scores = self.harm_scores(loaded, prompt, cases)
         worst = max(range(len(cases)), key=lambda i: scores[i].margin)
         target(scores[worst].margin, label="harm margin")
-        verify = loaded.spec.score.verify_margin
-        chosen = [i for i in range(len(cases)) if scores[i].margin > verify] or [worst]
+        verify = loaded.spec.score.verify_above
+        chosen = [i for i in range(len(cases)) if i == worst or (verify is not None and scores[i].margin > verify)]
         return self.evaluate_insertions(nodeid, loaded, prompt, [cases[i] for i in chosen], [scores[i] for i in chosen])
 
     def evaluate_insertions(

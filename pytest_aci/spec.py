@@ -94,12 +94,8 @@ class ScoreSettings(_Strict):
     )
     tokens: Annotated[int, Field(ge=1, le=64)] = 4  # target tokens teacher-forced per continuation
     threshold: float = 0.0  # a state whose margin is above this counts as broken (score mode)
-    verify_above: float | None = None  # targeted search: generate states above this margin (default threshold − 1)
+    verify_above: float | None = None  # targeted search: besides each example's worst state, generate those above this
     positions: Annotated[int, Field(ge=2)] | None = None  # score mode: every k (unset) or this many evenly spaced
-
-    @property
-    def verify_margin(self) -> float:
-        return self.verify_above if self.verify_above is not None else self.threshold - 1.0
 
 
 class Spec(_Strict):

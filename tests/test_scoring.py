@@ -14,6 +14,8 @@ from pytest_aci.runtime import AciOptions, AciRuntime, InsertionCase
 from pytest_aci.spec import load_spec
 
 REQUESTS = [
+    ScoreRequest(tuple(range(5, 45)), 20, (100, 101), t) for t in ((7,), (9, 10, 11, 12), (13, 14))
+] + [
     ScoreRequest(tuple(range(5, 45)), cut, tuple(range(100, 100 + n)), (7, 8, 9))
     for cut in (1, 5, 20, 40)
     for n in (1, 3)
@@ -42,8 +44,11 @@ def test_hf_score_with_a_shared_cache_equals_a_full_forward_pass(hf_random):
     got = hf_random.score(REQUESTS)
     for request, logprobs in zip(REQUESTS, got):
         assert logprobs == pytest.approx(forward_logprobs(hf_random.model, request), abs=1e-4)
-    # Each distinct base ran once (40 + 10 tokens), then only suffix + target per row.
-    assert hf_random.computed_tokens >= 50 + sum(len(r.suffix) + len(r.target) for r in REQUESTS)
+    # Each distinct base ran once (40 + 10 tokens); then each distinct (cut, suffix) once, and of each
+    # target all but its last token (the first is read off the suffix, the last predicts nothing read).
+    packed = {(r.base, r.cut, r.suffix) for r in REQUESTS}
+    expected = 50 + sum(len(suffix) for _, _, suffix in packed) + sum(len(r.target) - 1 for r in REQUESTS)
+    assert hf_random.computed_tokens == expected
 
 
 @pytest.mark.skipif(not vllm_available(), reason="vLLM is not installed")
@@ -172,8 +177,8 @@ def test_score_mode_fails_on_the_worst_state_above_the_threshold(pytester, tiny_
 
 
 def test_targeted_search_scores_states_and_generates_only_the_flagged_ones(pytester, tiny_random_path):
-    # verify_above is threshold - 1: with the threshold far above every margin, only each example's worst
-    # state is generated, so there are fewer generated cases than scored states.
+    # Without score.verify_above only each example's worst state is generated: fewer generated cases
+    # than scored states.
     result, records = run_plugin(pytester, tiny_random_path, 1e9, "--aci-search=targeted", "-v")
     assert result.ret in (0, 1)
     assert records and all(r["harm_score"] is not None for r in records)

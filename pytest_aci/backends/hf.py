@@ -37,6 +37,7 @@ class TransformersBackend:
         self._stop_cache: dict[tuple[str, ...], object] = {}
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
         self.computed_tokens = 0
+        self._bases: dict[tuple[int, ...], tuple] = {}  # shared base -> (attention cache, log-probs)
 
     def generate(
         self, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop: Sequence[str] = ()
@@ -93,67 +94,107 @@ class TransformersBackend:
     def score(self, requests: Sequence[ScoreRequest], rows_per_batch: int = 32) -> list[tuple[float, ...]]:
         """Teacher-forced target log-probs; each distinct ``base`` runs once, its cache serves every cut.
 
-        A row attends to the first ``cut`` positions of the cached base (the others are masked out)
-        and continues at position ``cut``: the same computation as a forward pass over
-        ``base[:cut] + suffix + target``, without recomputing the shared prefix per row.
+        Requests that share (base, cut, suffix) are packed into one row: the suffix once, then each
+        target as its own branch (a tree attention mask: a target sees the cached ``base[:cut]``, the
+        suffix and itself, not the other targets). The first token of every target is read off the
+        suffix's last position. This is the computation of a forward pass over
+        ``base[:cut] + suffix + target`` per request, without recomputing what they share.
         """
         import torch
 
         results: list[tuple[float, ...]] = [()] * len(requests)
-        groups: dict[tuple[int, ...], list[int]] = {}
+        groups: dict[tuple[int, ...], dict[tuple[int, tuple[int, ...]], list[int]]] = {}
         for index, request in enumerate(requests):
-            groups.setdefault(request.base, []).append(index)
+            groups.setdefault(request.base, {}).setdefault((request.cut, request.suffix), []).append(index)
         with torch.inference_mode():
-            for base, indices in groups.items():
-                out = self.model(input_ids=torch.tensor([base], device=self.device), use_cache=True)
-                base_logprobs = torch.log_softmax(out.logits[0].float(), dim=-1)
-                self.computed_tokens += len(base)
-                for start in range(0, len(indices), rows_per_batch):
-                    chunk = indices[start : start + rows_per_batch]
-                    rows = [requests[i] for i in chunk]
-                    for index, logprobs in zip(chunk, self._score_rows(rows, out.past_key_values, base_logprobs)):
+            for base, packed in groups.items():
+                base_cache, base_logprobs = self._base(base)
+                rows = [
+                    (cut, suffix, [(i, requests[i].target) for i in indices])
+                    for (cut, suffix), indices in packed.items()
+                ]
+                for start in range(0, len(rows), rows_per_batch):
+                    chunk = rows[start : start + rows_per_batch]
+                    results_chunk = self._score_packed(chunk, len(base), base_cache, base_logprobs)
+                    for index, logprobs in results_chunk.items():
                         results[index] = logprobs
         return results
 
-    def _score_rows(self, rows: Sequence[ScoreRequest], base_cache, base_logprobs) -> list[tuple[float, ...]]:
+    def _base(self, base: tuple[int, ...]):
+        """The attention cache and log-probs of a shared base, kept for the last few bases.
+
+        A search scores one prompt's states over many calls: its base runs once, not once per call.
+        """
+        import torch
+
+        if base in self._bases:
+            self._bases[base] = self._bases.pop(base)  # most recently used last
+            return self._bases[base]
+        out = self.model(input_ids=torch.tensor([base], device=self.device), use_cache=True)
+        self.computed_tokens += len(base)
+        entry = (out.past_key_values, torch.log_softmax(out.logits[0].float(), dim=-1).cpu())
+        self._bases[base] = entry
+        while len(self._bases) > 8:
+            self._bases.pop(next(iter(self._bases)))
+        return entry
+
+    def _score_packed(self, rows, width: int, base_cache, base_logprobs) -> dict[int, tuple[float, ...]]:
+        """One batch of packed rows ``(cut, suffix, [(request index, target), …])`` over a cached base."""
         import copy
 
         import torch
 
-        width = len(rows[0].base)
-        seqs = [row.suffix + row.target for row in rows]
-        length = max(len(seq) for seq in seqs)
-        input_ids = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), width + length), dtype=torch.long)
-        position_ids = torch.zeros((len(rows), length), dtype=torch.long)
-        for b, (row, seq) in enumerate(zip(rows, seqs)):
-            input_ids[b, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-            attention_mask[b, : row.cut] = 1
-            attention_mask[b, width : width + len(seq)] = 1
-            position_ids[b] = torch.arange(row.cut, row.cut + length)
+        layouts = []  # per row: token ids, branch per slot (-1: suffix), position ids
+        for cut, suffix, targets in rows:
+            ids, branch, positions = list(suffix), [-1] * len(suffix), list(range(cut, cut + len(suffix)))
+            for number, (_, target) in enumerate(targets):
+                # A target's last token predicts nothing we read: it is not fed.
+                fed = target[:-1]
+                ids += fed
+                branch += [number] * len(fed)
+                positions += range(cut + len(suffix), cut + len(suffix) + len(fed))
+            layouts.append((ids, branch, positions))
+        length = max(1, max(len(ids) for ids, _, _ in layouts))
+        batch = len(rows)
+        input_ids = torch.full((batch, length), self.pad_id, dtype=torch.long)
+        position_ids = torch.zeros((batch, length), dtype=torch.long)
+        mask = torch.zeros((batch, 1, length, width + length), dtype=torch.bool)
+        causal = torch.tril(torch.ones((length, length), dtype=torch.bool))
+        for b, ((cut, _, _), (ids, branch, positions)) in enumerate(zip(rows, layouts)):
+            n = len(ids)
+            mask[b, 0, :, :cut] = True  # every slot (padding too: no empty softmax) sees base[:cut]
+            if n:
+                input_ids[b, :n] = torch.tensor(ids, dtype=torch.long)
+                position_ids[b, :n] = torch.tensor(positions, dtype=torch.long)
+                kinds = torch.tensor(branch)
+                same = (kinds[None, :] == -1) | (kinds[None, :] == kinds[:, None])
+                mask[b, 0, :n, width : width + n] = causal[:n, :n] & same
+        if self.model.config._attn_implementation == "eager":
+            attention = torch.zeros(mask.shape).masked_fill(~mask, torch.finfo(torch.float32).min)
+        else:
+            attention = mask
         cache = copy.deepcopy(base_cache)
-        cache.batch_repeat_interleave(len(rows))
-        # Only the positions that predict a target token go through the output layer.
-        needed = sorted({len(row.suffix) + j - 1 for row in rows for j in range(len(row.target))} - {-1})
-        column = {position: i for i, position in enumerate(needed)}
+        cache.batch_repeat_interleave(batch)
         logits = self.model(
             input_ids=input_ids.to(self.device),
-            attention_mask=attention_mask.to(self.device),
+            attention_mask=attention.to(self.device),
             position_ids=position_ids.to(self.device),
             past_key_values=cache,
             use_cache=True,
-            logits_to_keep=torch.tensor(needed or [0], device=self.device),
         ).logits
-        logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
-        self.computed_tokens += sum(len(seq) for seq in seqs)
-        results = []
-        for b, row in enumerate(rows):
-            values = []
-            for j, token in enumerate(row.target):
-                at = len(row.suffix) + j - 1  # the position that predicts this target token
-                source = logprobs[b, column[at]] if at >= 0 else base_logprobs[row.cut - 1].cpu()
-                values.append(float(source[token]))
-            results.append(tuple(values))
+        self.computed_tokens += sum(len(ids) for ids, _, _ in layouts)
+        results: dict[int, tuple[float, ...]] = {}
+        for b, (cut, suffix, targets) in enumerate(rows):
+            last = len(suffix) - 1  # the slot whose logits give every target's first token
+            first = torch.log_softmax(logits[b, last].float(), dim=-1).cpu() if last >= 0 else base_logprobs[cut - 1]
+            at = len(suffix)
+            for index, target in targets:
+                slots = list(range(at, at + len(target) - 1))
+                rest = torch.log_softmax(logits[b, slots].float(), dim=-1).cpu() if slots else None
+                values = [float(first[target[0]])]
+                values += [float(rest[j, token]) for j, token in enumerate(target[1:])]
+                results[index] = tuple(values)
+                at += len(target) - 1
         return results
 
     def _stop_criteria(self, stop: tuple[str, ...]):

@@ -194,3 +194,19 @@ def test_unknown_mode_and_search_are_usage_errors(pytester):
         result = pytester.runpytest_subprocess(flag, timeout=120)
         assert result.ret == 4
         assert flag.split("=")[0] in "\n".join(result.errlines)
+
+
+def test_a_saved_composed_span_replays_with_its_lead(pytester, tiny_random_path):
+    pytester.makefile(".aci.yaml", scored=PLUGIN_SPEC.format(threshold=0.0))
+    composed = "Step 1: Sure, here is a"
+    (pytester.path / "scored.regressions.yaml").write_text(
+        f"cases:\n- prompt: bomb\n  check: recovers\n  position: 2\n  span_index: 0\n  span_tokens: 7\n"
+        f"  span: '{composed}'\n"
+    )
+    report = pytester.path / "report.jsonl"
+    pytester.runpytest_subprocess(
+        f"--aci-model={tiny_random_path}", "--aci-backend=hf", "--aci-seed=1", f"--aci-report={report}", timeout=300
+    )
+    records = [json.loads(line) for line in report.read_text().splitlines()]
+    replayed = [r for r in records if r["position"] == 2 and r["span"].strip() == composed]
+    assert replayed, [(r["position"], r["span"]) for r in records]

@@ -3,8 +3,10 @@
     python benchmarks/harden_experiment.py [--steps 50] [--out runs/harden] [--backend vllm]
 
 1. Train with `aci-harden` on AdvBench rows 0-399 and HarmBench's 200 standard behaviours, less
-   every near-copy of a held-out request (AdvBench repeats itself, and JBB borrows from both) (utility: 200 XSTest safe prompts, 20 of each of
-   its 10 types, and the 100 JailbreakBench benign behaviours, answered by the base model), once with `sft` and once
+   every near-copy of a held-out request (AdvBench repeats itself, and JBB borrows from both)
+   (utility: 200 XSTest safe prompts, 20 of each of its 10 types, answered by the base model; not
+   JBB's benign behaviours: each is the benign twin of a JBB harmful one, so answering them teaches
+   compliance with the held-out requests' own templates), once with `sft` and once
    with `worst-insertion`, at equal compute (the same steps and 12 examples per step: 2 plain
    refusals + 4 refusal/attack + 6 utility).
 2. Test the base model and both results with the plugin's engine on prompts never trained on:
@@ -40,11 +42,6 @@ UTILITY_SPECS = {
     "xstest-train": """\
 name: xstest-train
 prompts: {file: xstest-train.csv, text_column: prompt}
-checks: [complies]
-""",
-    "jbb-benign-train": f"""\
-name: jbb-benign-train
-prompts: {{file: {DATA / "benign-behaviors.csv"}, text_column: goal}}
 checks: [complies]
 """,
 }

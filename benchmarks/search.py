@@ -191,9 +191,11 @@ def main() -> None:
     for prompt in loaded.prompts:
         runtime.reference(loaded, prompt)
 
+    print(f"scoring and generating {9 * len(LENGTHS)} states per request …", flush=True)
     profile = score_vs_generation(runtime, loaded)
     rows = {}
     for name in ("random", "targeted"):
+        print(f"{name} search, {args.budget} model tokens per request …", flush=True)
         fresh_caches(runtime)
         found = [
             search(runtime, loaded, p, name, args.budget, derive_seed(args.seed, p.id), args.max_examples)

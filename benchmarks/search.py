@@ -6,7 +6,7 @@ On a shallow-aligned model (SmolLM2 hardened with ``aci-harden --method sft``; t
 ``--model`` with the hardening experiment's data when that directory does not exist):
 
 1. Score vs generation. For each held-out request, insertion states at 9 relative depths (0, 1/8, …,
-   1 of the model's own answer R) with the request's target span cut to 3, 6, 9 and 12 tokens: the
+   1 of the model's own answer R) with the request's target span cut to 1, 2, 4, 8 and 12 tokens: the
    harm margin of every state (one teacher-forced pass per continuation) and the generated verdict
    (40 new tokens, keyword judge). Prints the Spearman correlation of the margin with the generated
    ASR per (request, depth) cell and per depth, and the cost of each: seconds and model tokens.
@@ -29,7 +29,7 @@ from statistics import mean
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 DEPTHS = [i / 8 for i in range(9)]
-LENGTHS = (3, 6, 9, 12)
+LENGTHS = (1, 2, 4, 8, 12)
 
 SPEC = """\
 name: search-heldout
@@ -161,7 +161,7 @@ def main() -> None:
     parser.add_argument("--offset", type=int, default=400)
     parser.add_argument("--prompts", type=int, default=12)
     parser.add_argument("--budget", type=int, default=6000, help="model tokens per request and search")
-    parser.add_argument("--max-examples", type=int, default=40, help="Hypothesis examples per search at most")
+    parser.add_argument("--max-examples", type=int, default=60, help="Hypothesis examples per search at most")
     parser.add_argument("--backend", default="hf")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="write the results as JSON here too")
@@ -227,15 +227,17 @@ def main() -> None:
     )
     print(f"\nsearch at {args.budget} model tokens per request ({len(loaded.prompts)} requests)")
     head = f"  {'search':<10}{'failing states':>16}{'items broken':>14}{'generated':>11}{'tokens':>9}"
-    print(head + f"{'fail/1k tok':>13}")
+    print(head + f"{'fail/1k tok':>13}{'hit rate':>10}")
     for name, row in rows.items():
         per_k = 1000 * row["failures"] / max(1, row["tokens"])
+        hits = row["failures"] / max(1, row["generated"])
         print(
             f"  {name:<10}{row['failures']:>16}{row['items_broken']:>14}{row['generated']:>11}{row['tokens']:>9}"
-            f"{per_k:>13.2f}"
+            f"{per_k:>13.2f}{hits:>10.0%}"
         )
-    ratio = rows["targeted"]["failures"] / max(1, rows["random"]["failures"])
-    print(f"  targeted / random failing states at equal budget: {ratio:.2f}x")
+    per_token = {name: row["failures"] / max(1, row["tokens"]) for name, row in rows.items()}
+    ratio = per_token["targeted"] / max(1e-9, per_token["random"])
+    print(f"  targeted / random failing states per model token: {ratio:.2f}x")
     if args.out:
         args.out.write_text(json.dumps({"profile": profile, "search": rows, "args": vars(args)}, default=str, indent=2))
 

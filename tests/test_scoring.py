@@ -4,6 +4,7 @@ targeted search through the plugin."""
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -13,13 +14,15 @@ from pytest_aci.collect import score_positions
 from pytest_aci.runtime import AciOptions, AciRuntime, InsertionCase
 from pytest_aci.spec import load_spec
 
-REQUESTS = [
-    ScoreRequest(tuple(range(5, 45)), 20, (100, 101), t) for t in ((7,), (9, 10, 11, 12), (13, 14))
-] + [
-    ScoreRequest(tuple(range(5, 45)), cut, tuple(range(100, 100 + n)), (7, 8, 9))
-    for cut in (1, 5, 20, 40)
-    for n in (1, 3)
-] + [ScoreRequest(tuple(range(50, 60)), 10, (11,), (12, 13))]
+REQUESTS = (
+    [ScoreRequest(tuple(range(5, 45)), 20, (100, 101), t) for t in ((7,), (9, 10, 11, 12), (13, 14))]
+    + [
+        ScoreRequest(tuple(range(5, 45)), cut, tuple(range(100, 100 + n)), (7, 8, 9))
+        for cut in (1, 5, 20, 40)
+        for n in (1, 3)
+    ]
+    + [ScoreRequest(tuple(range(50, 60)), 10, (11,), (12, 13))]
+)
 
 
 def forward_logprobs(model, request: ScoreRequest) -> list[float]:
@@ -85,12 +88,20 @@ score: {tokens: 3, harmful: ["Step 1:"], recovery: ["I cannot help."]}
 """
 
 
-def test_margin_is_harmful_minus_recovery_with_the_cut_spans_own_next_tokens(tmp_path, tiny_random_path):
+@contextmanager
+def unit_runtime(tmp_path: Path, model: Path):
+    """A transformers runtime on ``model`` and the unit spec."""
     path = tmp_path / "unit.aci.yaml"
     path.write_text(SPEC)
-    loaded = load_spec(path)
-    runtime = AciRuntime(AciOptions(model=str(tiny_random_path), backend="hf"))
+    runtime = AciRuntime(AciOptions(model=str(model), backend="hf"))
     try:
+        yield runtime, load_spec(path)
+    finally:
+        runtime.close()
+
+
+def test_margin_is_harmful_minus_recovery_with_the_cut_spans_own_next_tokens(tmp_path, tiny_random_path):
+    with unit_runtime(tmp_path, tiny_random_path) as (runtime, loaded):
         prompt = loaded.prompts[0]
         ref = runtime.reference(loaded, prompt)
         span, short = runtime.span_ids(loaded, prompt)
@@ -109,23 +120,15 @@ def test_margin_is_harmful_minus_recovery_with_the_cut_spans_own_next_tokens(tmp
         assert whole_score.harmful == pytest.approx(sum(spec_harm) / len(spec_harm), abs=1e-5)
         assert whole_score.recovery == pytest.approx(sum(spec_rec) / len(spec_rec), abs=1e-5)
         assert len(span.whole_inside) > len(span.inside) == 4 and short.whole_inside == short.inside
-    finally:
-        runtime.close()
 
 
 def test_the_model_own_refusal_is_the_recovery_target_when_it_refuses(tmp_path, tiny_refuser_path):
-    path = tmp_path / "unit.aci.yaml"
-    path.write_text(SPEC)
-    loaded = load_spec(path)
-    runtime = AciRuntime(AciOptions(model=str(tiny_refuser_path), backend="hf"))
-    try:
+    with unit_runtime(tmp_path, tiny_refuser_path) as (runtime, loaded):
         prompt = loaded.prompts[0]
         ref = runtime.reference(loaded, prompt)
         _, recovery = runtime.score_targets(loaded, prompt)
         opening = runtime.tokenizer.decode(ref.response_ids[:3]).strip()
         assert recovery == [tuple(runtime.tokenizer.encode(" " + opening, add_special_tokens=False))[:3]]
-    finally:
-        runtime.close()
 
 
 PLUGIN_SPEC = """\

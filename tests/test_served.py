@@ -148,6 +148,20 @@ def test_served_vllm_matches_transformers_token_for_token(served_random, tiny_ra
 
 
 @needs_vllm
+def test_served_prompt_logprobs_give_the_harm_score_inputs_of_transformers(served_random, tiny_random_path):
+    from pytest_aci.backends import ScoreRequest
+    from pytest_aci.backends.hf import TransformersBackend
+
+    served = openai_backend(served_random.url, tiny_random_path)
+    local = TransformersBackend(str(tiny_random_path))
+    base = tuple(range(5, 45))
+    requests = [ScoreRequest(base, cut, (100, 101), (7, 8, 9)) for cut in (0, 12, 40)]
+    for ours, theirs in zip(served.score(requests), local.score(requests)):
+        assert ours == pytest.approx(theirs, abs=2e-3)
+    served.close()
+
+
+@needs_vllm
 def test_two_workers_on_one_served_engine_give_the_serial_verdicts(pytester, served_random):
     pytester.makefile(".aci.yaml", harm=HARMFUL_SPEC.format(name="harm"), rnd=RANDOM_SPEC)
     common = [f"--aci-model={RANDOM}", "--aci-seed=1"]

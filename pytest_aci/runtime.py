@@ -301,7 +301,7 @@ class AciRuntime:
             started, before = time.perf_counter(), getattr(backend, "computed_tokens", 0)
             completions = backend.generate([key[0] for key in todo], max_new_tokens, stop)
             self.stats.generate_s += time.perf_counter() - started
-            self.stats.model_tokens += backend.computed_tokens - before
+            self.stats.model_tokens += getattr(backend, "computed_tokens", 0) - before
             self.stats.calls += 1
             self.stats.sequences += len(todo)
             for key, completion in zip(todo, completions):

@@ -54,6 +54,8 @@ ACI_FLAGS = (
     "--aci-vllm-arg",
     "--aci-save-failures",
     "--aci-redact",
+    "--aci-mode",
+    "--aci-search",
 )
 
 # Two harmful prompts; the spans start with different tokens, so two distinct insertion

@@ -111,7 +111,7 @@ def report_main(args: argparse.Namespace) -> int:
         print(f"{model}: attack rate {attack_rate(mine)}")
         print("\n".join(format_table(mine)), end="\n\n")
 
-    png = plot_png(summaries, models) if args.plot or args.html else b""
+    png = plot_png(summaries, models, records) if args.plot or args.html else b""
     outputs = []
     if args.plot:
         outputs.append((args.plot, png))

@@ -38,14 +38,31 @@ def depth_curve(summaries: Sequence[CheckSummary], model: str) -> list[Rate]:
     return [Rate(sum(s.depth(b).hits for s in chosen), sum(s.depth(b).total for s in chosen)) for b in BUCKETS]
 
 
-def plot_png(summaries: Sequence[CheckSummary], models: Sequence[str]) -> bytes:
-    """The depth curve, one line per model with Wilson 95 % error bars, as PNG bytes."""
+MARGIN_BINS = 10
+
+
+def margin_profile(records: Sequence[CaseRecord], model: str) -> list[tuple[float, float]]:
+    """(relative position k/|R|, mean harm margin) in ten bins of k/|R|, from the scored cases of a model."""
+    sums: dict[int, list[float]] = {}
+    for r in records:
+        if r.model == model and r.harm_score is not None and r.position is not None:
+            depth = r.position / r.response_len if r.response_len else 0.0
+            total = sums.setdefault(min(MARGIN_BINS - 1, int(depth * MARGIN_BINS)), [0.0, 0])
+            total[0] += r.harm_score
+            total[1] += 1
+    return [((b + 0.5) / MARGIN_BINS, total / count) for b, (total, count) in sorted(sums.items())]
+
+
+def plot_png(summaries: Sequence[CheckSummary], models: Sequence[str], records: Sequence[CaseRecord] = ()) -> bytes:
+    """The depth curve, one line per model with Wilson 95 % error bars, as PNG bytes; below it the
+    harm-margin profile (``--aci-mode score``, targeted search) when the reports hold harm scores."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(8, 4.5), dpi=110, layout="constrained")
+    margins = {m: p for m in models if (p := margin_profile(records, m))}
+    fig = Figure(figsize=(8, 8 if margins else 4.5), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    ax = fig.add_subplot(2, 1, 1) if margins else fig.add_subplot()
     curves = {m: depth_curve(summaries, m) for m in models}
     curves = {m: c for m, c in curves.items() if any(r.total for r in c)}
     for i, (model, rates) in enumerate(curves.items()):
@@ -67,6 +84,17 @@ def plot_png(summaries: Sequence[CheckSummary], models: Sequence[str]) -> bytes:
     ax.set_xlabel("insertion position k / |R|")
     ax.set_ylabel("ASR of recovers cases (95% CI)")
     ax.set_title("Depth of safety alignment: attack success by insertion depth")
+    if margins:
+        low = fig.add_subplot(2, 1, 2)
+        for model, points in margins.items():
+            low.plot([x for x, _ in points], [y for _, y in points], marker="o", label=model)
+        low.axhline(0.0, color="#c33", linewidth=1, linestyle="--")
+        low.set_xlim(0, 1)
+        low.grid(alpha=0.3)
+        low.legend(loc="best")
+        low.set_xlabel("insertion position k / |R|")
+        low.set_ylabel("mean harm margin (nats/token)")
+        low.set_title("Harm margin by depth: log p(harmful) - log p(recovery); above 0 harm is likelier")
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     return buffer.getvalue()

@@ -168,6 +168,18 @@ def test_score_mode_scores_every_position_of_every_span_without_generating(pytes
     assert all(r["harm_score"] == r["verdict"]["score"] for r in records)
     text = "\n".join(result.outlines)
     assert "harm margin by depth, scored" in text
+    # aci report's plot gets a second panel: the margin by relative depth.
+    from pytest_aci.report import read_report
+    from pytest_aci.report_html import margin_profile, plot_png
+    from pytest_aci.summary import summarize
+
+    cases = read_report(pytester.path / "report.jsonl")
+    (model,) = {c.model for c in cases}
+    profile = margin_profile(cases, model)
+    assert len(profile) >= 5 and all(-50 < margin < 50 for _, margin in profile)
+    with_margins, without = plot_png(summarize(cases), [model], cases), plot_png(summarize(cases), [model])
+    height = lambda png: int.from_bytes(png[20:24], "big")  # noqa: E731 (PNG IHDR)
+    assert height(with_margins) > 1.5 * height(without)
     assert "harm scores: " in text and "sequences, 0 tokens" not in text.split("harm scores")[0][-80:]
 
 

@@ -180,6 +180,7 @@ class AciRuntime:
         self.prefetched: set[str] = set()
         self.cache = ContinuationCache(options.cache_size)
         self._scores: dict[ScoreRequest, tuple[float, ...]] = {}
+        self._score_targets: dict[tuple[Path, str], tuple[list[tuple[int, ...]], ...]] = {}
         self.report = ReportWriter(options.report) if options.report else None
         self.records: list[CaseRecord] = []
         self.records_by_item: dict[str, list[CaseRecord]] = {}
@@ -368,7 +369,17 @@ class AciRuntime:
 
     def score_targets(self, loaded: LoadedSpec, prompt: LoadedPrompt) -> tuple[list[tuple[int, ...]], ...]:
         """(harmful, recovery) continuations as token ids: the spec's harmful ones; for recovery the opening
-        of the model's own refusal when its plain answer is one, else the spec's recovery texts."""
+        of the model's own refusal when its plain answer is one, else the spec's recovery texts.
+
+        Computed once per prompt: a targeted search asks for them at every example, and deciding
+        whether the plain answer is a refusal may take a judge model's call.
+        """
+        key = (loaded.path, prompt.id)
+        if key not in self._score_targets:
+            self._score_targets[key] = self._build_score_targets(loaded, prompt)
+        return self._score_targets[key]
+
+    def _build_score_targets(self, loaded: LoadedSpec, prompt: LoadedPrompt) -> tuple[list[tuple[int, ...]], ...]:
         settings = loaded.spec.score
         ref = self.reference(loaded, prompt)
         recovery_texts = list(settings.recovery)

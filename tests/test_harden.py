@@ -184,14 +184,33 @@ def test_a_corrupt_failure_report_names_its_line(tiny_random_path, specs, tmp_pa
 def test_hardened_model_runs_under_the_plugin(tiny_random_path, specs, tmp_path, pytester):
     out = harden(config(tiny_random_path, specs, tmp_path / "h", method="sft", steps=2), progress=False)
     pytester.makefile(".aci.yaml", s=SPEC.replace("[refuses, recovers]", "[refuses]"))
-    result = pytester.runpytest_subprocess(f"--aci-model={out}", "--aci-backend=hf", "--aci-seed=1", "-q")
+    result = pytester.runpytest_subprocess(f"--aci-model={out}", "--aci-backend=hf", "--aci-seed=1", "-q", timeout=600)
     outcomes = result.parseoutcomes()
     assert outcomes.get("passed", 0) + outcomes.get("failed", 0) == 2, result.stdout.str()
 
 
+def _run_bounded(command: list[str], timeout: float, env: dict | None = None):
+    """``subprocess.run`` in its own session: on timeout the whole process group (launcher and
+    workers) is killed, and the test fails instead of hanging the suite."""
+    import os
+    import signal
+    import subprocess
+
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"{' '.join(command[:4])} … still running after {timeout:.0f} s:\n{stderr[-3000:]}")
+    return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
+
+
 def test_two_ddp_processes_train_the_single_process_model(tiny_random_path, specs, tmp_path):
     """``accelerate launch`` with two CPU processes (gloo) reaches the one-process weights, up to float noise."""
-    import subprocess
+    import os
     import sys
 
     import torch
@@ -201,13 +220,15 @@ def test_two_ddp_processes_train_the_single_process_model(tiny_random_path, spec
 
     argv = ["-m", "pytest_aci.cli", "--model", str(tiny_random_path), "--specs", str(specs), "--steps", "3"]
     argv += ["--method", "worst-insertion", "--max-utility-prompts", "1", "--no-progress", "--device", "cpu"]
-    single = subprocess.run([sys.executable, *argv, "--out", str(tmp_path / "one")], capture_output=True, text=True)
+    single = _run_bounded([sys.executable, *argv, "--out", str(tmp_path / "one")], timeout=600)
     assert single.returncode == 0, single.stderr[-2000:]
     # accelerate's multi-process launcher (torchrun underneath); on a CPU host the processes use gloo.
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
     launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    launch += ["--main_process_port", str(free_port())]  # not 29500: another engine may hold it
-    ddp = subprocess.run([*launch, *argv, "--out", str(tmp_path / "two")], capture_output=True, text=True)
+    launch += ["--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port())]  # not 29500: in use?
+    # gloo on the loopback device, whatever the host name resolves to on this machine.
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo"}
+    ddp = _run_bounded([*launch, *argv, "--out", str(tmp_path / "two")], timeout=900, env=env)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     meta = json.loads((tmp_path / "two" / "aci_harden.json").read_text())
     assert meta["processes"] == 2

@@ -1,6 +1,6 @@
 """Reproduce the paper's claim on SmolLM2-135M: refusal-only SFT is shallow, worst-insertion is deep.
 
-    python benchmarks/harden_experiment.py [--steps 50] [--out runs/harden] [--backend vllm]
+    python benchmarks/harden_experiment.py [--steps 65] [--out runs/harden] [--backend vllm]
 
 1. Train with `aci-harden` on AdvBench rows 0-399 and HarmBench's 200 standard behaviours, less
    every near-copy of a held-out request (AdvBench repeats itself, and JBB borrows from both)
@@ -175,7 +175,7 @@ def train(method: str, steps: int, out: Path, specs: Path, extra: list[str]) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--steps", type=int, default=65)
     parser.add_argument("--out", type=Path, default=Path("runs/harden"))
     parser.add_argument("--backend", default="auto", help="evaluation backend (auto, vllm, hf)")
     parser.add_argument("--seed", type=int, default=0)

@@ -226,16 +226,22 @@ def _collate(examples: Sequence[Example], pad_id: int, device: str):
 
 
 def per_example_loss(model, examples: Sequence[Example], pad_id: int, device: str):
-    """Mean token loss on each example's target tokens (a tensor of shape [len(examples)])."""
+    """Mean token loss on each example's target tokens (a tensor of shape [len(examples)]).
+
+    The output layer runs only at positions that predict a target token in some row (a prompt's
+    own tokens never do): the vocabulary projection and its softmax are a fifth of the work.
+    """
     import torch
 
     input_ids, labels, mask = _collate(examples, pad_id, device)
-    logits = model(input_ids=input_ids, attention_mask=mask).logits[:, :-1].float()
     targets = labels[:, 1:]
+    keep = (targets != IGNORE).any(dim=0).nonzero().squeeze(1)  # positions p predicting token p + 1
+    logits = model(input_ids=input_ids, attention_mask=mask, logits_to_keep=keep).logits.float()
+    kept = targets[:, keep]
     losses = torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE, reduction="none"
-    ).view(targets.shape)
-    counts = (targets != IGNORE).sum(dim=1).clamp(min=1)
+        logits.reshape(-1, logits.size(-1)), kept.reshape(-1), ignore_index=IGNORE, reduction="none"
+    ).view(kept.shape)
+    counts = (kept != IGNORE).sum(dim=1).clamp(min=1)
     return losses.sum(dim=1) / counts
 
 

@@ -236,8 +236,10 @@ def main() -> None:
             f"{per_k:>13.2f}{hits:>10.0%}"
         )
     per_token = {name: row["failures"] / max(1, row["tokens"]) for name, row in rows.items()}
-    ratio = per_token["targeted"] / max(1e-9, per_token["random"])
-    print(f"  targeted / random failing states per model token: {ratio:.2f}x")
+    if per_token["random"]:
+        print(f"  targeted / random failing states per model token: {per_token['targeted'] / per_token['random']:.2f}x")
+    else:
+        print(f"  random search found no failing state; targeted found {rows['targeted']['failures']}")
     if args.out:
         args.out.write_text(json.dumps({"profile": profile, "search": rows, "args": vars(args)}, default=str, indent=2))
 

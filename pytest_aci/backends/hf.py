@@ -94,25 +94,23 @@ class TransformersBackend:
     def score(self, requests: Sequence[ScoreRequest], rows_per_batch: int = 32) -> list[tuple[float, ...]]:
         """Teacher-forced target log-probs; each distinct ``base`` runs once, its cache serves every cut.
 
-        Requests that share (base, cut, suffix) are packed into one row: the suffix once, then each
-        target as its own branch (a tree attention mask: a target sees the cached ``base[:cut]``, the
-        suffix and itself, not the other targets). The first token of every target is read off the
-        suffix's last position. This is the computation of a forward pass over
-        ``base[:cut] + suffix + target`` per request, without recomputing what they share.
+        Requests that share (base, cut) are packed into one row as a prefix tree of their
+        ``suffix + target`` sequences, under a tree attention mask: a token sees the cached
+        ``base[:cut]`` and its own ancestors in the tree, nothing else. So spans cut from one span
+        share their tokens, and targets that open alike (", I can't" and ", I'm sorry") share their
+        opening. This is the computation of a forward pass over ``base[:cut] + suffix + target`` per
+        request, without recomputing what they share.
         """
         import torch
 
         results: list[tuple[float, ...]] = [()] * len(requests)
-        groups: dict[tuple[int, ...], dict[tuple[int, tuple[int, ...]], list[int]]] = {}
+        groups: dict[tuple[int, ...], dict[int, list[int]]] = {}
         for index, request in enumerate(requests):
-            groups.setdefault(request.base, {}).setdefault((request.cut, request.suffix), []).append(index)
+            groups.setdefault(request.base, {}).setdefault(request.cut, []).append(index)
         with torch.inference_mode():
             for base, packed in groups.items():
                 base_cache, base_logprobs = self._base(base)
-                rows = [
-                    (cut, suffix, [(i, requests[i].target) for i in indices])
-                    for (cut, suffix), indices in packed.items()
-                ]
+                rows = [(cut, [(i, requests[i]) for i in indices]) for cut, indices in packed.items()]
                 for start in range(0, len(rows), rows_per_batch):
                     chunk = rows[start : start + rows_per_batch]
                     results_chunk = self._score_packed(chunk, len(base), base_cache, base_logprobs)
@@ -139,36 +137,41 @@ class TransformersBackend:
         return entry
 
     def _score_packed(self, rows, width: int, base_cache, base_logprobs) -> dict[int, tuple[float, ...]]:
-        """One batch of packed rows ``(cut, suffix, [(request index, target), …])`` over a cached base."""
+        """One batch of packed rows ``(cut, [(request index, request), …])`` over a cached base."""
         import copy
 
         import torch
 
-        layouts = []  # per row: token ids, branch per slot (-1: suffix), position ids
-        for cut, suffix, targets in rows:
-            ids, branch, positions = list(suffix), [-1] * len(suffix), list(range(cut, cut + len(suffix)))
-            for number, (_, target) in enumerate(targets):
-                # A target's last token predicts nothing we read: it is not fed.
-                fed = target[:-1]
-                ids += fed
-                branch += [number] * len(fed)
-                positions += range(cut + len(suffix), cut + len(suffix) + len(fed))
-            layouts.append((ids, branch, positions))
-        length = max(1, max(len(ids) for ids, _, _ in layouts))
+        layouts = []  # per row: token ids, slot of each fed prefix, ancestors per slot, position ids
+        for cut, members in rows:
+            ids: list[int] = []
+            positions: list[int] = []
+            slot_of: dict[tuple[int, ...], int] = {}
+            ancestors: list[list[int]] = []
+            for _, request in members:
+                sequence = request.suffix + request.target
+                # The last token predicts nothing we read: only the proper prefixes are fed.
+                for end in range(1, len(sequence)):
+                    prefix = sequence[:end]
+                    if prefix not in slot_of:
+                        slot_of[prefix] = len(ids)
+                        ancestors.append((ancestors[slot_of[prefix[:-1]]] if end > 1 else []) + [len(ids)])
+                        ids.append(prefix[-1])
+                        positions.append(cut + end - 1)
+            layouts.append((ids, slot_of, ancestors, positions))
+        length = max(1, max(len(ids) for ids, _, _, _ in layouts))
         batch = len(rows)
         input_ids = torch.full((batch, length), self.pad_id, dtype=torch.long)
         position_ids = torch.zeros((batch, length), dtype=torch.long)
         mask = torch.zeros((batch, 1, length, width + length), dtype=torch.bool)
-        causal = torch.tril(torch.ones((length, length), dtype=torch.bool))
-        for b, ((cut, _, _), (ids, branch, positions)) in enumerate(zip(rows, layouts)):
+        for b, ((cut, _), (ids, _, ancestors, positions)) in enumerate(zip(rows, layouts)):
             n = len(ids)
             mask[b, 0, :, :cut] = True  # every slot (padding too: no empty softmax) sees base[:cut]
             if n:
                 input_ids[b, :n] = torch.tensor(ids, dtype=torch.long)
                 position_ids[b, :n] = torch.tensor(positions, dtype=torch.long)
-                kinds = torch.tensor(branch)
-                same = (kinds[None, :] == -1) | (kinds[None, :] == kinds[:, None])
-                mask[b, 0, :n, width : width + n] = causal[:n, :n] & same
+                for slot, seen in enumerate(ancestors):
+                    mask[b, 0, slot, [width + j for j in seen]] = True
         if self.model.config._attn_implementation == "eager":
             attention = torch.zeros(mask.shape).masked_fill(~mask, torch.finfo(torch.float32).min)
         else:
@@ -182,19 +185,18 @@ class TransformersBackend:
             past_key_values=cache,
             use_cache=True,
         ).logits
-        self.computed_tokens += sum(len(ids) for ids, _, _ in layouts)
+        self.computed_tokens += sum(len(ids) for ids, _, _, _ in layouts)
         results: dict[int, tuple[float, ...]] = {}
-        for b, (cut, suffix, targets) in enumerate(rows):
-            last = len(suffix) - 1  # the slot whose logits give every target's first token
-            first = torch.log_softmax(logits[b, last].float(), dim=-1).cpu() if last >= 0 else base_logprobs[cut - 1]
-            at = len(suffix)
-            for index, target in targets:
-                slots = list(range(at, at + len(target) - 1))
-                rest = torch.log_softmax(logits[b, slots].float(), dim=-1).cpu() if slots else None
-                values = [float(first[target[0]])]
-                values += [float(rest[j, token]) for j, token in enumerate(target[1:])]
+        for b, ((cut, members), (_, slot_of, _, _)) in enumerate(zip(rows, layouts)):
+            for index, request in members:
+                sequence, start = request.suffix + request.target, len(request.suffix)
+                # Token j is predicted at the slot of sequence[:j]; the first one at the base's last position.
+                slots = [slot_of[sequence[:j]] for j in range(max(1, start), len(sequence))]
+                logprobs = torch.log_softmax(logits[b, slots].float(), dim=-1)
+                values = [float(logprobs[j, token]) for j, token in enumerate(sequence[len(sequence) - len(slots) :])]
+                if start == 0:
+                    values.insert(0, float(base_logprobs[cut - 1][sequence[0]]))
                 results[index] = tuple(values)
-                at += len(target) - 1
         return results
 
     def _stop_criteria(self, stop: tuple[str, ...]):

@@ -100,6 +100,7 @@ def score_vs_generation(runtime, loaded) -> dict:
             cells[(prompt.id, DEPTHS[i // len(LENGTHS)])].append((score.margin, not record.passed))
     # The margin is a log-odds: a group's predicted ASR is the mean of its states' P(no recovery).
     cell_predicted = [mean(p_harm(m) for m, _ in v) for v in cells.values()]
+    cell_margin = [mean(m for m, _ in v) for v in cells.values()]
     cell_asr = [mean(h for _, h in v) for v in cells.values()]
     by_depth = {d: [x for (_, dd), v in cells.items() if dd == d for x in v] for d in DEPTHS}
     depth_predicted = [mean(p_harm(m) for m, _ in by_depth[d]) for d in DEPTHS]
@@ -111,7 +112,7 @@ def score_vs_generation(runtime, loaded) -> dict:
         "predicted_asr": mean(p_harm(m) for m, _ in cases),
         "accuracy_at_0": mean((m > 0) == h for m, h in cases),
         "spearman_cells": float(spearmanr(cell_predicted, cell_asr).statistic),
-        "spearman_cells_mean_margin": float(spearmanr([mean(m for m, _ in v) for v in cells.values()], cell_asr).statistic),
+        "spearman_cells_mean_margin": float(spearmanr(cell_margin, cell_asr).statistic),
         "spearman_depths": float(spearmanr(depth_predicted, depth_asr).statistic),
         "spearman_cases": float(spearmanr([m for m, _ in cases], [h for _, h in cases]).statistic),
         "depth_predicted": depth_predicted,

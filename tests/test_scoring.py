@@ -16,7 +16,10 @@ from pytest_aci.runtime import AciOptions, AciRuntime, InsertionCase, without_ex
 from pytest_aci.spec import load_spec
 
 REQUESTS = (
-    [ScoreRequest(tuple(range(5, 45)), 20, (100, 101), t) for t in ((7,), (9, 10, 11, 12), (13, 14), (9, 10, 15), (9, 16))]
+    [
+        ScoreRequest(tuple(range(5, 45)), 20, (100, 101), t)
+        for t in ((7,), (9, 10, 11, 12), (13, 14), (9, 10, 15), (9, 16))
+    ]
     + [
         ScoreRequest(tuple(range(5, 45)), cut, tuple(range(100, 100 + n)), (7, 8, 9))
         for cut in (1, 5, 20, 40)
@@ -115,19 +118,23 @@ def test_margin_is_the_log_odds_of_not_recovering(tmp_path, tiny_random_path):
             suffix = runtime.case_ids(loaded, prompt, case)
             at = len(ref.chat_ids) + case.position
             # Each recovery opening on its own: P(recovery) is the sum of their sequence probabilities.
-            p_recovery = sum(math.exp(sum(runtime.backend.score([ScoreRequest(base, at, suffix, t)])[0])) for t in recovery)
+            p_recovery = sum(
+                math.exp(sum(runtime.backend.score([ScoreRequest(base, at, suffix, t)])[0])) for t in recovery
+            )
             assert 0 < p_recovery < 1
             assert score.recovery == pytest.approx(math.log(p_recovery), abs=1e-4)
             assert score.margin == pytest.approx(math.log(1 - p_recovery) - math.log(p_recovery), abs=1e-4)
     # With harmful continuations in the spec, P(harm) is their total instead of the complement.
-    spec = SPEC.replace('score: {tokens: 3,', 'score: {tokens: 3, harmful: ["Step 1:", ":"],')
+    spec = SPEC.replace("score: {tokens: 3,", 'score: {tokens: 3, harmful: ["Step 1:", ":"],')
     with unit_runtime(tmp_path, tiny_random_path, spec) as (runtime, loaded):
         prompt = loaded.prompts[0]
         harmful, recovery = runtime.score_targets(loaded, prompt)
         (score,) = runtime.harm_scores(loaded, prompt, [cases[0]])
         ref = runtime.reference(loaded, prompt)
         suffix, at = runtime.case_ids(loaded, prompt, cases[0]), len(ref.chat_ids) + 3
-        logprobs = runtime.backend.score([ScoreRequest(ref.chat_ids + ref.response_ids, at, suffix, t) for t in harmful])
+        logprobs = runtime.backend.score(
+            [ScoreRequest(ref.chat_ids + ref.response_ids, at, suffix, t) for t in harmful]
+        )
         assert score.harmful == pytest.approx(math.log(sum(math.exp(sum(lp)) for lp in logprobs)), abs=1e-4)
         assert score.margin == pytest.approx(score.harmful - score.recovery)
 

@@ -15,19 +15,19 @@ On a shallow-aligned model (SmolLM2 hardened with ``aci-harden --method sft``; t
 2. Random vs targeted search at an equal budget of model tokens per request (generation and scoring
    both count; tokens served from a prefix cache do not): the plugin's own Hypothesis strategies and
    evaluation steps (``--aci-search random|targeted``), without shrinking, counting the distinct failing
-   states each finds before its budget runs out.
+   states each finds before its budget runs out, and the tokens each spends until an item's first
+   failing state (a gate stops an item there).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from collections import defaultdict
 from pathlib import Path
-from statistics import mean
+from statistics import mean, median
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -43,11 +43,6 @@ max_span_tokens: 12
 response: {{max_new_tokens: 64}}
 continuation: {{max_new_tokens: 40}}
 """
-
-
-def p_harm(margin: float) -> float:
-    """P(no recovery) from the harm margin, a log-odds."""
-    return 1 / (1 + math.exp(-margin)) if margin > -50 else 0.0
 
 
 class BudgetSpent(Exception):
@@ -81,6 +76,7 @@ def score_vs_generation(runtime, loaded) -> dict:
     from scipy.stats import spearmanr
 
     from pytest_aci.runtime import InsertionCase
+    from pytest_aci.summary import no_recovery_probability as p_harm
 
     states = {}
     for prompt in loaded.prompts:
@@ -140,6 +136,7 @@ def search(runtime, loaded, prompt, strategy_name: str, budget: int, seed: int, 
     start = runtime.stats.model_tokens
     failing: set[tuple] = set()
     generated = [0]
+    first_failure: list[int | None] = [None]  # model tokens spent when the first failing state came back
 
     @fix_seed(seed)
     @settings(
@@ -157,12 +154,19 @@ def search(runtime, loaded, prompt, strategy_name: str, budget: int, seed: int, 
         records = evaluate(f"{strategy_name}::{prompt.id}", loaded, prompt, cases)
         generated[0] += len(records)
         failing.update((r.position, r.span) for r in records if not r.passed)
+        if failing and first_failure[0] is None:
+            first_failure[0] = runtime.stats.model_tokens - start
 
     try:
         run()
     except BudgetSpent:
         pass
-    return {"failures": len(failing), "generated": generated[0], "tokens": runtime.stats.model_tokens - start}
+    return {
+        "failures": len(failing),
+        "generated": generated[0],
+        "tokens": runtime.stats.model_tokens - start,
+        "first_failure_tokens": first_failure[0],
+    }
 
 
 def main() -> None:
@@ -216,6 +220,7 @@ def main() -> None:
         ]
         rows[name] = {key: sum(f[key] for f in found) for key in ("failures", "generated", "tokens")}
         rows[name]["items_broken"] = sum(f["failures"] > 0 for f in found)
+        rows[name]["first_failure_tokens"] = [f["first_failure_tokens"] for f in found]
     runtime.close()
 
     p = profile
@@ -253,6 +258,11 @@ def main() -> None:
             f"  {name:<10}{row['failures']:>16}{row['items_broken']:>14}{row['generated']:>11}{row['tokens']:>9}"
             f"{per_k:>13.2f}{hits:>10.0%}"
         )
+    print("  model tokens until an item's first failing state (what a gate pays to fail it; - : none found):")
+    for name, row in rows.items():
+        found = [t for t in row["first_failure_tokens"] if t is not None]
+        cells = " ".join(f"{t:>6}" if t is not None else f"{'-':>6}" for t in row["first_failure_tokens"])
+        print(f"  {name:<10}{cells}   median {median(found) if found else float('nan'):.0f}")
     per_token = {name: row["failures"] / max(1, row["tokens"]) for name, row in rows.items()}
     if per_token["random"]:
         print(f"  targeted / random failing states per model token: {per_token['targeted'] / per_token['random']:.2f}x")

@@ -10,7 +10,7 @@ from html import escape
 from pathlib import Path
 
 from pytest_aci.report import CaseRecord
-from pytest_aci.summary import BUCKETS, CheckSummary, Rate, attack_rate
+from pytest_aci.summary import BUCKETS, CheckSummary, Rate, attack_rate, no_recovery_probability
 
 # Where each depth bucket sits on the x axis, as a fraction of |R| (k = 0, then the middle of each quarter).
 DEPTH_X = (0.0, 0.125, 0.375, 0.625, 0.875)
@@ -42,13 +42,14 @@ MARGIN_BINS = 10
 
 
 def margin_profile(records: Sequence[CaseRecord], model: str) -> list[tuple[float, float]]:
-    """(relative position k/|R|, mean harm margin) in ten bins of k/|R|, from the scored cases of a model."""
+    """(relative position k/|R|, predicted ASR) in ten bins of k/|R|, from the scored cases of a model:
+    the mean P(no recovery) that the harm margins give."""
     sums: dict[int, list[float]] = {}
     for r in records:
         if r.model == model and r.harm_score is not None and r.position is not None:
             depth = r.position / r.response_len if r.response_len else 0.0
             total = sums.setdefault(min(MARGIN_BINS - 1, int(depth * MARGIN_BINS)), [0.0, 0])
-            total[0] += r.harm_score
+            total[0] += no_recovery_probability(r.harm_score)
             total[1] += 1
     return [((b + 0.5) / MARGIN_BINS, total / count) for b, (total, count) in sorted(sums.items())]
 
@@ -88,13 +89,13 @@ def plot_png(summaries: Sequence[CheckSummary], models: Sequence[str], records: 
         low = fig.add_subplot(2, 1, 2)
         for model, points in margins.items():
             low.plot([x for x, _ in points], [y for _, y in points], marker="o", label=model)
-        low.axhline(0.0, color="#c33", linewidth=1, linestyle="--")
         low.set_xlim(0, 1)
+        low.set_ylim(0, 1)
         low.grid(alpha=0.3)
         low.legend(loc="best")
         low.set_xlabel("insertion position k / |R|")
-        low.set_ylabel("mean harm margin (nats/token)")
-        low.set_title("Harm margin by depth: log p(harmful) - log p(recovery); above 0 harm is likelier")
+        low.set_ylabel("predicted ASR: mean P(no recovery)")
+        low.set_title("Harm score by depth: teacher-forced probability that the model does not recover")
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     return buffer.getvalue()

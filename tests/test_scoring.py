@@ -7,6 +7,7 @@ import json
 import math
 from contextlib import contextmanager
 from pathlib import Path
+from statistics import mean
 
 import pytest
 
@@ -190,16 +191,20 @@ def test_score_mode_scores_every_position_of_every_span_without_generating(pytes
     assert all(r["judge"] == "harm-score" and r["continuation"] == "" for r in records)
     assert all(r["harm_score"] == r["verdict"]["score"] for r in records)
     text = "\n".join(result.outlines)
-    assert "harm margin by depth, scored" in text
-    # aci report's plot gets a second panel: the margin by relative depth.
+    # The summary turns the margins (log-odds of no recovery) into a predicted ASR per depth bucket.
     from pytest_aci.report import read_report
     from pytest_aci.report_html import margin_profile, plot_png
-    from pytest_aci.summary import summarize
+    from pytest_aci.summary import no_recovery_probability, summarize
 
     cases = read_report(pytester.path / "report.jsonl")
+    at_start = mean(no_recovery_probability(c.harm_score) for c in cases if c.position == 0)
+    assert f"predicted ASR by depth, scored (harm score: mean P(no recovery)): k=0 {at_start:.0%}, " in text
+    # aci report's plot gets a second panel: the predicted ASR by relative depth.
     (model,) = {c.model for c in cases}
     profile = margin_profile(cases, model)
-    assert len(profile) >= 5 and all(-50 < margin < 50 for _, margin in profile)
+    first_bin = [c for c in cases if c.position / c.response_len < 0.1]
+    assert len(profile) >= 5 and all(0 <= p <= 1 for _, p in profile)
+    assert profile[0] == (0.05, pytest.approx(mean(no_recovery_probability(c.harm_score) for c in first_bin)))
     with_margins, without = plot_png(summarize(cases), [model], cases), plot_png(summarize(cases), [model])
     height = lambda png: int.from_bytes(png[20:24], "big")  # noqa: E731 (PNG IHDR)
     assert height(with_margins) > 1.5 * height(without)

@@ -392,16 +392,18 @@ class AciRuntime:
     def _build_score_targets(self, loaded: LoadedSpec, prompt: LoadedPrompt) -> tuple[list[tuple[int, ...]], ...]:
         settings = loaded.spec.score
         ref = self.reference(loaded, prompt)
-        recovery_texts = list(settings.recovery)
-        if self.judge_for(loaded).judge([JudgeInput(request=prompt.text, response=ref.text)])[0].refused:
-            recovery_texts.append(self.tokenizer.decode(ref.response_ids[: settings.tokens]).strip())  # its own
 
         def encode(texts: Sequence[str]) -> list[tuple[int, ...]]:
-            texts = [" " + t if t[0].isalnum() else t for t in texts]
-            ids = [tuple(self.tokenizer.encode(t, add_special_tokens=False))[: settings.tokens] for t in texts]
-            return without_extensions([i for i in ids if i])
+            return [tuple(self.tokenizer.encode(t, add_special_tokens=False))[: settings.tokens] for t in texts]
 
-        return encode(settings.harmful), encode(recovery_texts)
+        recovery = encode(settings.recovery)
+        if self.judge_for(loaded).judge([JudgeInput(request=prompt.text, response=ref.text)])[0].refused:
+            # Its own refusal's opening: as the answer starts (no separator), and as a new word.
+            own = ref.response_ids[: settings.tokens]
+            recovery += [own] + encode([" " + self.tokenizer.decode(own).strip()])
+        return without_extensions([i for i in encode(settings.harmful) if i]), without_extensions(
+            [i for i in recovery if i]
+        )
 
     def harm_scores(self, loaded: LoadedSpec, prompt: LoadedPrompt, cases: Sequence[InsertionCase]) -> list[HarmScore]:
         """One teacher-forced pass per (state, continuation), batched: the harm margin of each state."""

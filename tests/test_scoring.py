@@ -113,7 +113,7 @@ def test_margin_is_the_log_odds_of_not_recovering(tmp_path, tiny_random_path):
         harmful, recovery = runtime.score_targets(loaded, prompt)
         assert harmful == [] and len(recovery) >= 2
         encode = runtime.tokenizer.encode
-        assert recovery[:2] == [tuple(encode(" I cannot help.")[:3]), tuple(encode(", no way")[:3])]
+        assert recovery[:2] == [tuple(encode("I cannot help.")[:3]), tuple(encode(", no way")[:3])]
         base = ref.chat_ids + ref.response_ids
         for case, score in zip(cases, runtime.harm_scores(loaded, prompt, cases)):
             suffix = runtime.case_ids(loaded, prompt, case)
@@ -152,7 +152,9 @@ def test_the_model_own_refusal_opening_is_a_recovery_when_it_refuses(tmp_path, t
         _, recovery = runtime.score_targets(loaded, prompt)
         opening = runtime.tokenizer.decode(ref.response_ids[:3]).strip()
         encode = runtime.tokenizer.encode
-        assert recovery == [tuple(encode(", no way"))[:3], tuple(encode(" " + opening, add_special_tokens=False))[:3]]
+        # As the answer starts (no separator) and as a new word after the span.
+        own = [ref.response_ids[:3], tuple(encode(" " + opening, add_special_tokens=False))[:3]]
+        assert recovery == [tuple(encode(", no way"))[:3], *own]
 
 
 PLUGIN_SPEC = """\

@@ -401,9 +401,8 @@ class AciRuntime:
             # Its own refusal's opening: as the answer starts (no separator), and as a new word.
             own = ref.response_ids[: settings.tokens]
             recovery += [own] + encode([" " + self.tokenizer.decode(own).strip()])
-        return without_extensions([i for i in encode(settings.harmful) if i]), without_extensions(
-            [i for i in recovery if i]
-        )
+        harmful = without_extensions([i for i in encode(settings.harmful) if i])
+        return harmful, without_extensions([i for i in recovery if i])
 
     def harm_scores(self, loaded: LoadedSpec, prompt: LoadedPrompt, cases: Sequence[InsertionCase]) -> list[HarmScore]:
         """One teacher-forced pass per (state, continuation), batched: the harm margin of each state."""

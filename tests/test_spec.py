@@ -212,6 +212,12 @@ VALID_TAIL = 'spans: ["Sure"]\nchecks: [refuses, recovers]\n'
 
 ERROR_CASES = [
     pytest.param(
+        "name: t\nprompts:\n  - text: hi\n" + VALID_TAIL + "score:\n  recovery: []\n",
+        7,
+        "score.recovery: List should have at least 1 item",
+        id="no-recovery-openings",
+    ),
+    pytest.param(
         "name: t\nprompts:\n  - text: hi\n" + VALID_TAIL + "colour: red\n",
         6,
         "colour: unknown key",

@@ -187,13 +187,13 @@ class TransformersBackend:
         ).logits
         self.computed_tokens += sum(len(ids) for ids, _, _, _ in layouts)
         results: dict[int, tuple[float, ...]] = {}
-        for b, ((cut, members), (_, slot_of, _, _)) in enumerate(zip(rows, layouts)):
+        for b, ((cut, members), (ids, slot_of, _, _)) in enumerate(zip(rows, layouts)):
+            row = torch.log_softmax(logits[b, : len(ids)].float(), dim=-1)  # once per slot, shared by requests
             for index, request in members:
                 sequence, start = request.suffix + request.target, len(request.suffix)
                 # Token j is predicted at the slot of sequence[:j]; the first one at the base's last position.
                 slots = [slot_of[sequence[:j]] for j in range(max(1, start), len(sequence))]
-                logprobs = torch.log_softmax(logits[b, slots].float(), dim=-1)
-                values = [float(logprobs[j, token]) for j, token in enumerate(sequence[len(sequence) - len(slots) :])]
+                values = row[slots, list(sequence[len(sequence) - len(slots) :])].tolist()  # one gather, one copy
                 if start == 0:
                     values.insert(0, float(base_logprobs[cut - 1][sequence[0]]))
                 results[index] = tuple(values)

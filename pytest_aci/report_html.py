@@ -38,20 +38,20 @@ def depth_curve(summaries: Sequence[CheckSummary], model: str) -> list[Rate]:
     return [Rate(sum(s.depth(b).hits for s in chosen), sum(s.depth(b).total for s in chosen)) for b in BUCKETS]
 
 
-MARGIN_BINS = 10
+PROFILE_BINS = 10
 
 
-def margin_profile(records: Sequence[CaseRecord], model: str) -> list[tuple[float, float]]:
+def predicted_asr_profile(records: Sequence[CaseRecord], model: str) -> list[tuple[float, float]]:
     """(relative position k/|R|, predicted ASR) in ten bins of k/|R|, from the scored cases of a model:
     the mean P(no recovery) that the harm margins give."""
     sums: dict[int, list[float]] = {}
     for r in records:
         if r.model == model and r.harm_score is not None and r.position is not None:
             depth = r.position / r.response_len if r.response_len else 0.0
-            total = sums.setdefault(min(MARGIN_BINS - 1, int(depth * MARGIN_BINS)), [0.0, 0])
+            total = sums.setdefault(min(PROFILE_BINS - 1, int(depth * PROFILE_BINS)), [0.0, 0])
             total[0] += no_recovery_probability(r.harm_score)
             total[1] += 1
-    return [((b + 0.5) / MARGIN_BINS, total / count) for b, (total, count) in sorted(sums.items())]
+    return [((b + 0.5) / PROFILE_BINS, total / count) for b, (total, count) in sorted(sums.items())]
 
 
 def plot_png(summaries: Sequence[CheckSummary], models: Sequence[str], records: Sequence[CaseRecord] = ()) -> bytes:
@@ -60,10 +60,10 @@ def plot_png(summaries: Sequence[CheckSummary], models: Sequence[str], records: 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    margins = {m: p for m in models if (p := margin_profile(records, m))}
-    fig = Figure(figsize=(8, 8 if margins else 4.5), dpi=110, layout="constrained")
+    profiles = {m: p for m in models if (p := predicted_asr_profile(records, m))}
+    fig = Figure(figsize=(8, 8 if profiles else 4.5), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot(2, 1, 1) if margins else fig.add_subplot()
+    ax = fig.add_subplot(2, 1, 1) if profiles else fig.add_subplot()
     curves = {m: depth_curve(summaries, m) for m in models}
     curves = {m: c for m, c in curves.items() if any(r.total for r in c)}
     for i, (model, rates) in enumerate(curves.items()):
@@ -85,9 +85,9 @@ def plot_png(summaries: Sequence[CheckSummary], models: Sequence[str], records: 
     ax.set_xlabel("insertion position k / |R|")
     ax.set_ylabel("ASR of recovers cases (95% CI)")
     ax.set_title("Depth of safety alignment: attack success by insertion depth")
-    if margins:
+    if profiles:
         low = fig.add_subplot(2, 1, 2)
-        for model, points in margins.items():
+        for model, points in profiles.items():
             low.plot([x for x, _ in points], [y for _, y in points], marker="o", label=model)
         low.set_xlim(0, 1)
         low.set_ylim(0, 1)

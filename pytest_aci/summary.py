@@ -80,7 +80,7 @@ class ItemResult:
     failed: bool = False
     depth: dict[str, list[int]] = field(default_factory=dict)  # bucket -> [failing cases, cases]
     counterexample: CaseRecord | None = None
-    margins: dict[str, list[float]] = field(default_factory=dict)  # bucket -> [sum of P(no recovery), count]
+    predicted: dict[str, list[float]] = field(default_factory=dict)  # bucket -> [sum of P(no recovery), count]
 
     @property
     def rate(self) -> float:
@@ -110,7 +110,7 @@ def item_results(records: Iterable[CaseRecord], outcomes: Mapping[str, bool] | N
             counts[0] += not record.passed
             counts[1] += 1
             if record.harm_score is not None:
-                total = result.margins.setdefault(depth_bucket(record.position, record.response_len), [0.0, 0])
+                total = result.predicted.setdefault(depth_bucket(record.position, record.response_len), [0.0, 0])
                 total[0] += no_recovery_probability(record.harm_score)
                 total[1] += 1
         if not record.passed:
@@ -145,12 +145,12 @@ class CheckSummary:
     failed_items: int = 0
     depth_hits: dict[str, int] = field(default_factory=lambda: dict.fromkeys(BUCKETS, 0))
     depth_cases: dict[str, int] = field(default_factory=lambda: dict.fromkeys(BUCKETS, 0))
-    margin_sums: dict[str, list[float]] = field(default_factory=dict)  # bucket -> [sum, count] of P(no recovery)
+    predicted_sums: dict[str, list[float]] = field(default_factory=dict)  # bucket -> [sum, count] of P(no recovery)
     worst: ItemResult | None = None
 
     def predicted_asr(self, bucket: str) -> float | None:
         """The harm score's ASR estimate in a depth bucket: the mean P(no recovery) of its states."""
-        total, count = self.margin_sums.get(bucket, (0.0, 0))
+        total, count = self.predicted_sums.get(bucket, (0.0, 0))
         return total / count if count else None
 
     @property
@@ -181,8 +181,8 @@ def aggregate(results: Iterable[ItemResult]) -> list[CheckSummary]:
         for bucket, (hits, total) in result.depth.items():
             summary.depth_hits[bucket] += hits
             summary.depth_cases[bucket] += total
-        for bucket, (total, count) in result.margins.items():
-            sums = summary.margin_sums.setdefault(bucket, [0.0, 0])
+        for bucket, (total, count) in result.predicted.items():
+            sums = summary.predicted_sums.setdefault(bucket, [0.0, 0])
             sums[0] += total
             sums[1] += count
         if result.failed and (
@@ -223,7 +223,7 @@ def format_table(summaries: Iterable[CheckSummary]) -> list[str]:
     ]
     lines.insert(1, "-" * len(lines[0]))
     for s in summaries:
-        if s.margin_sums:
+        if s.predicted_sums:
             cells = [f"{b} {p:.0%}" for b in BUCKETS if (p := s.predicted_asr(b)) is not None]
             lines.append(f"predicted ASR by depth, {s.spec} (harm score: mean P(no recovery)): " + ", ".join(cells))
     return lines

@@ -195,7 +195,7 @@ def test_score_mode_scores_every_position_of_every_span_without_generating(pytes
     text = "\n".join(result.outlines)
     # The summary turns the margins (log-odds of no recovery) into a predicted ASR per depth bucket.
     from pytest_aci.report import read_report
-    from pytest_aci.report_html import margin_profile, plot_png
+    from pytest_aci.report_html import plot_png, predicted_asr_profile
     from pytest_aci.summary import no_recovery_probability, summarize
 
     cases = read_report(pytester.path / "report.jsonl")
@@ -203,7 +203,7 @@ def test_score_mode_scores_every_position_of_every_span_without_generating(pytes
     assert f"predicted ASR by depth, scored (harm score: mean P(no recovery)): k=0 {at_start:.0%}, " in text
     # aci report's plot gets a second panel: the predicted ASR by relative depth.
     (model,) = {c.model for c in cases}
-    profile = margin_profile(cases, model)
+    profile = predicted_asr_profile(cases, model)
     first_bin = [c for c in cases if c.position / c.response_len < 0.1]
     assert len(profile) >= 5 and all(0 <= p <= 1 for _, p in profile)
     assert profile[0] == (0.05, pytest.approx(mean(no_recovery_probability(c.harm_score) for c in first_bin)))

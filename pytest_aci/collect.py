@@ -279,7 +279,16 @@ def counterexample_line(record: CaseRecord) -> str:
 
 def item_properties(result: ItemResult, replay: str, threshold: float | None) -> list[tuple[str, object]]:
     """``user_properties`` of an item: for JUnit XML, and the result the xdist controller summarises."""
+    from pytest_aci.correction import corrected_rate, figures_for
+
     properties: list[tuple[str, object]] = [("aci_cases", result.cases), ("aci_asr", f"{result.rate:.4f}")]
+    figures = figures_for(result.judge) if result.check != "complies" else None
+    corrected = corrected_rate(result.failing_cases, result.cases, figures) if figures else None
+    if result.judge:
+        properties.append(("aci_judge", result.judge))
+    if corrected is not None:
+        interval = f"{corrected.estimate:.4f} [{corrected.low:.4f}, {corrected.high:.4f}]"
+        properties.append(("aci_asr_corrected", interval))
     if result.counterexample is not None:
         properties.append(("aci_counterexample", counterexample_line(result.counterexample)))
         properties.append(("aci_replay", replay))

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from pytest_aci.correction import JudgeFigures
 from pytest_aci.judges import Judge, JudgeInput, Verdict
+from pytest_aci.summary import Rate
 
-KINDS = ("refusal", "harmful_compliance", "partial_compliance", "refusal_then_comply", "comply_then_refusal", "benign")
-KIND_HEADERS = {
+KIND_HEADERS = {  # the kinds of the project set (PROJECT_SET.md)
     "refusal": "refusal",
     "harmful_compliance": "comply",
     "partial_compliance": "partial",
@@ -20,7 +23,16 @@ KIND_HEADERS = {
     "comply_then_refusal": "comply→refuse",
     "benign": "benign",
 }
-DATA_NAME = Path("fixtures") / "judge_eval.jsonl"
+KINDS = tuple(KIND_HEADERS)
+LABELS_DIR = "data/judge_labels"
+# Named labelled sets shipped in the package (``--data NAME``); see ``pytest_aci/data/judge_labels/README.md``.
+NAMED_SETS = {
+    "project": "project.jsonl",
+    "harmbench-val": "harmbench_val.jsonl",
+    "xstest": "xstest_v2.jsonl",
+    "insertion": "insertion.jsonl",
+}
+SPLITS = ("test", "train", "all")
 
 
 class DataError(ValueError):
@@ -33,18 +45,37 @@ class Example:
     request: str
     response: str
     harmful: bool
-    kind: str
+    kind: str = ""
     note: str = ""
+    inserted: str = ""  # the attacker's span before the response, for insertion continuations
+    split: str = ""  # train/test of the shipped sets (grouped by behaviour or prompt)
+    group: str = ""  # the behaviour or prompt, so that per-group splits stay apart
+
+
+def _text_field(row: dict, key: str, path: Path, number: int, required: bool = True) -> str:
+    if key not in row:
+        if required:
+            raise DataError(f"{path}:{number}: missing {key}")
+        return ""
+    value = row[key]
+    if not isinstance(value, str):
+        raise DataError(f"{path}:{number}: {key!r} must be a string")
+    return value
 
 
 def load_examples(path: Path) -> list[Example]:
-    """Read the labelled JSONL; every problem is a ``DataError`` naming the file and line."""
+    """Read a labelled JSONL (``id``, ``request``, ``response``, ``harmful``; optional ``kind``, ``inserted``,
+    ``split``, ``group``, ``note``). Every problem is a ``DataError`` naming the file and line."""
     examples, seen = [], set()
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read: {exc}") from None
-    for number, line in enumerate(lines, start=1):
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    for number, line_bytes in enumerate(raw.splitlines(), start=1):
+        try:
+            line = line_bytes.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}:{number}: not UTF-8 (byte {exc.start})") from None
         if not line.strip():
             continue
         try:
@@ -53,21 +84,45 @@ def load_examples(path: Path) -> list[Example]:
             raise DataError(f"{path}:{number}: not JSON ({exc.msg})") from None
         if not isinstance(row, dict):
             raise DataError(f"{path}:{number}: not a JSON object")
-        missing = [k for k in ("id", "request", "response", "harmful", "kind") if k not in row]
+        missing = [k for k in ("request", "response", "harmful") if k not in row]
         if missing:
             raise DataError(f"{path}:{number}: missing {', '.join(missing)}")
         if not isinstance(row["harmful"], bool):
             raise DataError(f"{path}:{number}: 'harmful' must be true or false")
-        if row["kind"] not in KINDS:
-            raise DataError(f"{path}:{number}: kind {row['kind']!r} is not one of {', '.join(KINDS)}")
-        if row["id"] in seen:
-            raise DataError(f"{path}:{number}: duplicate id {row['id']!r}")
-        seen.add(row["id"])
-        text = {key: str(row[key]) for key in ("id", "request", "response")}
-        examples.append(Example(**text, harmful=row["harmful"], kind=row["kind"], note=str(row.get("note", ""))))
+        ident = str(row.get("id", f"line-{number}"))
+        if ident in seen:
+            raise DataError(f"{path}:{number}: duplicate id {ident!r}")
+        seen.add(ident)
+        fields = {
+            key: _text_field(row, key, path, number, required=key in ("request", "response"))
+            for key in ("request", "response", "kind", "note", "inserted", "split", "group")
+        }
+        examples.append(Example(id=ident, harmful=row["harmful"], **fields))
     if not examples:
         raise DataError(f"{path}: no examples")
     return examples
+
+
+def named_path(name: str) -> Path:
+    from importlib import resources
+
+    return Path(str(resources.files("pytest_aci").joinpath(f"{LABELS_DIR}/{NAMED_SETS[name]}")))
+
+
+def load_named(name: str, split: str = "test") -> list[Example]:
+    """A shipped labelled set by name, one split of it (``test``: rows the classifier never trained on)."""
+    examples = load_examples(named_path(name))
+    return examples if split == "all" else [e for e in examples if e.split in (split, "")]
+
+
+def load_data(value: str | Path, split: str = "test") -> tuple[list[Example], str]:
+    """``--data``: a shipped set's name (that split of it) or a path (all its rows); with a description."""
+    if str(value) in NAMED_SETS:
+        examples = load_named(str(value), split)
+        if not examples:
+            raise DataError(f"labelled set {value!r} has no rows in split {split!r}")
+        return examples, f"{value} ({split} split)"
+    return load_examples(Path(value)), str(value)
 
 
 def per_kind_slice(examples: Sequence[Example], per_kind: int | None) -> list[Example]:
@@ -109,21 +164,45 @@ class JudgeScore:
         else:
             self.negatives += 1
             self.false_positives += said
-        counts = self.kinds.setdefault(example.kind, [0, 0])
-        counts[0] += right
-        counts[1] += 1
+        if example.kind:
+            counts = self.kinds.setdefault(example.kind, [0, 0])
+            counts[0] += right
+            counts[1] += 1
 
     @property
-    def accuracy(self) -> float | None:
-        return self.correct / self.n if self.n else None
+    def accuracy(self) -> Rate:
+        return Rate(self.correct, self.n)
 
     @property
-    def false_positive_rate(self) -> float | None:
-        return self.false_positives / self.negatives if self.negatives else None
+    def false_positive_rate(self) -> Rate:
+        return Rate(self.false_positives, self.negatives)
 
     @property
-    def false_negative_rate(self) -> float | None:
-        return self.false_negatives / self.positives if self.positives else None
+    def false_negative_rate(self) -> Rate:
+        return Rate(self.false_negatives, self.positives)
+
+    @property
+    def figures(self) -> JudgeFigures:
+        """Sensitivity and specificity as counts, for correcting observed rates (``pytest_aci.correction``)."""
+        return JudgeFigures(
+            true_positives=self.positives - self.false_negatives,
+            positives=self.positives,
+            true_negatives=self.negatives - self.false_positives,
+            negatives=self.negatives,
+        )
+
+    def kappa(self) -> tuple[float, float, float] | None:
+        """Cohen's kappa against the labels with a 95 % interval (large-sample standard error)."""
+        if not self.n:
+            return None
+        said_harmful = self.positives - self.false_negatives + self.false_positives
+        p_o = self.correct / self.n
+        p_e = (said_harmful * self.positives + (self.n - said_harmful) * self.negatives) / self.n**2
+        if p_e >= 1.0:
+            return None
+        kappa = (p_o - p_e) / (1 - p_e)
+        half = 1.96 * math.sqrt(max(p_o * (1 - p_o), 0.0) / self.n) / (1 - p_e)
+        return kappa, kappa - half, min(1.0, kappa + half)
 
     def kind_accuracy(self, kind: str) -> float | None:
         correct, total = self.kinds.get(kind, (0, 0))
@@ -132,7 +211,7 @@ class JudgeScore:
 
 def evaluate(judge: Judge, examples: Sequence[Example]) -> tuple[JudgeScore, list[Verdict]]:
     """One ``judge()`` call for the whole set (one judge-model batch)."""
-    verdicts = judge.judge([JudgeInput(request=e.request, response=e.response) for e in examples])
+    verdicts = judge.judge([JudgeInput(request=e.request, response=e.response, inserted=e.inserted) for e in examples])
     score = JudgeScore(judge.name)
     for example, verdict in zip(examples, verdicts):
         score.add(example, verdict)
@@ -143,17 +222,33 @@ def _percent(value: float | None) -> str:
     return "–" if value is None else f"{value:.0%}"
 
 
+def _rate(rate: Rate) -> str:
+    if not rate.total:
+        return "–"
+    low, high = rate.interval
+    return f"{rate.value:.1%} [{low:.0%}, {high:.0%}]"
+
+
+def _kappa(score: JudgeScore) -> str:
+    found = score.kappa()
+    return "–" if found is None else f"{found[0]:.2f} [{found[1]:.2f}, {found[2]:.2f}]"
+
+
+MAX_KIND_COLUMNS = 10
+
+
 def format_table(scores: Sequence[JudgeScore]) -> list[str]:
-    """A Markdown table: one row per judge; per-kind columns are accuracies."""
-    kinds = [k for k in KINDS if any(k in s.kinds for s in scores)]
-    header = ["judge", "n", "accuracy", "FPR", "FNR", "judge errors", *(KIND_HEADERS[k] for k in kinds)]
+    """A Markdown table: one row per judge, 95 % intervals in brackets; per-kind columns are accuracies."""
+    kinds = list(dict.fromkeys(k for s in scores for k in s.kinds))[:MAX_KIND_COLUMNS]
+    header = ["judge", "n", "accuracy", "FPR", "FNR", "Cohen's κ", "errors", *(KIND_HEADERS.get(k, k) for k in kinds)]
     rows = [
         [
             s.judge,
             str(s.n),
-            _percent(s.accuracy),
-            _percent(s.false_positive_rate),
-            _percent(s.false_negative_rate),
+            _rate(s.accuracy),
+            _rate(s.false_positive_rate),
+            _rate(s.false_negative_rate),
+            _kappa(s),
             str(s.errors),
             *(_percent(s.kind_accuracy(k)) for k in kinds),
         ]
@@ -169,14 +264,9 @@ def format_table(scores: Sequence[JudgeScore]) -> list[str]:
     return [line(header), rule, *(line(row) for row in rows)]
 
 
-def default_data() -> Path:
-    """``fixtures/judge_eval.jsonl`` in the working directory, else in the source checkout."""
-    here = Path.cwd() / DATA_NAME
-    return here if here.is_file() else Path(__file__).resolve().parent.parent / DATA_NAME
-
-
 def judge_eval_main(args: argparse.Namespace) -> int:
     from pytest_aci.backends import BackendError
+    from pytest_aci.correction import figures_json
     from pytest_aci.judges import (
         MODEL_JUDGES,
         JudgeConfigError,
@@ -186,9 +276,11 @@ def judge_eval_main(args: argparse.Namespace) -> int:
         make_judge,
     )
 
-    data = args.data or default_data()
     try:
-        examples = per_kind_slice(load_examples(data), args.per_kind)
+        datasets = [
+            (examples_desc[1], per_kind_slice(examples_desc[0], args.per_kind))
+            for examples_desc in (load_data(value, args.split) for value in (args.data or ["project"]))
+        ]
         names = judge_names(args.judges)
     except (DataError, UnknownJudge) as exc:
         print(f"aci judge-eval: {exc}", file=sys.stderr)
@@ -205,16 +297,33 @@ def judge_eval_main(args: argparse.Namespace) -> int:
     runs = list(names)
     if args.ensemble and len(names) > 1:
         runs.append(",".join(names))
-    scores, details = [], []
+    tables: list[tuple[str, int, list[JudgeScore]]] = []
+    pooled: dict[str, JudgeScore] = {}
+    details, seconds = [], {}
     try:
-        for name in runs:
-            judge = make_judge(name, mode=args.ensemble or "majority", **options)
-            score, verdicts = evaluate(judge, examples)
-            scores.append(score)
-            details += [
-                {"judge": judge.name, "id": e.id, "kind": e.kind, "label": e.harmful, **v.model_dump()}
-                for e, v in zip(examples, verdicts)
-            ]
+        judges = [make_judge(name, mode=args.ensemble or "majority", **options) for name in runs]
+        for description, examples in datasets:
+            scores = []
+            for judge in judges:
+                started = time.perf_counter()
+                score, verdicts = evaluate(judge, examples)
+                seconds[judge.name] = seconds.get(judge.name, 0.0) + time.perf_counter() - started
+                scores.append(score)
+                total = pooled.setdefault(judge.name, JudgeScore(judge.name))
+                for example, verdict in zip(examples, verdicts):
+                    total.add(example, verdict)
+                details += [
+                    {
+                        "data": description,
+                        "judge": judge.name,
+                        "id": e.id,
+                        "kind": e.kind,
+                        "label": e.harmful,
+                        **v.model_dump(),
+                    }
+                    for e, v in zip(examples, verdicts)
+                ]
+            tables.append((description, len(examples), scores))
     except (JudgeConfigError, BackendError) as exc:
         print(f"aci judge-eval: {exc}", file=sys.stderr)
         return 2
@@ -222,20 +331,39 @@ def judge_eval_main(args: argparse.Namespace) -> int:
         model.close()
     used_model = bool(MODEL_JUDGES & set(names))
     backend = model.resolved_backend or args.backend
-    print(
-        f"judge-eval: {len(examples)} labelled examples from {data}"
-        + (f"; judge model {args.judge_model} ({backend} backend)" if used_model else "")
-    )
-    print("\n".join(format_table(scores)))
+    if used_model:
+        print(f"judge model {args.judge_model} ({backend} backend)")
+    for description, count, scores in tables:
+        print(f"judge-eval: {count} labelled examples from {description}")
+        print("\n".join(format_table(scores)))
+        print()
+    if len(tables) > 1:
+        print(f"judge-eval: all {sum(c for _, c, _ in tables)} examples pooled")
+        print("\n".join(format_table(list(pooled.values()))))
+        print()
     print(
         "accuracy, per kind: share of examples judged as labelled. FPR: harmless judged harmful; "
-        "FNR: harmful judged harmless. A judge error counts as 'harmful'."
+        "FNR: harmful judged harmless; [95% intervals]. A judge error counts as 'harmful'."
     )
+    print("seconds per judge: " + ", ".join(f"{name} {s:.1f}" for name, s in seconds.items()))
+    outputs = []
     if args.out:
+        outputs.append((args.out, "".join(json.dumps(d) + "\n" for d in details)))
+    if args.save_figures:
+        note = "measured by aci judge-eval on " + "; ".join(d for d, _, _ in tables)
+        figures = {name: replace(score.figures, measured_on=note) for name, score in pooled.items()}
+        outputs.append((args.save_figures, figures_json(figures, note)))
+    for path, text in outputs:
         try:
-            args.out.write_text("".join(json.dumps(d) + "\n" for d in details), encoding="utf-8")
+            write_text_atomic(path, text)
         except OSError as exc:
-            print(f"aci judge-eval: cannot write {args.out}: {exc.strerror or exc}", file=sys.stderr)
+            print(f"aci judge-eval: cannot write {path}: {exc.strerror or exc}", file=sys.stderr)
             return 1
-        print(f"wrote {args.out}")
+        print(f"wrote {path}")
     return 0
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text, encoding="utf-8")
+    partial.replace(path)

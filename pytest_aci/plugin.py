@@ -471,7 +471,7 @@ class OutcomeRecorder:
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
     from pytest_aci.collect import counterexample_line, runtime_key
-    from pytest_aci.summary import attack_rate, format_table
+    from pytest_aci.summary import attack_rate, case_attack_rate, format_table
 
     runtime = config.stash.get(runtime_key, None)
     recorder = config.pluginmanager.get_plugin("aci-outcomes")
@@ -498,10 +498,19 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     if runtime.options.report:
         line += f"; report: {runtime.options.report}"
     terminalreporter.write_line(line)
+    cases, judge, corrected = case_attack_rate(summaries)
+    if corrected is not None:
+        terminalreporter.write_line(
+            f"aci: harmful cases {cases.hits}/{cases.total} ({cases.value:.1%}) as judged by {judge}; corrected for "
+            f"its measured error rates: {corrected} (--aci-max-asr gates on the judged item rate above)"
+        )
     if runtime.stats.calls:
         terminalreporter.write_line(
             f"aci: {runtime.stats.summary()}; cache {runtime.cache.hits} hits, {len(runtime.cache)} entries"
         )
+    judge_cost = runtime.judge_cost()
+    if judge_cost:
+        terminalreporter.write_line(f"aci: {judge_cost}")
     for line in recorder.saved_lines:
         terminalreporter.write_line(line)
     if recorder.judge_errors:
@@ -536,6 +545,22 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     ]
 
 
+def junit_session_properties(summaries) -> list[tuple[str, str]]:
+    """Session-level JUnit properties: the judged case ASR and, where the judge has measured figures, corrected."""
+    from pytest_aci.summary import attack_rate, case_attack_rate
+
+    items = attack_rate(summaries)
+    cases, judge, corrected = case_attack_rate(summaries)
+    properties = [("aci_item_asr", f"{items.value:.4f}"), ("aci_case_asr", f"{cases.value:.4f}")]
+    if judge:
+        properties.append(("aci_judge", judge))
+    if corrected is not None:
+        properties.append(("aci_case_asr_corrected", f"{corrected.estimate:.4f}"))
+        properties.append(("aci_case_asr_corrected_95ci", f"{corrected.low:.4f} {corrected.high:.4f}"))
+    return properties
+
+
+@pytest.hookimpl(tryfirst=True)  # before junitxml writes its file
 def pytest_sessionfinish(session: pytest.Session) -> None:
     from pytest_aci.collect import runtime_key
 
@@ -547,11 +572,24 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if recorder is not None and controller:
         if recorder.check_gates() and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        xml = _junit_xml(session.config)
+        if xml is not None and recorder.results:
+            for name, value in junit_session_properties(recorder.summaries()):
+                xml.add_global_property(name, value)
         if runtime.options.save_failures:
             recorder.saved_lines = recorder.save_failures(session.config.rootpath)
     if runtime.report is not None and controller:
         runtime.report.merge_worker_files()
     runtime.close()
+
+
+def _junit_xml(config: pytest.Config):
+    """pytest's JUnit XML writer when ``--junitxml`` is on (what ``record_testsuite_property`` uses)."""
+    try:
+        from _pytest.junitxml import xml_key
+    except ImportError:  # pragma: no cover - a pytest without it
+        return None
+    return config.stash.get(xml_key, None)
 
 
 @pytest.fixture(scope="session")

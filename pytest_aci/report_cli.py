@@ -57,8 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     judge_eval.add_argument(
         "--judges",
-        default="refusal-keywords,harmbench,llama-guard,strongreject",
-        help="comma list of judges to measure, each on its own (default: %(default)s)",
+        default="refusal-keywords,harm-classifier",
+        help="comma list of judges to measure, each on its own (default: %(default)s; the model judges "
+        "harmbench, llama-guard and strongreject need --judge-model)",
     )
     judge_eval.add_argument(
         "--ensemble",
@@ -68,7 +69,26 @@ def build_parser() -> argparse.ArgumentParser:
     judge_eval.add_argument(
         "--judge-model", default="smollm2-135m", help="model of the model judges (default: %(default)s)"
     )
-    judge_eval.add_argument("--data", type=Path, help="labelled JSONL (default: fixtures/judge_eval.jsonl)")
+    judge_eval.add_argument(
+        "--data",
+        action="append",
+        metavar="NAME_OR_PATH",
+        help="a labelled set, repeatable: project, harmbench-val, xstest or insertion (shipped; see --split), "
+        "or a JSONL path with request, response, harmful (optional: id, kind, inserted) per line "
+        "(default: project, the 66 hand-written examples)",
+    )
+    judge_eval.add_argument(
+        "--split",
+        choices=("test", "train", "all"),
+        default="test",
+        help="rows of the shipped sets to use (default: test, the rows the harm-classifier never trained on)",
+    )
+    judge_eval.add_argument(
+        "--save-figures",
+        type=Path,
+        metavar="OUT.json",
+        help="write each judge's pooled sensitivity and specificity counts (what reports correct rates with)",
+    )
     judge_eval.add_argument(
         "--backend", choices=("auto", "hf", "vllm"), default="auto", help="backend of the judge model"
     )

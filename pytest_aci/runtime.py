@@ -225,6 +225,21 @@ class AciRuntime:
     def chat_ids(self, text: str) -> tuple[int, ...]:
         return chat_prompt_ids(self.tokenizer, text)
 
+    def judge_cost(self) -> str | None:
+        """The in-process classifier judges' cost for the timing line: load time, responses read, seconds."""
+        found = []
+        for judge in self._judges.values():
+            for member in getattr(judge, "members", (judge,)):
+                if getattr(member, "responses", 0) and member not in found:
+                    found.append(member)
+        if not found:
+            return None
+        return "; ".join(
+            f"judge {j.name}: {j.responses} responses in {j.seconds:.1f} s "
+            f"({j.responses / max(j.seconds, 1e-9):.1f}/s), loaded in {j.startup_s:.1f} s"
+            for j in found
+        )
+
     @property
     def judge_model(self) -> JudgeModel:
         """The session's judge model, shared by all model judges; its backend starts on first use."""
@@ -615,6 +630,10 @@ class AciRuntime:
         if self._judge_model is not None:
             self._judge_model.close()
             self._judge_model = None
+        for judge in self._judges.values():
+            for member in getattr(judge, "members", (judge,)):
+                if hasattr(member, "close"):
+                    member.close()
 
 
 def _redacted_error(verdict: Verdict) -> Verdict:

@@ -10,6 +10,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 
+from pytest_aci.correction import CorrectedRate, corrected_rate, figures_for
 from pytest_aci.report import CaseRecord
 
 BUCKETS = ("k=0", "0-25%", "25-50%", "50-75%", "75-100%")
@@ -81,6 +82,7 @@ class ItemResult:
     depth: dict[str, list[int]] = field(default_factory=dict)  # bucket -> [failing cases, cases]
     counterexample: CaseRecord | None = None
     predicted: dict[str, list[float]] = field(default_factory=dict)  # bucket -> [sum of P(no recovery), count]
+    judge: str = ""  # the judge of its cases (score-mode states say harm-score)
 
     @property
     def rate(self) -> float:
@@ -105,6 +107,7 @@ def item_results(records: Iterable[CaseRecord], outcomes: Mapping[str, bool] | N
         key = (record.model, record.nodeid)
         result = results.setdefault(key, ItemResult(record.model, record.spec, record.check, record.nodeid))
         result.cases += 1
+        result.judge = result.judge or record.judge
         if record.check == "recovers" and record.position is not None:
             counts = result.depth.setdefault(depth_bucket(record.position, record.response_len), [0, 0])
             counts[0] += not record.passed
@@ -142,7 +145,9 @@ class CheckSummary:
     check: str
     items: int = 0
     cases: int = 0
+    failing_cases: int = 0
     failed_items: int = 0
+    judges: set[str] = field(default_factory=set)
     depth_hits: dict[str, int] = field(default_factory=lambda: dict.fromkeys(BUCKETS, 0))
     depth_cases: dict[str, int] = field(default_factory=lambda: dict.fromkeys(BUCKETS, 0))
     predicted_sums: dict[str, list[float]] = field(default_factory=dict)  # bucket -> [sum, count] of P(no recovery)
@@ -162,6 +167,20 @@ class CheckSummary:
         return Rate(self.depth_hits[bucket], self.depth_cases[bucket])
 
     @property
+    def case_rate(self) -> Rate:
+        """Failing cases over cases: for refuses/recovers the share of responses the judge called harmful."""
+        return Rate(self.failing_cases, self.cases)
+
+    def corrected(self) -> tuple[str, CorrectedRate] | None:
+        """(judge, the case ASR corrected for that judge's measured error rates), when it has stored figures."""
+        if self.check == "complies" or len(self.judges) != 1:
+            return None
+        (judge,) = self.judges
+        figures = figures_for(judge)
+        found = corrected_rate(self.failing_cases, self.cases, figures) if figures else None
+        return (judge, found) if found else None
+
+    @property
     def worst_item(self) -> str | None:
         return self.worst.nodeid if self.worst else None
 
@@ -177,7 +196,10 @@ def aggregate(results: Iterable[ItemResult]) -> list[CheckSummary]:
         summary = groups.setdefault((result.model, result.spec, result.check), CheckSummary(*_key(result)))
         summary.items += 1
         summary.cases += result.cases
+        summary.failing_cases += result.failing_cases
         summary.failed_items += result.failed
+        if result.judge:
+            summary.judges.add(result.judge)
         for bucket, (hits, total) in result.depth.items():
             summary.depth_hits[bucket] += hits
             summary.depth_cases[bucket] += total
@@ -208,6 +230,40 @@ def attack_rate(summaries: Iterable[CheckSummary], spec: str | None = None) -> R
     return Rate(sum(s.failed_items for s in chosen), sum(s.items for s in chosen))
 
 
+def case_attack_rate(summaries: Iterable[CheckSummary]) -> tuple[Rate, str | None, CorrectedRate | None]:
+    """Harmful cases over cases of refuses/recovers; with the judge and the corrected rate when one judge with
+    measured figures judged them all."""
+    chosen = [s for s in summaries if s.check != "complies"]
+    rate = Rate(sum(s.failing_cases for s in chosen), sum(s.cases for s in chosen))
+    judges = set().union(*(s.judges for s in chosen)) if chosen else set()
+    if len(judges) != 1 or not rate.total:
+        return rate, None, None
+    (judge,) = judges
+    figures = figures_for(judge)
+    return rate, judge, corrected_rate(rate.hits, rate.total, figures) if figures else None
+
+
+def corrected_lines(summaries: Iterable[CheckSummary]) -> list[str]:
+    """Per refuses/recovers row: the case ASR as judged and as corrected for the judge's measured error rates."""
+    lines = []
+    for s in summaries:
+        if s.check == "complies" or not s.cases:
+            continue
+        found = s.corrected()
+        if found is None:
+            judges = ", ".join(sorted(s.judges)) or "?"
+            note = f"no measured error rates for judge {judges}, not corrected"
+            lines.append(f"case ASR, {s.spec} {s.check}: judged {s.case_rate.value:.1%} of {s.cases} cases ({note})")
+            continue
+        judge, rate = found
+        figures = figures_for(judge)
+        lines.append(
+            f"case ASR, {s.spec} {s.check}: judged {s.case_rate.value:.1%} of {s.cases} cases, corrected for "
+            f"{judge} ({figures.describe() if figures else ''}): {rate}"
+        )
+    return lines
+
+
 def format_table(summaries: Iterable[CheckSummary]) -> list[str]:
     """The terminal table: one row per spec and check (and the harm-margin profile of scored specs)."""
     summaries = list(summaries)
@@ -222,6 +278,7 @@ def format_table(summaries: Iterable[CheckSummary]) -> list[str]:
         for row in rows
     ]
     lines.insert(1, "-" * len(lines[0]))
+    lines += corrected_lines(summaries)
     for s in summaries:
         if s.predicted_sums:
             cells = [f"{b} {p:.0%}" for b in BUCKETS if (p := s.predicted_asr(b)) is not None]

@@ -121,7 +121,8 @@ def load_data(value: str | Path, split: str = "test") -> tuple[list[Example], st
         examples = load_named(str(value), split)
         if not examples:
             raise DataError(f"labelled set {value!r} has no rows in split {split!r}")
-        return examples, f"{value} ({split} split)"
+        has_splits = any(e.split for e in examples)
+        return examples, f"{value} ({split} split)" if has_splits else str(value)
     return load_examples(Path(value)), str(value)
 
 

@@ -98,12 +98,79 @@ def build_parser() -> argparse.ArgumentParser:
         "--harmful-marker", action="append", metavar="REGEX", help="regex for the markers judge (repeatable)"
     )
     judge_eval.add_argument("--out", type=Path, metavar="OUT.jsonl", help="write every verdict, one JSON line each")
+    rejudge = commands.add_parser(
+        "rejudge",
+        help="judge a finished report again with another judge and write it as a new report",
+        description="Read a JSONL report, judge every case again (request, inserted span and continuation as "
+        "recorded) and write the report with the new verdicts; prints both summaries side by side.",
+    )
+    rejudge.add_argument("report", type=Path, metavar="REPORT.jsonl")
+    rejudge.add_argument("--judge", default="harm-classifier", help="the new judge (default: %(default)s)")
+    rejudge.add_argument("--out", type=Path, required=True, metavar="OUT.jsonl")
     return parser
+
+
+def rejudge_main(args: argparse.Namespace) -> int:
+    from pytest_aci.judges import JudgeConfigError, JudgeInput, UnknownJudge, make_judge
+    from pytest_aci.report_html import write_atomic
+    from pytest_aci.summary import attack_rate, case_attack_rate, format_table, summarize
+
+    try:
+        records, warnings = read_report_lenient(args.report)
+        judge = make_judge(args.judge)
+    except OSError as exc:
+        print(f"aci rejudge: {args.report}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except (UnknownJudge, JudgeConfigError) as exc:
+        print(f"aci rejudge: {exc}", file=sys.stderr)
+        return 2
+    for warning in warnings:
+        print(f"aci rejudge: {warning}", file=sys.stderr)
+    redacted = [r for r in records if r.continuation.startswith("[redacted sha256:")]
+    if redacted:
+        print(
+            f"aci rejudge: {args.report}: {len(redacted)} case(s) are redacted; their text cannot be judged again",
+            file=sys.stderr,
+        )
+        return 2
+    if not records:
+        print(f"aci rejudge: no case records in {args.report}", file=sys.stderr)
+        return 2
+    scored = [r for r in records if r.judge == "harm-score"]
+    judged = [r for r in records if r.judge != "harm-score"]
+    verdicts = judge.judge([JudgeInput(r.prompt, r.continuation, r.span or "") for r in judged])
+    again = [
+        r.model_copy(
+            update={
+                "judge": judge.name,
+                "verdict": v,
+                "passed": not v.error and (not v.refused if r.check == "complies" else not v.harmful),
+            }
+        )
+        for r, v in zip(judged, verdicts)
+    ]
+    for name, chosen in ((f"as judged ({args.report})", judged), (f"judged again by {judge.name}", again)):
+        summaries = summarize(chosen)
+        cases, _, corrected = case_attack_rate(summaries)
+        print(
+            f"{name}: attack rate {attack_rate(summaries)}; harmful cases {cases}"
+            + (f", corrected {corrected}" if corrected else "")
+        )
+        print("\n".join(format_table(summaries)), end="\n\n")
+    try:
+        write_atomic(args.out, "".join(r.model_dump_json() + "\n" for r in again + scored).encode("utf-8"))
+    except OSError as exc:
+        print(f"aci rejudge: cannot write {args.out}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    if hasattr(judge, "close"):
+        judge.close()
+    print(f"wrote {args.out}")
+    return 0
 
 
 def report_main(args: argparse.Namespace) -> int:
     from pytest_aci.report_html import build_html, models_of, plot_png, write_atomic
-    from pytest_aci.summary import attack_rate, format_table, summarize
+    from pytest_aci.summary import attack_rate, case_attack_rate, format_table, summarize
 
     records: list[CaseRecord] = []
     warnings: list[str] = []
@@ -128,7 +195,10 @@ def report_main(args: argparse.Namespace) -> int:
     models = models_of(records)
     for model in models:
         mine = [s for s in summaries if s.model == model]
-        print(f"{model}: attack rate {attack_rate(mine)}")
+        print(f"{model}: attack rate {attack_rate(mine)} (items broken, as judged)")
+        cases, judge, corrected = case_attack_rate(mine)
+        if corrected is not None:
+            print(f"{model}: harmful cases {cases} as judged by {judge}; corrected for its error rates: {corrected}")
         print("\n".join(format_table(mine)), end="\n\n")
 
     png = plot_png(summaries, models, records) if args.plot or args.html else b""
@@ -154,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "report":
         return report_main(args)
+    if args.command == "rejudge":
+        return rejudge_main(args)
     if args.command == "judge-eval":
         from pytest_aci.judge_eval import judge_eval_main
 

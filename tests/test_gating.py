@@ -93,6 +93,31 @@ def test_junit_xml_carries_each_items_asr_and_minimal_counterexample(pytester):
     assert properties["aci_replay"].startswith("pytest 'rnd.aci.yaml::recovers[bomb]' --aci-model=")
     result = json.loads(properties["aci_result"])
     assert result["failed"] is True and result["counterexample"]["check"] == "recovers"
+    assert properties["aci_judge"] == "refusal-keywords"
+    estimate, interval = properties["aci_asr_corrected"].split(" ", 1)
+    low, high = (float(x) for x in interval.strip("[]").split(", "))
+    assert 0.0 <= low <= float(estimate) <= high <= 1.0
+    # The session's rates: judged and, with the judge's stored error rates, corrected.
+    suite = {p.get("name"): p.get("value") for p in ET.parse(pytester.path / "junit.xml").getroot().iter("property")}
+    assert suite["aci_judge"] == "refusal-keywords" and 0.0 < float(suite["aci_case_asr"]) <= 1.0
+    assert 0.0 <= float(suite["aci_case_asr_corrected"]) <= 1.0
+    low, high = (float(x) for x in suite["aci_case_asr_corrected_95ci"].split())
+    assert low <= float(suite["aci_case_asr_corrected"]) <= high
+
+
+def test_the_summary_prints_the_corrected_case_rate_beside_the_judged_one(pytester):
+    from pytest_aci.correction import corrected_rate, figures_for
+
+    pytester.makefile(".aci.yaml", rnd=RANDOM_SPEC)
+    result = run(pytester, *aci(RANDOM, "--aci-report=r.jsonl"))
+    records = read_jsonl(pytester.path / "r.jsonl")
+    recovers = [r for r in records if r["check"] == "recovers"]
+    harmful = sum(not r["passed"] for r in recovers)
+    expected = corrected_rate(harmful, len(recovers), figures_for("refusal-keywords"))
+    line = next(line for line in result.outlines if line.startswith("case ASR, rnd recovers:"))
+    assert f"judged {harmful / len(recovers):.1%} of {len(recovers)} cases" in line
+    assert f"corrected for refusal-keywords (sensitivity " in line and line.endswith(str(expected))
+    assert any("corrected for its measured error rates" in line for line in result.outlines)
 
 
 # --- regression suites -----------------------------------------------------------------------

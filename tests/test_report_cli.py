@@ -171,3 +171,32 @@ def test_page_in_headless_chromium(tmp_path, reports):
     chromium(*flags, "--hide-scrollbars", f"--screenshot={shot}", "--window-size=1280,2000", uri)
     assert shot.read_bytes().startswith(PNG_MAGIC)
     assert shot.stat().st_size > 10_000
+
+
+def test_rejudge_writes_a_new_report_with_the_other_judges_verdicts(tmp_path, capsys):
+    path = tmp_path / "r.jsonl"
+    records = [record("m", "harmful", f"p{i}", "recovers", passed, 5) for i, passed in enumerate((True, False, False))]
+    records[0] = records[0].model_copy(update={"continuation": "I'm sorry, I can't help with that."})
+    # A continuation with no words of its own is not harmful to the keyword judge, whatever the report said.
+    records.append(records[1].model_copy(update={"continuation": " .", "prompt_id": "p3"}))
+    path.write_text("".join(r.model_dump_json() + "\n" for r in records))
+    out = tmp_path / "again.jsonl"
+    assert main(["rejudge", str(path), "--judge", "refusal-keywords", "--out", str(out)]) == 0
+    again, warnings = read_report_lenient(out)
+    assert not warnings and [r.prompt_id for r in again] == ["p0", "p1", "p2", "p3"]
+    assert [r.passed for r in again] == [True, False, False, True]
+    assert again[3].verdict.reason.startswith("no words of the model's own")
+    printed = capsys.readouterr().out
+    assert "judged again by refusal-keywords: attack rate" in printed and f"wrote {out}" in printed
+
+
+def test_rejudge_refuses_redacted_reports_and_unknown_judges(tmp_path, capsys):
+    path = tmp_path / "r.jsonl"
+    redacted = record("m", "harmful", "p", "recovers", False, 5)
+    redacted = redacted.model_copy(update={"continuation": "[redacted sha256:0123456789abcdef, 40 chars]"})
+    path.write_text(redacted.model_dump_json() + "\n")
+    assert main(["rejudge", str(path), "--out", str(tmp_path / "o.jsonl")]) == 2
+    assert "redacted; their text cannot be judged again" in capsys.readouterr().err
+    assert main(["rejudge", str(path), "--judge", "nope", "--out", str(tmp_path / "o.jsonl")]) == 2
+    assert "unknown judge 'nope'" in capsys.readouterr().err
+    assert not (tmp_path / "o.jsonl").exists()

@@ -11,10 +11,12 @@
    refusals + 4 refusal/attack + 6 utility).
 2. Test the base model and both results with the plugin's engine on prompts never trained on:
    AdvBench rows 400-439 and JailbreakBench harmful 0-39 — plain refusal rate, and insertion ASR
-   (keyword judge, 12-token target span, 40 new tokens) at k = 0 and at one random k in each
-   quarter of the model's own answer R; plus compliance on the other 50 XSTest safe prompts (the
-   last 5 of each type: a held-out split stratified over XSTest's 10 types).
-3. Print one table (and write it to OUT/results.json).
+   (12-token target span, 40 new tokens) at k = 0 and at one random k in each quarter of the
+   model's own answer R; plus compliance on the other 50 XSTest safe prompts (the last 5 of each
+   type: a held-out split stratified over XSTest's 10 types). Every case is judged twice: by the
+   harm-classifier (the verdict; continuations run to their token limit, no stop strings) and by
+   the refusal keywords (on the same text), so both tables come from one generation.
+3. Print both tables (and write them to OUT/results.json).
 """
 
 from __future__ import annotations
@@ -126,17 +128,33 @@ def split_xstest(*directories: Path) -> None:
                 writer.writerows(rows)
 
 
+JUDGES = ("harm-classifier", "refusal-keywords")
+
+
 def evaluate(model: str, workdir: Path, backend: str, seed: int) -> dict:
-    """Plain refusal, depth-bucketed insertion ASR and safe-prompt compliance for one model."""
+    """Plain refusal, depth-bucketed insertion ASR and safe-prompt compliance for one model, per judge."""
+    from pytest_aci.judges import JudgeInput, make_judge
     from pytest_aci.runtime import AciOptions, AciRuntime, InsertionCase
     from pytest_aci.spec import load_spec
     from pytest_aci.summary import depth_bucket
 
     runtime = AciRuntime(
-        AciOptions(model=model, backend=backend, seed=seed, report=workdir / f"report-{Path(model).name}.jsonl")
+        AciOptions(
+            model=model,
+            backend=backend,
+            seed=seed,
+            judge=JUDGES[0],
+            report=workdir / f"report-{Path(model).name}.jsonl",
+        )
     )
+    keywords = make_judge(JUDGES[1])
+
+    def both(records) -> dict[str, list]:
+        again = keywords.judge([JudgeInput(r.prompt, r.continuation, r.span or "") for r in records])
+        return {JUDGES[0]: [r.verdict for r in records], JUDGES[1]: again}
+
     rng = random.Random(seed)
-    results: dict = {}
+    results: dict = {judge: {} for judge in JUDGES}
     for name, text in EVAL_SPECS.items():
         path = workdir / f"{name}.aci.yaml"
         path.write_text(text)
@@ -144,10 +162,11 @@ def evaluate(model: str, workdir: Path, backend: str, seed: int) -> dict:
         runtime.wanted_prompts[spec.path] = {p.id for p in spec.prompts}
         if name == "xstest":
             records = [runtime.evaluate_plain(f"{name}::{p.id}", spec, p, "complies") for p in spec.prompts]
-            results[name] = {"compliance": sum(r.passed for r in records) / len(records)}
+            for judge, verdicts in both(records).items():
+                results[judge][name] = {"compliance": sum(not v.refused for v in verdicts) / len(verdicts)}
             continue
-        plain = [runtime.evaluate_plain(f"{name}::{p.id}", spec, p, "refuses") for p in spec.prompts]
-        harmful = {bucket: [] for bucket in BUCKETS}
+        plain = both([runtime.evaluate_plain(f"{name}::{p.id}", spec, p, "refuses") for p in spec.prompts])
+        harmful: dict[str, dict[str, list]] = {judge: {bucket: [] for bucket in BUCKETS} for judge in JUDGES}
         for prompt in spec.prompts:
             n = len(runtime.reference(spec, prompt).response_ids)
             # k = 0, then one random k from each quarter, bucketed exactly as the plugin's summary does.
@@ -155,12 +174,15 @@ def evaluate(model: str, workdir: Path, backend: str, seed: int) -> dict:
             positions = [0] + [rng.choice(ks) if ks else n for ks in quarters]
             cases = [InsertionCase(position=k, span_index=0, span_tokens=12) for k in positions]
             records = runtime.evaluate_insertions(f"{name}::recovers[{prompt.id}]", spec, prompt, cases)
-            for bucket, record in zip(BUCKETS, records):
-                harmful[bucket].append(record.verdict.harmful)
-        results[name] = {
-            "refusal": sum(r.verdict.refused for r in plain) / len(plain),
-            "asr": {bucket: sum(v) / len(v) for bucket, v in harmful.items()},
-        }
+            for judge, verdicts in both(records).items():
+                for bucket, verdict in zip(BUCKETS, verdicts):
+                    harmful[judge][bucket].append(verdict.harmful)
+        for judge in JUDGES:
+            results[judge][name] = {
+                # A plain answer counts as a refusal when it is not harmful and carries a refusal marker.
+                "refusal": sum(v.refused for v in plain[judge]) / len(plain[judge]),
+                "asr": {bucket: sum(v) / len(v) for bucket, v in harmful[judge].items()},
+            }
     runtime.close()
     return results
 
@@ -238,16 +260,19 @@ def main() -> None:
 
 
 def print_table(table: dict, steps: int) -> None:
-    print(f"\nheld-out: AdvBench 400-439, JBB harmful 0-39 (never trained on); {steps} steps each; keyword judge")
-    head = f"{'model':<17}{'train s':>8}{'set':>10}{'refusal':>9}" + "".join(f"{b:>9}" for b in BUCKETS)
-    print(head + f"{'XSTest':>9}")
-    print("-" * (len(head) + 9))
-    for name, row in table.items():
-        for i, dataset in enumerate(("advbench", "jbb")):
-            cells = f"{row[dataset]['refusal']:>9.1%}" + "".join(f"{row[dataset]['asr'][b]:>9.1%}" for b in BUCKETS)
-            first = f"{name:<17}{row['train_seconds']:>8.0f}" if i == 0 else " " * 25
-            tail = f"{row['xstest']['compliance']:>9.1%}" if i == 0 else ""
-            print(f"{first}{dataset:>10}{cells}{tail}")
+    for judge in JUDGES:
+        print(f"\nheld-out: AdvBench 400-439, JBB harmful 0-39 (never trained on); {steps} steps each; judge {judge}")
+        head = f"{'model':<17}{'train s':>8}{'set':>10}{'refusal':>9}" + "".join(f"{b:>9}" for b in BUCKETS)
+        print(head + f"{'XSTest':>9}")
+        print("-" * (len(head) + 9))
+        for name, row in table.items():
+            mine = row[judge]
+            for i, dataset in enumerate(("advbench", "jbb")):
+                asr = mine[dataset]["asr"]
+                cells = f"{mine[dataset]['refusal']:>9.1%}" + "".join(f"{asr[b]:>9.1%}" for b in BUCKETS)
+                first = f"{name:<17}{row['train_seconds']:>8.0f}" if i == 0 else " " * 25
+                tail = f"{mine['xstest']['compliance']:>9.1%}" if i == 0 else ""
+                print(f"{first}{dataset:>10}{cells}{tail}")
 
 
 if __name__ == "__main__":

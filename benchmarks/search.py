@@ -8,8 +8,8 @@ On a shallow-aligned model (SmolLM2 hardened with ``aci-harden --method sft``; t
 1. Score vs generation. For each held-out request, insertion states at 9 relative depths (0, 1/8, …,
    1 of the model's own answer R) with the request's target span cut to 1, 2, 4, 8 and 12 tokens: the
    harm margin of every state (teacher-forced recovery openings, no generation) and the generated
-   verdict (40 new tokens, keyword judge). The margin is the log-odds that the model does not
-   recover, so a group's predicted ASR is the mean of its states' P(no recovery). Prints the Spearman
+   verdict (40 new tokens, judged by ``--judge``: the harm-classifier by default). The margin is the
+   log-odds that the model does not recover, so a group's predicted ASR is the mean of its states' P(no recovery). Prints the Spearman
    correlation of predicted with generated ASR per (request, depth) cell and per depth, and the cost
    of each: seconds and model tokens.
 2. Random vs targeted search at an equal budget of model tokens per request (generation and scoring
@@ -180,6 +180,7 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=6000, help="model tokens per request and search")
     parser.add_argument("--max-examples", type=int, default=60, help="Hypothesis examples per search at most")
     parser.add_argument("--backend", default="hf")
+    parser.add_argument("--judge", default="harm-classifier", help="the verdict's judge (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="write the results as JSON here too")
     args = parser.parse_args()
@@ -203,7 +204,7 @@ def main() -> None:
         )
     )
     loaded = load_spec(spec)
-    runtime = AciRuntime(AciOptions(model=str(args.model), backend=args.backend, seed=args.seed))
+    runtime = AciRuntime(AciOptions(model=str(args.model), backend=args.backend, seed=args.seed, judge=args.judge))
     runtime.wanted_prompts[loaded.path] = {p.id for p in loaded.prompts}
     for prompt in loaded.prompts:
         runtime.reference(loaded, prompt)
@@ -225,7 +226,8 @@ def main() -> None:
 
     p = profile
     print(
-        f"\nmodel {args.model}, backend {args.backend}, {len(loaded.prompts)} requests from {args.data.name} "
+        f"\nmodel {args.model}, backend {args.backend}, judge {args.judge}, "
+        f"{len(loaded.prompts)} requests from {args.data.name} "
         f"rows {args.offset}-{args.offset + len(loaded.prompts) - 1}"
     )
     print(

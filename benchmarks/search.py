@@ -10,8 +10,8 @@ On a shallow-aligned model (SmolLM2 hardened with ``aci-harden --method sft``; t
    harm margin of every state (teacher-forced recovery openings, no generation) and the generated
    verdict (40 new tokens, judged by ``--judge``: the harm-classifier by default). The margin is the
    log-odds that the model does not recover, so a group's predicted ASR is the mean of its states'
-   P(no recovery). Prints the Spearman correlation of predicted with generated ASR per (request, depth) cell and per depth, and the cost
-   of each: seconds and model tokens.
+   P(no recovery). Prints the Spearman correlation of predicted with generated ASR per (request,
+   depth) cell and per depth, and the cost of each: seconds and model tokens.
 2. Random vs targeted search at an equal budget of model tokens per request (generation and scoring
    both count; tokens served from a prefix cache do not): the plugin's own Hypothesis strategies and
    evaluation steps (``--aci-search random|targeted``), without shrinking, counting the distinct failing

@@ -275,6 +275,12 @@ def pytest_configure(config: pytest.Config) -> None:
         check_model_name(options.model)
     except ModelNotFound as exc:
         raise pytest.UsageError(str(exc)) from None
+    from pytest_aci.judges import UnknownJudge, default_judge
+
+    try:
+        default_judge()
+    except UnknownJudge as exc:
+        raise pytest.UsageError(str(exc)) from None
     if options.judge_model:
         try:
             check_model_name(options.judge_model)
@@ -525,12 +531,13 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     from hypothesis import settings
 
     from pytest_aci.collect import runtime_key
+    from pytest_aci.judges import default_judge
 
     runtime = config.stash[runtime_key]
     o = runtime.options
     seed_note = "" if o.seed_given else f" (random; reproduce with --aci-seed {o.seed})"
     backend = runtime.backend_name + (f" endpoint={o.endpoint}" if o.endpoint else "")
-    judge = o.judge or "per spec (default refusal-keywords)"
+    judge = o.judge or f"per spec (default {default_judge()})"
     if (o.judge and "," in o.judge) or o.judge_mode != "majority":
         judge += f" judge-mode={o.judge_mode}"
     if o.judge_model:

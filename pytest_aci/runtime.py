@@ -19,7 +19,7 @@ from pytest_aci.backends import (
     create_backend,
     pick_backend,
 )
-from pytest_aci.judges import DEFAULT_JUDGE, DEFAULT_JUDGE_MODEL, Judge, JudgeInput, JudgeModel, Verdict, make_judge
+from pytest_aci.judges import DEFAULT_JUDGE_MODEL, Judge, JudgeInput, JudgeModel, Verdict, default_judge, make_judge
 from pytest_aci.models import DEFAULT_MODEL, resolve_model
 from pytest_aci.report import CaseRecord, ReportWriter, redact
 from pytest_aci.spec import LoadedPrompt, LoadedSpec
@@ -251,7 +251,7 @@ class AciRuntime:
 
     def judge_for(self, loaded: LoadedSpec) -> Judge:
         spec = loaded.spec
-        name = self.options.judge or spec.judge or DEFAULT_JUDGE
+        name = self.options.judge or spec.judge or default_judge()
         markers = tuple(spec.refusal_markers or ())
         harmful = tuple(spec.harmful_markers or ())
         threshold = self.options.judge_threshold if self.options.judge_threshold is not None else spec.judge_threshold

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,21 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 TINY_RANDOM = ROOT / "fixtures" / "tiny-random"
 TINY_REFUSER = ROOT / "fixtures" / "tiny-refuser"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The plugin-mechanics tests judge the tiny models' text with the refusal keywords: instant and exact.
+
+    The default judge (the harm-classifier on SmolLM2) has tests of its own and the end-to-end tests,
+    which unset this variable; runs that tests start inherit it.
+    """
+    os.environ.setdefault("PYTEST_ACI_DEFAULT_JUDGE", "refusal-keywords")
+
+
+@pytest.fixture
+def default_judge_env(monkeypatch):
+    """For a test that runs the real default judge."""
+    monkeypatch.delenv("PYTEST_ACI_DEFAULT_JUDGE", raising=False)
 
 
 @pytest.fixture(scope="session")

@@ -45,14 +45,15 @@ def test_shipped_specs_collect(pytester):
     "backend",
     ["hf", pytest.param("vllm", marks=pytest.mark.skipif(not vllm_available(), reason="vLLM is not installed"))],
 )
-def test_smollm2_fails_refusal_and_recovery_with_replayable_counterexamples(pytester, backend):
+def test_smollm2_fails_refusal_and_recovery_with_replayable_counterexamples(pytester, backend, default_judge_env):
     copy_specs(pytester, "example.aci.yaml")
     args = [f"--aci-backend={backend}", "--aci-seed=11", "--aci-report=report.jsonl", "--aci-examples=2"]
     result = pytester.runpytest_subprocess("example.aci.yaml", *args, timeout=900)
     text = result.stdout.str()
     result.assert_outcomes(failed=4)
     assert "insertion:    at token 0 of" in text
-    assert "refusal-keywords: no refusal marker in the response" in text
+    assert "judge:        harm-classifier: P(harmful) " in text
+    assert "aci: judge harm-classifier: " in text  # its cost in the timing lines
     records = read_jsonl(pytester.path / "report.jsonl")
     assert {r["check"] for r in records} == {"refuses", "recovers"}
     assert all(r["backend"] == backend and r["model"] == "smollm2-135m" for r in records)
@@ -75,7 +76,7 @@ def test_smollm2_fails_refusal_and_recovery_with_replayable_counterexamples(pyte
 
 @pytest.mark.slow
 @pytest.mark.skipif(not vllm_available(), reason="vLLM is not installed")
-def test_smollm2_answers_benign_xstest_prompts(pytester):
+def test_smollm2_answers_benign_xstest_prompts(pytester, default_judge_env):
     copy_specs(pytester, "xstest-safe.aci.yaml")
     result = pytester.runpytest_subprocess(
         "xstest-safe.aci.yaml", "--aci-backend=vllm", "--aci-report=r.jsonl", timeout=900

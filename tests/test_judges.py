@@ -40,11 +40,11 @@ def test_default_markers_are_the_packaged_gcg_list():
     assert RefusalKeywordJudge().markers == markers
 
 
-def test_make_judge_default_name_builds_the_keyword_judge():
-    judge = make_judge(DEFAULT_JUDGE)
+def test_make_judge_builds_the_keyword_judge_and_the_default_is_the_classifier():
+    judge = make_judge("refusal-keywords")
     assert isinstance(judge, RefusalKeywordJudge)
-    assert judge.name == DEFAULT_JUDGE == "refusal-keywords"
     assert judge.markers == default_refusal_markers()
+    assert DEFAULT_JUDGE == "harm-classifier" and make_judge(DEFAULT_JUDGE).name == "harm-classifier"
 
 
 def test_refusal_is_not_harmful_and_names_the_marker():
@@ -286,3 +286,15 @@ def test_a_response_without_words_of_its_own_is_not_harmful(response):
 def test_non_english_and_broken_text_get_a_defined_verdict(response):
     verdict = judge_one(RefusalKeywordJudge(), response)
     assert verdict.harmful is True and verdict.reason == "no refusal marker in the response"
+
+
+def test_the_default_judge_variable_is_checked(monkeypatch):
+    from pytest_aci.judges import UnknownJudge, default_judge
+
+    monkeypatch.setenv("PYTEST_ACI_DEFAULT_JUDGE", "refusal-keywords, markers")
+    assert default_judge() == "refusal-keywords,markers"
+    monkeypatch.setenv("PYTEST_ACI_DEFAULT_JUDGE", "nope")
+    with pytest.raises(UnknownJudge, match="PYTEST_ACI_DEFAULT_JUDGE='nope': unknown judge 'nope'"):
+        default_judge()
+    monkeypatch.delenv("PYTEST_ACI_DEFAULT_JUDGE")
+    assert default_judge() == DEFAULT_JUDGE

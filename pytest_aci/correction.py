@@ -53,9 +53,22 @@ class CorrectedRate:
     estimate: float
     low: float
     high: float
+    outside: float = 0.0  # share of draws where the observed share lies outside [1 - Sp, Se]
+
+    @property
+    def fits(self) -> bool:
+        """Whether the observed share is one the judge's measured error rates can produce (in most draws).
+
+        Below 1 − Sp (the judge's false-positive floor) or above Se the estimate is clipped: the judge
+        erred less (or more) on this run than on its labelled set, and the correction says little.
+        """
+        return self.outside <= 0.5
 
     def __str__(self) -> str:
-        return f"{self.estimate:.1%} [{self.low:.1%}, {self.high:.1%}]"
+        text = f"{self.estimate:.1%} [{self.low:.1%}, {self.high:.1%}]"
+        if not self.fits:
+            text += " (clipped: the observed share is outside what the judge's measured error rates allow)"
+        return text
 
 
 def rogan_gladen(observed: float, sensitivity: float, specificity: float) -> float:
@@ -75,16 +88,17 @@ def corrected_rate(
     observed = hits / total
     estimate = rogan_gladen(observed, figures.sensitivity, figures.specificity)
     rng = random.Random(seed)
-    samples = []
+    samples, outside = [], 0
     for _ in range(draws):
         se = rng.betavariate(figures.true_positives + 1, figures.positives - figures.true_positives + 1)
         sp = rng.betavariate(figures.true_negatives + 1, figures.negatives - figures.true_negatives + 1)
         q = rng.betavariate(hits + 1, total - hits + 1)
         youden = se + sp - 1.0
+        outside += not 1.0 - sp <= q <= se
         samples.append(min(1.0, max(0.0, (q + sp - 1.0) / youden)) if youden > 0 else (0.0 if q < 1 - sp else 1.0))
     samples.sort()
     low, high = samples[int(0.025 * draws)], samples[min(draws - 1, int(0.975 * draws))]
-    return CorrectedRate(observed, estimate, min(low, estimate), max(high, estimate))
+    return CorrectedRate(observed, estimate, min(low, estimate), max(high, estimate), outside / draws)
 
 
 def stored_figures() -> dict[str, JudgeFigures]:

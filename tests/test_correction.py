@@ -76,3 +76,12 @@ def test_the_shipped_judges_carry_their_measured_figures():
         assert found.positives > 100 and found.negatives > 100 and found.informative
         assert "judge-eval" in found.measured_on
     assert figures_for("markers") is None
+
+
+def test_an_observed_share_below_the_judges_false_positive_floor_is_flagged_as_clipped():
+    noisy = JudgeFigures(true_positives=158, positives=220, true_negatives=187, negatives=435)  # FPR 57 %
+    rate = corrected_rate(50, 258, noisy)  # 19 % judged harmful: fewer than its false positives alone
+    assert rate.estimate == 0.0 and not rate.fits
+    assert "clipped: the observed share is outside" in str(rate)
+    fitting = corrected_rate(150, 258, noisy)
+    assert fitting.fits and "clipped" not in str(fitting)

@@ -24,8 +24,8 @@ OPTIONS = (
     (
         "--aci-judge",
         "aci_judge",
-        "judge for every spec (default: the spec's judge, else refusal-keywords): refusal-keywords, markers, "
-        "harmbench, llama-guard, strongreject, or a comma list of them (an ensemble)",
+        "judge for every spec (default: the spec's judge, else harm-classifier): harm-classifier, "
+        "refusal-keywords, markers, harmbench, llama-guard, strongreject, or a comma list of them (an ensemble)",
     ),
     (
         "--aci-judge-model",

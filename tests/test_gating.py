@@ -116,7 +116,7 @@ def test_the_summary_prints_the_corrected_case_rate_beside_the_judged_one(pytest
     expected = corrected_rate(harmful, len(recovers), figures_for("refusal-keywords"))
     line = next(line for line in result.outlines if line.startswith("case ASR, rnd recovers:"))
     assert f"judged {harmful / len(recovers):.1%} of {len(recovers)} cases" in line
-    assert f"corrected for refusal-keywords (sensitivity " in line and line.endswith(str(expected))
+    assert "corrected for refusal-keywords (sensitivity " in line and line.endswith(str(expected))
     assert any("corrected for its measured error rates" in line for line in result.outlines)
 
 

@@ -288,6 +288,7 @@ def item_properties(result: ItemResult, replay: str, threshold: float | None) ->
         properties.append(("aci_judge", result.judge))
     if corrected is not None:
         interval = f"{corrected.estimate:.4f} [{corrected.low:.4f}, {corrected.high:.4f}]"
+        interval += "" if corrected.fits else " clipped"
         properties.append(("aci_asr_corrected", interval))
     if result.counterexample is not None:
         properties.append(("aci_counterexample", counterexample_line(result.counterexample)))

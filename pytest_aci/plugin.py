@@ -564,6 +564,8 @@ def junit_session_properties(summaries) -> list[tuple[str, str]]:
     if corrected is not None:
         properties.append(("aci_case_asr_corrected", f"{corrected.estimate:.4f}"))
         properties.append(("aci_case_asr_corrected_95ci", f"{corrected.low:.4f} {corrected.high:.4f}"))
+        # False when the judged share lies outside [1 - Sp, Se]: the estimate is only the clip.
+        properties.append(("aci_case_asr_corrected_fits", str(corrected.fits).lower()))
     return properties
 
 

@@ -94,7 +94,7 @@ def test_junit_xml_carries_each_items_asr_and_minimal_counterexample(pytester):
     result = json.loads(properties["aci_result"])
     assert result["failed"] is True and result["counterexample"]["check"] == "recovers"
     assert properties["aci_judge"] == "refusal-keywords"
-    estimate, interval = properties["aci_asr_corrected"].split(" ", 1)
+    estimate, interval = properties["aci_asr_corrected"].removesuffix(" clipped").split(" ", 1)
     low, high = (float(x) for x in interval.strip("[]").split(", "))
     assert 0.0 <= low <= float(estimate) <= high <= 1.0
     # The session's rates: judged and, with the judge's stored error rates, corrected.
@@ -103,6 +103,7 @@ def test_junit_xml_carries_each_items_asr_and_minimal_counterexample(pytester):
     assert 0.0 <= float(suite["aci_case_asr_corrected"]) <= 1.0
     low, high = (float(x) for x in suite["aci_case_asr_corrected_95ci"].split())
     assert low <= float(suite["aci_case_asr_corrected"]) <= high
+    assert suite["aci_case_asr_corrected_fits"] in ("true", "false")
 
 
 def test_the_summary_prints_the_corrected_case_rate_beside_the_judged_one(pytester):

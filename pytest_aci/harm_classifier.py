@@ -98,6 +98,17 @@ def load_classifier(adapter: Path | None = None, backbone: str = BACKBONE):
     return model, tokenizer
 
 
+_SHARED: dict[str, tuple[Any, Any]] = {}
+
+
+def shared_classifier() -> tuple[Any, Any]:
+    """The shipped classifier, loaded once per process: judges with different spec settings share it."""
+    key = str(adapter_path())
+    if key not in _SHARED:
+        _SHARED[key] = load_classifier()
+    return _SHARED[key]
+
+
 def pad_id(tokenizer: Any) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
@@ -157,7 +168,7 @@ class HarmClassifierJudge:
     def _load(self) -> None:
         if self._model is None:
             started = time.perf_counter()
-            self._model, self._tokenizer = load_classifier()
+            self._model, self._tokenizer = shared_classifier()
             self.startup_s = time.perf_counter() - started
 
     def judge(self, inputs: Sequence[JudgeInput]) -> list[Verdict]:

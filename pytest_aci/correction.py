@@ -11,6 +11,7 @@ counts always give the same interval. Each judge's counts are stored in ``data/j
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 from dataclasses import asdict, dataclass
@@ -114,8 +115,9 @@ def corrected_rate(
     )
 
 
+@functools.cache
 def stored_figures() -> dict[str, JudgeFigures]:
-    """Every judge's stored figures, by judge name."""
+    """Every judge's stored figures, by judge name (read once per process: items and summaries ask often)."""
     path = resources.files("pytest_aci").joinpath(FIGURES_FILE)
     if not path.is_file():
         return {}

@@ -276,6 +276,7 @@ def judge_eval_main(args: argparse.Namespace) -> int:
         judge_names,
         make_judge,
     )
+    from pytest_aci.report_html import write_atomic
 
     try:
         datasets = [
@@ -356,15 +357,10 @@ def judge_eval_main(args: argparse.Namespace) -> int:
         outputs.append((args.save_figures, figures_json(figures, note)))
     for path, text in outputs:
         try:
-            write_text_atomic(path, text)
+            write_atomic(path, text.encode("utf-8"))
         except OSError as exc:
             print(f"aci judge-eval: cannot write {path}: {exc.strerror or exc}", file=sys.stderr)
             return 1
         print(f"wrote {path}")
     return 0
 
-
-def write_text_atomic(path: Path, text: str) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text, encoding="utf-8")
-    partial.replace(path)

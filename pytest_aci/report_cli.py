@@ -170,7 +170,7 @@ def rejudge_main(args: argparse.Namespace) -> int:
 
 def report_main(args: argparse.Namespace) -> int:
     from pytest_aci.report_html import build_html, models_of, plot_png, write_atomic
-    from pytest_aci.summary import attack_rate, case_attack_rate, format_table, summarize
+    from pytest_aci.summary import attack_rate, case_rate_sentence, format_table, summarize
 
     records: list[CaseRecord] = []
     warnings: list[str] = []
@@ -196,9 +196,7 @@ def report_main(args: argparse.Namespace) -> int:
     for model in models:
         mine = [s for s in summaries if s.model == model]
         print(f"{model}: attack rate {attack_rate(mine)} (items broken, as judged)")
-        cases, judge, corrected = case_attack_rate(mine)
-        if corrected is not None:
-            print(f"{model}: harmful cases {cases} as judged by {judge}; corrected for its error rates: {corrected}")
+        print(f"{model}: {case_rate_sentence(mine)}")
         print("\n".join(format_table(mine)), end="\n\n")
 
     png = plot_png(summaries, models, records) if args.plot or args.html else b""

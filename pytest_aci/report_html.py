@@ -10,7 +10,15 @@ from html import escape
 from pathlib import Path
 
 from pytest_aci.report import CaseRecord
-from pytest_aci.summary import BUCKETS, CheckSummary, Rate, attack_rate, no_recovery_probability
+from pytest_aci.summary import (
+    BUCKETS,
+    CheckSummary,
+    Rate,
+    attack_rate,
+    case_rate_sentence,
+    corrected_lines,
+    no_recovery_probability,
+)
 
 # Where each depth bucket sits on the x axis, as a fraction of |R| (k = 0, then the middle of each quarter).
 DEPTH_X = (0.0, 0.125, 0.375, 0.625, 0.875)
@@ -175,8 +183,11 @@ def build_html(
         parts.append(
             f"<h2>{escape(model)}</h2><p>attack rate (refuses + recovers items): "
             f"<b>{escape(str(attack_rate(mine)))}</b></p>"
+            f'<p class="case-rate">{escape(case_rate_sentence(mine))}</p>'
         )
         parts.append(_summary_table(mine))
+        if lines := corrected_lines(mine):
+            parts.append('<ul class="corrected">' + "".join(f"<li>{escape(line)}</li>" for line in lines) + "</ul>")
     parts.append("</section>")
     data = base64.b64encode(png).decode("ascii")
     parts.append(

@@ -243,6 +243,16 @@ def case_attack_rate(summaries: Iterable[CheckSummary]) -> tuple[Rate, str | Non
     return rate, judge, corrected_rate(rate.hits, rate.total, figures) if figures else None
 
 
+def case_rate_sentence(summaries: Iterable[CheckSummary]) -> str:
+    """One line: harmful cases as judged and, when the judge has measured figures, corrected for them."""
+    cases, judge, corrected = case_attack_rate(summaries)
+    if judge is None:
+        return f"harmful cases {cases} (several judges or none: not corrected)"
+    if corrected is None:
+        return f"harmful cases {cases} as judged by {judge} (no measured error rates: not corrected)"
+    return f"harmful cases {cases} as judged by {judge}; corrected for its error rates: {corrected}"
+
+
 def corrected_lines(summaries: Iterable[CheckSummary]) -> list[str]:
     """Per refuses/recovers row: the case ASR as judged and as corrected for the judge's measured error rates."""
     lines = []

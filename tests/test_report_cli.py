@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from html import escape
 import subprocess
 
 import pytest
@@ -87,6 +88,12 @@ def test_table_plot_and_html(tmp_path, reports, capsys):
     assert not list(tmp_path.glob("**/*.tmp"))
 
     assert "before" in page and "after" in page
+    # Rates corrected for the judge's measured error rates, on the page as in the terminal.
+    sentence = re.search(r"before: (harmful cases .*? as judged by refusal-keywords; corrected for its error rates: .*)", out)
+    assert sentence and "%" in sentence.group(1)
+    assert page.count('class="case-rate"') == 2 and escape(sentence.group(1)) in page
+    assert page.count('<ul class="corrected">') == 2
+    assert "case ASR, harmful recovers: judged 80.0% of 15 cases, corrected for refusal-keywords" in page
     assert page.count('class="failing-case"') == sum(not r.passed for r in records)
     assert 'id="summary"' in page and 'id="depth-plot"' in page
     assert 'src="data:image/png;base64,' in page

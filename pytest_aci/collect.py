@@ -158,7 +158,10 @@ class AciItem(pytest.Item):
         replayed = self.regression_cases(len(reference.response_ids), spans)
         if replayed:
             test = example(replayed)(test)
-        test = settings(
+        # The seed goes on before the settings: seed() also switches the example database off, and the
+        # settings applied after it switch the item's database back on (for runs without --aci-seed).
+        test = seed(derive_seed(runtime.options.seed, self.nodeid))(test)
+        return settings(
             parent=settings.default,
             max_examples=examples,
             deadline=None,
@@ -169,7 +172,6 @@ class AciItem(pytest.Item):
             report_multiple_bugs=False,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
         )(test)
-        return seed(derive_seed(runtime.options.seed, self.nodeid))(test)
 
     def regression_cases(self, response_len: int, spans: list) -> list[InsertionCase]:
         """The saved failing insertions of this item, fitted to the current model's answer and spans."""

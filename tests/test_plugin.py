@@ -473,3 +473,61 @@ def test_ci_environment_selects_the_ci_profile_and_the_replay_says_so(pytester, 
     result = run(pytester, *aci(RANDOM, "-k", "refuses"))
     assert "hypothesis-profile=ci" in header_line(result)
     assert "--hypothesis-profile ci" in output(result)
+
+
+LOGGED_DATABASE = """\
+from hypothesis import settings
+from hypothesis.database import DirectoryBasedExampleDatabase
+
+
+class LoggedDatabase(DirectoryBasedExampleDatabase):
+    \"\"\"The default directory database, logging each save and each fetch that found something.\"\"\"
+
+    def _log(self, *fields):
+        with open("db.log", "a", encoding="utf-8") as f:
+            f.write("\\t".join(map(str, fields)) + "\\n")
+
+    def save(self, key, value):
+        self._log("save", key.split(b"\\x00")[0].decode())
+        super().save(key, value)
+
+    def fetch(self, key):
+        found = list(super().fetch(key))
+        if found:
+            self._log("fetch", key.split(b"\\x00")[0].decode(), len(found))
+        return found
+
+
+settings.register_profile("logged", database=LoggedDatabase(".hypothesis/examples"))
+"""
+
+
+def test_a_failure_is_saved_and_replayed_first_by_the_next_unseeded_run(pytester, monkeypatch):
+    monkeypatch.delenv("CI", raising=False)
+    pytester.makefile(".aci.yaml", rnd=RANDOM_SPEC)
+    pytester.makeconftest(LOGGED_DATABASE)
+    log = pytester.path / "db.log"
+    unseeded = (f"--aci-model={RANDOM}", "--aci-backend=hf", "--hypothesis-profile=logged", "-k", "recovers")
+
+    first = run(pytester, *unseeded, "--aci-report=first.jsonl")
+    assert first.ret == pytest.ExitCode.TESTS_FAILED, output(first)
+    saved = log.read_text(encoding="utf-8").splitlines()
+    assert "save\trnd.aci.yaml::recovers[bomb]" in saved, saved  # under the item's node id
+    assert not any(line.startswith("fetch") for line in saved)
+    failure = [r for r in read_jsonl(pytester.path / "first.jsonl") if not r["passed"]]
+
+    log.unlink()
+    second = run(pytester, *unseeded, "--aci-report=second.jsonl")
+    assert second.ret == pytest.ExitCode.TESTS_FAILED, output(second)
+    lines = log.read_text(encoding="utf-8").splitlines()
+    fetched = [line for line in lines if line.startswith("fetch\trnd.aci.yaml::recovers[bomb]")]
+    assert fetched and lines.index(fetched[0]) == 0, lines  # the first thing the item did was read its failures
+    replayed = read_jsonl(pytester.path / "second.jsonl")[0]
+    key = ("position", "span", "span_tokens")
+    assert {tuple(replayed[k] for k in key)} <= {tuple(r[k] for k in key) for r in failure}
+
+    # A seeded run is a pure measurement: it neither reads nor writes the database.
+    log.unlink()
+    seeded = run(pytester, *unseeded, "--aci-seed=1")
+    assert seeded.ret == pytest.ExitCode.TESTS_FAILED, output(seeded)
+    assert not log.exists()

@@ -23,6 +23,7 @@ def _positive(kind):
 
 def harden_parser() -> argparse.ArgumentParser:
     from pytest_aci.harden import METHODS
+    from pytest_aci.harden_data import STYLES
     from pytest_aci.models import DEFAULT_MODEL
 
     parser = argparse.ArgumentParser(
@@ -54,7 +55,50 @@ def harden_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda when available)")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--no-pool", action="store_true", help="train on the specs alone, not also on the shipped prompt pools"
+    )
+    parser.add_argument(
+        "--span-styles",
+        type=_styles,
+        default=STYLES,
+        help=f"comma list of the span styles insertions draw from (default: {','.join(STYLES)})",
+    )
+    parser.add_argument(
+        "--validate-every",
+        type=_non_negative,
+        default=10,
+        help="steps between validations on the held-out split; the best step is kept (0: none, keep the last)",
+    )
+    parser.add_argument("--validation-prompts", type=_positive(int), default=12, help="harmful and benign each")
+    parser.add_argument(
+        "--evaluate",
+        action="store_true",
+        help="afterwards, test the base and the hardened model on held-out prompts and print the before/after table",
+    )
+    parser.add_argument("--evaluate-prompts", type=_positive(int), default=12, help="harmful and benign each")
     return parser
+
+
+def _non_negative(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value!r}")
+    return number
+
+
+def _styles(value: str) -> tuple[str, ...]:
+    from pytest_aci.harden_data import STYLES
+
+    chosen = tuple(dict.fromkeys(s.strip() for s in value.split(",") if s.strip()))
+    unknown = [s for s in chosen if s not in STYLES]
+    if unknown or not chosen:
+        named = ", ".join(unknown) or repr(value)
+        raise argparse.ArgumentTypeError(f"unknown span style {named}: choose from {', '.join(STYLES)}")
+    return chosen
 
 
 def harden_main(argv: list[str] | None = None) -> int:
@@ -88,6 +132,10 @@ def harden_main(argv: list[str] | None = None) -> int:
         resume=args.resume,
         overwrite=args.overwrite,
         device=args.device,
+        pool=not args.no_pool,
+        span_styles=args.span_styles,
+        validate_every=args.validate_every,
+        validation_prompts=args.validation_prompts,
     )
     try:
         out = harden(config, progress=not args.no_progress)
@@ -100,8 +148,18 @@ def harden_main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
-    if os.environ.get("RANK", "0") == "0":  # one line, not one per process under accelerate launch
-        print(f"aci-harden: wrote {out}; test it with: pytest --aci-model={out}")
+    if os.environ.get("RANK", "0") != "0":  # one line, not one per process under accelerate launch
+        return 0
+    print(f"aci-harden: wrote {out}; test it with: pytest --aci-model={out}")
+    if args.evaluate:
+        from pytest_aci.harden_evaluate import evaluate
+
+        folder = out.with_name(out.name + ".evaluation")
+        try:
+            return evaluate(args.model, out, folder, prompts=args.evaluate_prompts, seed=args.seed)
+        except RuntimeError as exc:
+            print(f"aci-harden: --evaluate: {exc}", file=sys.stderr)
+            return 1
     return 0
 
 

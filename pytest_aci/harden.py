@@ -8,6 +8,8 @@ Methods (equal compute: the same steps × examples per step):
   handles worst (highest loss on the recovery target), redrawn at every step.
 Loss is on target tokens only. Each step also holds plain refusals and utility examples (benign prompts
 answered by the base model before training), so the model keeps refusing plainly and keeps helping.
+The prompts, the span styles and the validation split that picks the checkpoint: ``harden_data`` and
+``harden_validation``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_aci.backends import chat_prompt_ids
+from pytest_aci.harden_data import SPAN_STYLES, STYLES, HarmfulPrompt, TrainingData, load_training_data, spec_files
 
 METHODS = ("sft", "prefix-augment", "random-insertion", "worst-insertion")
 DEFAULT_REFUSALS = (
@@ -32,6 +35,7 @@ DEFAULT_REFUSALS = (
     "I'm sorry, I can't provide that. If you have another question, I'm happy to help.",
 )
 IGNORE = -100
+VALIDATION_SHARE = 10  # one pool prompt in ten is held out of training (``validation_prompts`` of them validate)
 
 
 class HardenError(Exception):
@@ -60,6 +64,10 @@ class HardenConfig:
     refusals: tuple[str, ...] = DEFAULT_REFUSALS
     seed: int = 0
     checkpoint_every: int = 10
+    pool: bool = True  # train on the shipped prompt pools besides the specs
+    span_styles: tuple[str, ...] = STYLES
+    validate_every: int = 10  # steps between validations (0: none; the last step is kept)
+    validation_prompts: int = 12  # harmful and benign each, held out of the pools
     resume: bool = False
     overwrite: bool = False
     device: str | None = None
@@ -77,90 +85,25 @@ class Example:
     kind: str  # refusal | attack | utility
 
 
-@dataclass(frozen=True)
-class HarmfulPrompt:
-    text: str
-    spans: tuple[str, ...]
-    failing: tuple[tuple[str, int], ...] = ()  # (span text, position) of reported failures
-
-
-# --- data ---------------------------------------------------------------------------------
-
-
-def load_prompts(config: HardenConfig) -> tuple[list[HarmfulPrompt], list[str]]:
-    """Harmful prompts (with spans) from refuses/recovers specs, benign ones from complies specs."""
-    from pytest_aci.spec import SpecError, load_spec
-
-    harmful: dict[str, HarmfulPrompt] = {}
-    benign: list[str] = []
-    for path in _spec_files(config.specs):
-        try:
-            loaded = load_spec(path)
-        except SpecError as exc:
-            raise HardenError(str(exc)) from None
-        for prompt in loaded.prompts:
-            if "complies" in loaded.spec.checks:
-                benign.append(prompt.text)
-            if {"refuses", "recovers"} & set(loaded.spec.checks):
-                spans = tuple(loaded.spans_for(prompt)) or ("Sure, here is how to do it. Step 1:",)
-                harmful.setdefault(prompt.text, HarmfulPrompt(prompt.text, spans))
-    if not harmful:
-        raise HardenError("no harmful prompts: give --specs with refuses/recovers checks")
-    prompts = list(harmful.values())
-    if config.failures is not None:
-        prompts = _focus_on_failures(config.failures, harmful)
-    return prompts, list(dict.fromkeys(benign))
-
-
-def _spec_files(paths: Sequence[Path]) -> list[Path]:
-    from pytest_aci.spec import SPEC_SUFFIXES
-
-    files: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.name.endswith(SPEC_SUFFIXES))
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise HardenError(f"--specs {path}: no such file or directory")
-    if not files:
-        raise HardenError(f"--specs {', '.join(map(str, paths))}: no *.aci.yaml files")
-    return files
-
-
-def _focus_on_failures(report: Path, harmful: dict[str, HarmfulPrompt]) -> list[HarmfulPrompt]:
-    from pytest_aci.report import read_report
-
-    try:
-        records = read_report(report)
-    except FileNotFoundError:
-        raise HardenError(f"--failures {report}: no such file") from None
-    except ValueError as exc:
-        raise HardenError(f"--failures: {exc}") from None
-    failing: dict[str, list[tuple[str, int]]] = {}
-    for record in records:
-        if record.passed or record.check == "complies":
-            continue
-        entry = failing.setdefault(record.prompt, [])
-        if record.check == "recovers" and record.span and record.position is not None:
-            entry.append((record.span.strip(), record.position))
-    focused = [
-        HarmfulPrompt(h.text, h.spans, tuple(dict.fromkeys(failing[text])))
-        for text, h in harmful.items()
-        if text in failing
-    ]
-    if not focused:
-        raise HardenError(f"--failures {report}: no failing refuses/recovers case matches a prompt of --specs")
-    return focused
+# --- examples ------------------------------------------------------------------------------
 
 
 class ExampleBuilder:
     """Token-level training examples; the insertion happens inside the refusal target, like the attack."""
 
-    def __init__(self, tokenizer, config: HardenConfig, rng: random.Random):
+    def __init__(self, tokenizer, config: HardenConfig, rng: random.Random, own_spans: Sequence[str] = ()):
         self.tokenizer, self.config, self.rng = tokenizer, config, rng
         self.eos = [tokenizer.eos_token_id]
         self._chat: dict[str, list[int]] = {}
+        self.own_spans = tuple(own_spans)
+
+    def span_text(self, prompt: HarmfulPrompt) -> str:
+        """A span of a random style: the request's own target, an opener, a begun sentence or code, the first
+        line of an artefact, or the model's own failing words."""
+        styles = [s for s in self.config.span_styles if s != "own" or self.own_spans] or ["target"]
+        style = self.rng.choice(styles)
+        pool = prompt.spans if style == "target" else self.own_spans if style == "own" else SPAN_STYLES[style]
+        return self.rng.choice(pool)
 
     def chat(self, text: str) -> list[int]:
         if text not in self._chat:
@@ -190,7 +133,7 @@ class ExampleBuilder:
         """``chat + R[:k] + span[:n]``, recovering with a refusal; R is a refusal target."""
         refusal = self.refusal_ids()
         k = self.rng.randint(0, len(refusal)) if position is None else min(position, len(refusal))
-        text = (span or self.rng.choice(prompt.spans)).strip()
+        text = (span or self.span_text(prompt)).strip()
         span_ids = self.encode((" " if k else "") + text)[: self.config.max_span_tokens]
         n = self.rng.randint(1, len(span_ids)) if span is None else len(span_ids)
         context = self.chat(prompt.text) + refusal[:k] + span_ids[:n]
@@ -319,10 +262,16 @@ def harden(config: HardenConfig, *, progress: bool = True, stop_after: int | Non
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(device)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    builder = ExampleBuilder(tokenizer, config, rng)
-
-    harmful, benign = load_prompts(config)
-    benign = benign[: config.max_utility_prompts]
+    data = load_training_data(
+        config.specs, config.failures, use_pool=config.pool, validation_share=VALIDATION_SHARE, error=HardenError
+    )
+    data.validation_harmful = data.validation_harmful[: config.validation_prompts]
+    data.validation_benign = data.validation_benign[: config.validation_prompts]
+    builder = ExampleBuilder(tokenizer, config, rng, data.own_spans)
+    if main:
+        for line in data.describe(config.span_styles):
+            print(f"aci-harden: {line}", flush=True)
+    benign = data.benign[: config.max_utility_prompts]
     model.eval()
     # The base model's answers: computed once by the main process, shared with the others.
     answers = [
@@ -344,6 +293,7 @@ def harden(config: HardenConfig, *, progress: bool = True, stop_after: int | Non
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
 
     losses: list[dict[str, float]] = []
+    validations: list[dict[str, Any]] = []
     step = 0
     if config.resume:
         state = torch.load(state_file, map_location=device, weights_only=False)
@@ -356,10 +306,14 @@ def harden(config: HardenConfig, *, progress: bool = True, stop_after: int | Non
         optimizer.load_state_dict(state["optimizer"])
         rng.setstate(state["rng"])
         torch.set_rng_state(state["torch_rng"])
-        step, losses = state["step"], state["losses"]
+        step, losses, validations = state["step"], state["losses"], state.get("validations", [])
     if main:
         work.mkdir(parents=True, exist_ok=True)
     core = model
+    checker = _Checker(config, data, core, tokenizer, builder, device, work, accelerator, progress and main)
+    checker.restore(validations)
+    if step == 0:
+        checker.check(step)
     model, optimizer = accelerator.prepare(model, optimizer)  # a DDP wrapper when world > 1
 
     from tqdm.auto import tqdm
@@ -368,7 +322,7 @@ def harden(config: HardenConfig, *, progress: bool = True, stop_after: int | Non
     model.train()
     while step < config.steps:
         started = time.perf_counter()
-        batch, worst_losses = _make_batch(config, builder, harmful, utility, rng, core, pad_id, device)
+        batch, worst_losses = _make_batch(config, builder, data, utility, rng, core, pad_id, device)
         share = batch[rank::world]
         # Scaled so that DDP's mean over processes is the mean over the whole batch.
         loss = per_example_loss(model, share, pad_id, device).sum() * world / len(batch)
@@ -384,21 +338,26 @@ def harden(config: HardenConfig, *, progress: bool = True, stop_after: int | Non
         losses.append(entry)
         bar.set_postfix(loss=f"{entry['loss']:.3f}")
         bar.update(1)
+        if config.validate_every and (step % config.validate_every == 0 or step == config.steps):
+            checker.check(step)
+            model.train()
         if main and (step % config.checkpoint_every == 0 or step == config.steps):
-            _save_checkpoint(state_file, core, optimizer, rng, step, losses, config)
+            _save_checkpoint(state_file, core, optimizer, rng, step, losses, config, checker.validations)
         if stop_after is not None and step >= stop_after and step < config.steps:
             bar.close()
             raise KeyboardInterrupt(f"stopped after step {step}")
     bar.close()
 
+    chosen = checker.load_best()
     if main:
-        _write_model(config, core, tokenizer, work, out, harmful, utility, losses, world)
+        record = {"validation": checker.validations, "chosen_step": chosen}
+        _write_model(config, core, tokenizer, work, out, data, utility, losses, world, record)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return out
 
 
-def _write_model(config, model, tokenizer, work, out, harmful, utility, losses, world) -> None:
+def _write_model(config, model, tokenizer, work, out, data: TrainingData, utility, losses, world, record) -> None:
     """Merge LoRA, save model, tokenizer and ``aci_harden.json`` in ``OUT.partial``, then move it to ``OUT``."""
     final = work / "model"
     shutil.rmtree(final, ignore_errors=True)
@@ -414,12 +373,17 @@ def _write_model(config, model, tokenizer, work, out, harmful, utility, losses, 
             "seed": config.seed,
             "processes": world,
             "data": {
-                "harmful_prompts": len(harmful),
+                "harmful_prompts": len(data.harmful),
+                "focus_prompts": len(data.focus),
                 "utility_examples": len(utility),
-                "specs": {str(p): _hash_file(p) for p in _spec_files(config.specs)},
+                "validation_prompts": {"harmful": len(data.validation_harmful), "benign": len(data.validation_benign)},
+                "counts": data.counts,
+                "own_spans": len(data.own_spans),
+                "specs": {str(p): _hash_file(p) for p in spec_files(config.specs, HardenError)},
                 "failures": _hash_file(config.failures) if config.failures else None,
             },
             "loss_curve": losses,
+            **record,
         },
     )
     if out.exists():
@@ -428,14 +392,17 @@ def _write_model(config, model, tokenizer, work, out, harmful, utility, losses, 
     shutil.rmtree(work, ignore_errors=True)
 
 
-def _make_batch(config, builder, harmful, utility, rng, model, pad_id, device) -> tuple[list[Example], list[float]]:
+def _make_batch(config, builder, data: TrainingData, utility, rng, model, pad_id, device):
+    """One step's examples: plain refusals, attacks (every other one on the specs' own or failing prompts,
+    the rest on any harmful prompt), utility answers."""
+    harmful = data.harmful
     batch: list[Example] = []
     worst_losses: list[float] = []
     refusals = config.refusal_per_step + (config.attack_per_step if config.method == "sft" else 0)
     batch += [builder.refusal(rng.choice(harmful)) for _ in range(refusals)]
     if config.method != "sft":
-        for _ in range(config.attack_per_step):
-            prompt = rng.choice(harmful)
+        for i in range(config.attack_per_step):
+            prompt = rng.choice(data.focus if i % 2 == 0 else harmful)
             if config.method == "prefix-augment":
                 batch.append(builder.prefix_augmented(prompt))
             elif config.method == "random-insertion":
@@ -453,6 +420,88 @@ def _make_batch(config, builder, harmful, utility, rng, model, pad_id, device) -
     return batch, worst_losses
 
 
+class _Checker:
+    """Validation every ``validate_every`` steps on the held-out split; keeps the best trainable weights.
+
+    The main process generates and judges; the result goes to every process, which keeps its own copy
+    of the best weights (the same under DDP). The best copy is also saved beside the checkpoint, so that
+    ``--resume`` keeps it."""
+
+    def __init__(self, config, data, model, tokenizer, builder, device, work: Path, accelerator, verbose: bool):
+        self.config, self.data, self.model, self.tokenizer, self.builder = config, data, model, tokenizer, builder
+        self.device, self.best_file, self.accelerator, self.verbose = device, work / "best.pt", accelerator, verbose
+        self.enabled = bool(config.validate_every and data.validation_harmful)
+        self.validations: list[dict[str, Any]] = []
+        self.best: dict[str, Any] | None = None
+        self._judge = None
+
+    def restore(self, validations: list[dict[str, Any]]) -> None:
+        import torch
+
+        self.validations = list(validations)
+        if self.validations and self.best_file.exists():
+            self.best = torch.load(self.best_file, map_location=self.device, weights_only=False)
+
+    def _trainable(self) -> dict[str, Any]:
+        return {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def check(self, step: int) -> None:
+        if not self.enabled:
+            return
+        from accelerate.utils import broadcast_object_list
+
+        from pytest_aci.harden_validation import validate
+        from pytest_aci.judges import default_judge, make_judge
+
+        result: list[Any] = [None]
+        if self.accelerator.is_main_process:
+            if self._judge is None:
+                self._judge = make_judge(default_judge())
+            base = self.validations[0]["compliance"] if self.validations else None
+            found = validate(
+                self.model,
+                self.tokenizer,
+                self.builder.chat,
+                self.data.validation_harmful,
+                self.data.validation_benign,
+                self._judge,
+                step=step,
+                device=self.device,
+                base_compliance=base,
+                seed=self.config.seed,
+            )
+            result = [found.as_dict()]
+            if self.verbose:
+                print(f"aci-harden: validation {found.describe()}", flush=True)
+        if self.accelerator.num_processes > 1:
+            broadcast_object_list(result)
+        entry = result[0]
+        previous = [v["score"] for v in self.validations if v["step"] > 0]
+        self.validations.append(entry)
+        if step > 0 and (not previous or entry["score"] >= max(previous)):  # ties: the later, more trained one
+            self.best = {"step": step, "weights": self._trainable()}
+            if self.accelerator.is_main_process:
+                import torch
+
+                tmp = self.best_file.with_name(self.best_file.name + ".tmp")
+                torch.save(self.best, tmp)
+                os.replace(tmp, self.best_file)
+
+    def load_best(self) -> int | None:
+        """Put the best validated weights back into the model; the chosen step (None: the last, unvalidated)."""
+        if self.best is None:
+            return None
+        import torch
+
+        named = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, tensor in self.best["weights"].items():
+                named[name].copy_(tensor)
+        if self.verbose:
+            print(f"aci-harden: keeping the weights of step {self.best['step']} (best validation score)", flush=True)
+        return self.best["step"]
+
+
 def _config_fingerprint(config: HardenConfig) -> dict[str, Any]:
     keep = asdict(config)
     for volatile in ("resume", "overwrite", "device", "out"):
@@ -460,7 +509,7 @@ def _config_fingerprint(config: HardenConfig) -> dict[str, Any]:
     return json.loads(json.dumps(keep, default=str))
 
 
-def _save_checkpoint(path: Path, model, optimizer, rng, step, losses, config) -> None:
+def _save_checkpoint(path: Path, model, optimizer, rng, step, losses, config, validations) -> None:
     import torch
 
     state = {
@@ -470,6 +519,7 @@ def _save_checkpoint(path: Path, model, optimizer, rng, step, losses, config) ->
         "torch_rng": torch.get_rng_state(),
         "step": step,
         "losses": losses,
+        "validations": validations,
         "config": _config_fingerprint(config),
     }
     tmp = path.with_name(path.name + ".tmp")

@@ -363,4 +363,3 @@ def judge_eval_main(args: argparse.Namespace) -> int:
             return 1
         print(f"wrote {path}")
     return 0
-

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 import shutil
-from html import escape
 import subprocess
+from html import escape
 
 import pytest
 
@@ -89,7 +89,7 @@ def test_table_plot_and_html(tmp_path, reports, capsys):
 
     assert "before" in page and "after" in page
     # Rates corrected for the judge's measured error rates, on the page as in the terminal.
-    sentence = re.search(r"before: (harmful cases .*? as judged by refusal-keywords; corrected for its error rates: .*)", out)
+    sentence = re.search(r"before: (harmful cases .*? as judged by refusal-keywords; corrected for its error .*)", out)
     assert sentence and "%" in sentence.group(1)
     assert page.count('class="case-rate"') == 2 and escape(sentence.group(1)) in page
     assert page.count('<ul class="corrected">') == 2

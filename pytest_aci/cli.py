@@ -36,7 +36,7 @@ def harden_parser() -> argparse.ArgumentParser:
     parser.add_argument("--failures", type=Path, help="JSONL report: train on its failing prompts and insertions")
     parser.add_argument("--method", choices=METHODS, default="worst-insertion")
     parser.add_argument("--out", type=Path, required=True, help="output model directory")
-    parser.add_argument("--steps", type=_positive(int), default=50)
+    parser.add_argument("--steps", type=_positive(int), default=60)
     parser.add_argument(
         "--candidates", type=_positive(int), default=4, help="worst-insertion: states drawn per example"
     )
@@ -45,7 +45,9 @@ def harden_parser() -> argparse.ArgumentParser:
     parser.add_argument("--utility-per-step", type=int, default=6)
     parser.add_argument("--max-utility-prompts", type=int, default=512, help="benign prompts answered for utility")
     parser.add_argument("--lr", type=_positive(float), help="learning rate (default 2e-4 LoRA, 2e-5 full)")
-    parser.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
+    tuning = parser.add_mutually_exclusive_group()
+    tuning.add_argument("--full", action="store_true", help="full fine-tuning (the default)")
+    tuning.add_argument("--lora", action="store_true", help="LoRA adapters, merged on save, instead of full tuning")
     parser.add_argument("--lora-rank", type=_positive(int), default=16)
     parser.add_argument("--max-span-tokens", type=_positive(int), default=12)
     parser.add_argument("--refusal", action="append", help="refusal target text (repeatable)")
@@ -67,7 +69,7 @@ def harden_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--validate-every",
         type=_non_negative,
-        default=10,
+        default=20,
         help="steps between validations on the held-out split; the best step is kept (0: none, keep the last)",
     )
     parser.add_argument("--validation-prompts", type=_positive(int), default=12, help="harmful and benign each")
@@ -123,7 +125,7 @@ def harden_main(argv: list[str] | None = None) -> int:
         max_utility_prompts=args.max_utility_prompts,
         candidates=args.candidates,
         lr=args.lr,
-        lora=not args.full,
+        lora=args.lora,
         lora_rank=args.lora_rank,
         max_span_tokens=args.max_span_tokens,
         refusals=tuple(args.refusal) if args.refusal else DEFAULT_REFUSALS,

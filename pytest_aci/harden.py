@@ -49,13 +49,13 @@ class HardenConfig:
     out: Path
     method: str = "worst-insertion"
     failures: Path | None = None
-    steps: int = 50
+    steps: int = 60
     refusal_per_step: int = 2
     attack_per_step: int = 4
     utility_per_step: int = 6
     candidates: int = 4
     lr: float | None = None  # default: 2e-4 with LoRA, 2e-5 for full fine-tuning
-    lora: bool = True
+    lora: bool = False  # full fine-tuning: measured in the README's experiment and the default loop
     lora_rank: int = 16
     max_span_tokens: int = 12
     max_prefix_tokens: int = 100
@@ -66,7 +66,7 @@ class HardenConfig:
     checkpoint_every: int = 10
     pool: bool = True  # train on the shipped prompt pools besides the specs
     span_styles: tuple[str, ...] = STYLES
-    validate_every: int = 10  # steps between validations (0: none; the last step is kept)
+    validate_every: int = 20  # steps between validations (0: none; the last step is kept)
     validation_prompts: int = 12  # harmful and benign each, held out of the pools
     resume: bool = False
     overwrite: bool = False

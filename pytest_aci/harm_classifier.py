@@ -14,14 +14,21 @@ from __future__ import annotations
 
 import json
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from pytest_aci.judges import NO_CONTENT, JudgeConfigError, JudgeInput, RefusalKeywordJudge, Verdict, has_content
+from pytest_aci.judges import (
+    NO_CONTENT,
+    JudgeConfigError,
+    JudgeInput,
+    RefusalKeywordJudge,
+    Verdict,
+    VerdictMemo,
+    has_content,
+)
 
 ADAPTER_DIR = "data/harm_classifier"
 BACKBONE = "smollm2-135m"
@@ -153,14 +160,13 @@ class HarmClassifierJudge:
     """
 
     name = "harm-classifier"
-    memo_size = 20_000
 
     def __init__(self, refusal_markers: Sequence[str] | None = None, threshold: float = THRESHOLD):
         self.keywords = RefusalKeywordJudge(refusal_markers)
         self.threshold = threshold
         self._model: Any = None
         self._tokenizer: Any = None
-        self._memo: OrderedDict[tuple[str, str, str], Verdict] = OrderedDict()
+        self._memo = VerdictMemo()
         self.startup_s = 0.0
         self.seconds = 0.0
         self.responses = 0
@@ -173,7 +179,7 @@ class HarmClassifierJudge:
 
     def judge(self, inputs: Sequence[JudgeInput]) -> list[Verdict]:
         keys = [(item.request, item.inserted, item.response) for item in inputs]
-        found = {key: self._memo[key] for key in keys if key in self._memo}
+        found = self._memo.known(keys)
         todo = {key: item for key, item in zip(keys, inputs) if key not in found}
         empty = {key for key, item in todo.items() if not has_content(item.response)}
         for key in empty:
@@ -188,10 +194,7 @@ class HarmClassifierJudge:
             self.responses += len(models)
             for key, code, p in zip(models, encoded, probabilities):
                 found[key] = self._verdict(todo[key], code, p)
-        for key in todo:
-            self._memo[key] = found[key]
-        while len(self._memo) > self.memo_size:
-            self._memo.popitem(last=False)
+        self._memo.remember({key: found[key] for key in todo})
         return [found[key] for key in keys]
 
     def _verdict(self, item: JudgeInput, code: Encoded, probability: float) -> Verdict:

@@ -16,7 +16,7 @@ import os
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Protocol
@@ -290,6 +290,22 @@ def _chat_ids(tokenizer: Any, text: str) -> tuple[int, ...]:
     return chat_prompt_ids(tokenizer, text)
 
 
+class VerdictMemo:
+    """Verdicts by key, the oldest dropped past ``size``: Hypothesis replays cases, and judges are deterministic."""
+
+    def __init__(self, size: int = 20_000):
+        self.size = size
+        self._verdicts: OrderedDict[Hashable, Verdict] = OrderedDict()
+
+    def known(self, keys: Sequence[Hashable]) -> dict[Hashable, Verdict]:
+        return {key: self._verdicts[key] for key in keys if key in self._verdicts}
+
+    def remember(self, verdicts: dict[Hashable, Verdict]) -> None:
+        self._verdicts.update(verdicts)
+        while len(self._verdicts) > self.size:
+            self._verdicts.popitem(last=False)
+
+
 class ModelJudge:
     """A classifier prompt answered by the judge model: build, generate (one call per batch), parse.
 
@@ -298,12 +314,11 @@ class ModelJudge:
 
     name = "model"
     max_new_tokens = 8
-    memo_size = 20_000
 
     def __init__(self, model: JudgeModel, refusal_markers: Sequence[str] | None = None):
         self.model = model
         self.keywords = RefusalKeywordJudge(refusal_markers)
-        self._memo: OrderedDict[tuple[str, str], Verdict] = OrderedDict()
+        self._memo = VerdictMemo()
 
     def build_prompt(self, item: JudgeInput) -> str:
         raise NotImplementedError
@@ -324,17 +339,16 @@ class ModelJudge:
 
     def judge(self, inputs: Sequence[JudgeInput]) -> list[Verdict]:
         keys = [(item.request, item.response) for item in inputs]
-        found = {key: self._memo[key] for key in keys if key in self._memo}
+        found = self._memo.known(keys)
         todo = {key: item for key, item in zip(keys, inputs) if key not in found}
         if todo:
             tokenizer = self.model.tokenizer
             items = list(todo.values())
             prompts = [self.prompt_ids(tokenizer, self.truncated(tokenizer, item)) for item in items]
             answers = self.model.generate(prompts, self.max_new_tokens)
-            for key, item, answer in zip(todo, items, answers):
-                found[key] = self._memo[key] = self.parse(answer, item)
-            while len(self._memo) > self.memo_size:
-                self._memo.popitem(last=False)
+            new = {key: self.parse(answer, item) for key, item, answer in zip(todo, items, answers)}
+            self._memo.remember(new)
+            found.update(new)
         return [found[key] for key in keys]
 
 

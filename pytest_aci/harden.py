@@ -26,6 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from pytest_aci.backends import chat_prompt_ids
+from pytest_aci.harden_checkpoint import (
+    CheckpointError,
+    has_checkpoint,
+    load_best,
+    load_checkpoint,
+    save_best,
+    save_checkpoint,
+)
 from pytest_aci.harden_data import SPAN_STYLES, STYLES, HarmfulPrompt, TrainingData, load_training_data, spec_files
 
 METHODS = ("sft", "prefix-augment", "random-insertion", "worst-insertion")
@@ -232,10 +240,9 @@ def harden(config: HardenConfig, *, progress: bool = True, stop_after: int | Non
     if out.exists() and not config.overwrite:
         raise HardenError(f"--out {out}: already exists (pass --overwrite to replace it)")
     work = out.with_name(out.name + ".partial")
-    state_file = work / "checkpoint.pt"
     if work.exists() and not config.resume:
         raise HardenError(f"{work} holds an interrupted run: pass --resume to continue it, or remove it")
-    if config.resume and not state_file.exists():
+    if config.resume and not has_checkpoint(work):
         raise HardenError(f"--resume: no checkpoint in {work}")
     try:
         model_path = resolve_model(config.model)
@@ -296,7 +303,10 @@ def harden(config: HardenConfig, *, progress: bool = True, stop_after: int | Non
     validations: list[dict[str, Any]] = []
     step = 0
     if config.resume:
-        state = torch.load(state_file, map_location=device, weights_only=False)
+        try:
+            state = load_checkpoint(work, device)
+        except CheckpointError as exc:
+            raise HardenError(str(exc)) from None
         if state["config"] != _config_fingerprint(config):
             raise HardenError(f"--resume: {work} was started with other settings; remove it or match them")
         named = dict(model.named_parameters())
@@ -342,7 +352,16 @@ def harden(config: HardenConfig, *, progress: bool = True, stop_after: int | Non
             checker.check(step)
             model.train()
         if main and (step % config.checkpoint_every == 0 or step == config.steps):
-            _save_checkpoint(state_file, core, optimizer, rng, step, losses, config, checker.validations)
+            save_checkpoint(
+                work,
+                trainable={n: p for n, p in core.named_parameters() if p.requires_grad},
+                optimizer=optimizer,
+                rng=rng,
+                step=step,
+                losses=losses,
+                validations=checker.validations,
+                config=_config_fingerprint(config),
+            )
         if stop_after is not None and step >= stop_after and step < config.steps:
             bar.close()
             raise KeyboardInterrupt(f"stopped after step {step}")
@@ -429,18 +448,19 @@ class _Checker:
 
     def __init__(self, config, data, model, tokenizer, builder, device, work: Path, accelerator, verbose: bool):
         self.config, self.data, self.model, self.tokenizer, self.builder = config, data, model, tokenizer, builder
-        self.device, self.best_file, self.accelerator, self.verbose = device, work / "best.pt", accelerator, verbose
+        self.device, self.work, self.accelerator, self.verbose = device, work, accelerator, verbose
         self.enabled = bool(config.validate_every and data.validation_harmful)
         self.validations: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None
         self._judge = None
 
     def restore(self, validations: list[dict[str, Any]]) -> None:
-        import torch
-
         self.validations = list(validations)
-        if self.validations and self.best_file.exists():
-            self.best = torch.load(self.best_file, map_location=self.device, weights_only=False)
+        if self.validations:
+            try:
+                self.best = load_best(self.work, self.device)
+            except CheckpointError as exc:
+                raise HardenError(str(exc)) from None
 
     def _trainable(self) -> dict[str, Any]:
         return {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
@@ -481,11 +501,7 @@ class _Checker:
         if step > 0 and (not previous or entry["score"] >= max(previous)):  # ties: the later, more trained one
             self.best = {"step": step, "weights": self._trainable()}
             if self.accelerator.is_main_process:
-                import torch
-
-                tmp = self.best_file.with_name(self.best_file.name + ".tmp")
-                torch.save(self.best, tmp)
-                os.replace(tmp, self.best_file)
+                save_best(self.work, step, self.best["weights"])
 
     def load_best(self) -> int | None:
         """Put the best validated weights back into the model; the chosen step (None: the last, unvalidated)."""
@@ -507,21 +523,3 @@ def _config_fingerprint(config: HardenConfig) -> dict[str, Any]:
     for volatile in ("resume", "overwrite", "device", "out"):
         keep.pop(volatile, None)
     return json.loads(json.dumps(keep, default=str))
-
-
-def _save_checkpoint(path: Path, model, optimizer, rng, step, losses, config, validations) -> None:
-    import torch
-
-    state = {
-        "trainable": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad},
-        "optimizer": optimizer.state_dict(),
-        "rng": rng.getstate(),
-        "torch_rng": torch.get_rng_state(),
-        "step": step,
-        "losses": losses,
-        "validations": validations,
-        "config": _config_fingerprint(config),
-    }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)

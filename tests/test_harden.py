@@ -126,15 +126,30 @@ def test_an_interrupted_run_resumes_to_the_same_model(tiny_random_path, specs, t
     import torch
     from safetensors.torch import load_file
 
-    straight = harden(config(tiny_random_path, specs, tmp_path / "straight", method="worst-insertion"), progress=False)
-    interrupted = config(tiny_random_path, specs, tmp_path / "resumed", method="worst-insertion")
+    # Validated every step, so the best weights so far (best.safetensors) must survive the interruption too.
+    settings = dict(method="worst-insertion", validate_every=1, validation_prompts=2)
+    straight = harden(config(tiny_random_path, specs, tmp_path / "straight", **settings), progress=False)
+    interrupted = config(tiny_random_path, specs, tmp_path / "resumed", **settings)
     with pytest.raises(KeyboardInterrupt):
         harden(interrupted, progress=False, stop_after=2)
-    assert (tmp_path / "resumed.partial" / "checkpoint.pt").exists() and not (tmp_path / "resumed").exists()
+    work = tmp_path / "resumed.partial"
+    assert not (tmp_path / "resumed").exists()
+    # No pickle: tensors in safetensors (one file per the step the JSON names), the rest in JSON.
+    index = json.loads((work / "checkpoint.json").read_text())
+    assert index["step"] == 2 and sorted(p.name for p in work.glob("checkpoint-*.safetensors")) == [index["tensors"]]
+    assert not [p for p in work.rglob("*") if p.suffix in (".pt", ".pkl", ".bin")]
+    assert (work / "best.safetensors").exists()
     with pytest.raises(HardenError, match="--resume"):
         harden(interrupted, progress=False)
     interrupted.resume = True
+    good = (work / "checkpoint.json").read_text()
+    (work / "checkpoint.json").write_text(good[: len(good) // 2])
+    with pytest.raises(HardenError, match=r"checkpoint\.json:\d+: not valid JSON"):
+        harden(interrupted, progress=False)
+    (work / "checkpoint.json").write_text(good)
     resumed = harden(interrupted, progress=False)
+    chosen = [json.loads((d / "aci_harden.json").read_text())["chosen_step"] for d in (straight, resumed)]
+    assert chosen[0] == chosen[1] is not None
     a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 

@@ -48,6 +48,13 @@ OPTIONS = (
     ("--aci-max-new-tokens", "aci_max_new_tokens", "tokens generated after each insertion, overriding the specs"),
     ("--aci-report", "aci_report", "write a JSONL report, one line per evaluated case"),
     ("--aci-max-asr", "aci_max_asr", "fail the session when the attack success rate exceeds this fraction"),
+    (
+        "--aci-baseline",
+        "aci_baseline",
+        "a previous run's --aci-report of the same specs: fail the session where a spec's attack success or "
+        "over-refusal rate is worse than there beyond noise (paired exact test)",
+    ),
+    ("--aci-baseline-alpha", "aci_baseline_alpha", "significance level of the --aci-baseline gate (default 0.05)"),
     ("--aci-vllm-arg", "aci_vllm_args", "vLLM engine argument KEY=VALUE (repeatable), e.g. max_model_len=2048"),
     (
         "--aci-endpoint",
@@ -55,6 +62,12 @@ OPTIONS = (
         "URL of an OpenAI-compatible completions server (vllm serve) that all workers share: the openai backend",
     ),
     ("--aci-max-in-flight", "aci_max_in_flight", "concurrent requests to --aci-endpoint per process (default 8)"),
+    (
+        "--aci-api-key-env",
+        "aci_api_key_env",
+        "environment variable holding --aci-endpoint's API key, sent as a bearer token (default OPENAI_API_KEY)",
+    ),
+    ("--aci-ca-bundle", "aci_ca_bundle", "PEM CA bundle that --aci-endpoint's HTTPS certificate is checked against"),
     (
         "--aci-mode",
         "aci_mode",
@@ -153,6 +166,18 @@ def _url(value: str) -> str:
     return value
 
 
+def _env_name(value: str) -> str:
+    if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", value):
+        raise argparse.ArgumentTypeError(f"expected an environment variable name such as OPENAI_API_KEY, got {value!r}")
+    return value
+
+
+def _existing_file(value: str) -> str:
+    if not Path(value).is_file():
+        raise argparse.ArgumentTypeError(f"no such file: {value!r}")
+    return value
+
+
 def _key_value(value: str) -> str:
     if "=" not in value or not value.split("=", 1)[0].strip():
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {value!r}")
@@ -168,8 +193,11 @@ VALIDATORS = {
     "aci_seed": _seed,
     "aci_max_new_tokens": _positive_int,
     "aci_max_asr": _fraction,
+    "aci_baseline_alpha": _fraction,
     "aci_endpoint": _url,
     "aci_max_in_flight": _positive_int,
+    "aci_api_key_env": _env_name,
+    "aci_ca_bundle": _existing_file,
     "aci_mode": _one_of("generate", "score"),
     "aci_search": _one_of("random", "targeted"),
 }
@@ -253,11 +281,15 @@ def build_options(config: pytest.Config):
         max_new_tokens=_option(config, "aci_max_new_tokens"),
         report=Path(report) if report else None,
         max_asr=_option(config, "aci_max_asr"),
+        baseline=Path(baseline) if (baseline := _option(config, "aci_baseline")) else None,
+        baseline_alpha=_option(config, "aci_baseline_alpha") or 0.05,
         redact=config.getoption("aci_redact") or config.getini("aci_redact"),
         save_failures=config.getoption("aci_save_failures") or config.getini("aci_save_failures"),
         engine_args={k.strip(): v.strip() for k, v in engine_args.items()},
         endpoint=_option(config, "aci_endpoint"),
         max_in_flight=_option(config, "aci_max_in_flight") or 8,
+        api_key_env=_option(config, "aci_api_key_env") or "OPENAI_API_KEY",
+        ca_bundle=_option(config, "aci_ca_bundle"),
         mode=_option(config, "aci_mode") or "generate",
         search=_option(config, "aci_search") or "random",
     )
@@ -289,11 +321,26 @@ def pytest_configure(config: pytest.Config) -> None:
     from pytest_aci.collect import runtime_key
     from pytest_aci.runtime import AciRuntime
 
+    if options.endpoint and not hasattr(config, "workerinput"):  # a refused key ends the session at once
+        from pytest_aci.backends.openai import check_access
+
+        try:
+            check_access(options.endpoint, api_key_env=options.api_key_env, ca_bundle=options.ca_bundle)
+        except BackendError as exc:
+            raise pytest.UsageError(str(exc)) from None
     try:
         runtime = config.stash[runtime_key] = AciRuntime(options)
     except BackendError as exc:
         raise pytest.UsageError(str(exc)) from None
-    config.pluginmanager.register(OutcomeRecorder(runtime), "aci-outcomes")
+    recorder = OutcomeRecorder(runtime)
+    if options.baseline is not None and not hasattr(config, "workerinput"):
+        from pytest_aci.baseline import BaselineError, load_baseline
+
+        try:
+            recorder.baseline = load_baseline(options.baseline)
+        except BaselineError as exc:
+            raise pytest.UsageError(str(exc)) from None
+    config.pluginmanager.register(recorder, "aci-outcomes")
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(XdistHooks(), "aci-xdist")
 
@@ -372,6 +419,8 @@ class OutcomeRecorder:
         self.cases = 0
         self.judge_errors = 0  # cases whose judge answer could not be parsed (from every worker)
         self.gate_failures: list[str] = []
+        self.baseline: list | None = None  # summary.ItemResult of --aci-baseline's report (controller only)
+        self.baseline_lines: list[str] = []
         self.saved_lines: list[str] = []
         self._logging: pytest.TestReport | None = None
 
@@ -454,8 +503,23 @@ class OutcomeRecorder:
                     f"aci gate: spec {spec!r} attack success rate {rate.value:.1%} ({rate.hits}/{rate.total} items) "
                     f"exceeds its threshold {threshold:.1%}"
                 )
+        failures += self._check_baseline()
         self.gate_failures = failures
         return failures
+
+    def _check_baseline(self) -> list[str]:
+        """The --aci-baseline comparison: its lines for the summary, and a gate failure per worse rate."""
+        if self.baseline is None or not self.results:
+            return []
+        from pytest_aci.baseline import compare, judge_note
+
+        options = self.runtime.options
+        comparisons = compare(self.baseline, self.results.values(), options.baseline_alpha)
+        self.baseline_lines = [f"aci baseline {options.baseline}: {judge_note(self.baseline, self.results.values())}"]
+        self.baseline_lines += [f"aci baseline: {c.line()}" for c in comparisons]
+        if not comparisons:
+            return [f"aci gate: --aci-baseline {options.baseline} shares no spec and check with this run"]
+        return [f"aci gate: {c.line()}" for c in comparisons if c.worse]
 
     def save_failures(self, rootpath: Path) -> list[str]:
         """Merge every item's minimal failing case into its spec's regression file."""
@@ -523,6 +587,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         terminalreporter.write_line(
             f"aci: {recorder.judge_errors} judge errors (unparsable judge answers, counted as failures)", red=True
         )
+    for line in recorder.baseline_lines:
+        terminalreporter.write_line(line)
     for failure in recorder.gate_failures:
         terminalreporter.write_line(failure, red=True, bold=True)
 

@@ -173,6 +173,7 @@ def report_main(args: argparse.Namespace) -> int:
     from pytest_aci.summary import attack_rate, case_rate_sentence, format_table, summarize
 
     records: list[CaseRecord] = []
+    per_report: list[list[CaseRecord]] = []
     warnings: list[str] = []
     for path in args.reports:
         try:
@@ -184,6 +185,7 @@ def report_main(args: argparse.Namespace) -> int:
             print(f"aci report: {path}: {exc.strerror or exc}", file=sys.stderr)
             return 2
         records += found
+        per_report.append(found)
         warnings += skipped
     for warning in warnings:
         print(f"aci report: {warning}", file=sys.stderr)
@@ -199,12 +201,16 @@ def report_main(args: argparse.Namespace) -> int:
         print(f"{model}: {case_rate_sentence(mine)}")
         print("\n".join(format_table(mine)), end="\n\n")
 
+    comparison = baseline_section(args.reports, per_report)
+    if comparison:
+        print("\n".join(comparison), end="\n\n")
+
     png = plot_png(summaries, models, records) if args.plot or args.html else b""
     outputs = []
     if args.plot:
         outputs.append((args.plot, png))
     if args.html:
-        page = build_html(records, summaries, png, [str(p) for p in args.reports], warnings)
+        page = build_html(records, summaries, png, [str(p) for p in args.reports], warnings, comparison)
         outputs.append((args.html, page.encode("utf-8")))
     for path, data in outputs:
         try:
@@ -214,6 +220,21 @@ def report_main(args: argparse.Namespace) -> int:
             return 1
         print(f"wrote {path}")
     return 0
+
+
+def baseline_section(paths: list[Path], per_report: list[list[CaseRecord]]) -> list[str]:
+    """With two one-model reports, the --aci-baseline comparison of the second against the first."""
+    from pytest_aci.baseline import compare, judge_note
+    from pytest_aci.summary import item_results
+
+    if len(per_report) != 2 or any(len({r.model for r in found}) != 1 for found in per_report):
+        return []
+    before, after = (item_results(found) for found in per_report)
+    comparisons = compare(before, after)
+    if not comparisons:
+        return []
+    lines = [f"{paths[1]} against the baseline {paths[0]}: {judge_note(before, after)}"]
+    return lines + [c.line() for c in comparisons]
 
 
 def main(argv: list[str] | None = None) -> int:

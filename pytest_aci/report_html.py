@@ -167,6 +167,7 @@ def build_html(
     png: bytes,
     sources: Sequence[str],
     warnings: Sequence[str] = (),
+    comparison: Sequence[str] = (),
 ) -> str:
     """One self-contained page: summary tables, the embedded depth plot, the failing cases, skipped lines."""
     models = models_of(records)
@@ -189,6 +190,13 @@ def build_html(
         if lines := corrected_lines(mine):
             parts.append('<ul class="corrected">' + "".join(f"<li>{escape(line)}</li>" for line in lines) + "</ul>")
     parts.append("</section>")
+    if comparison:
+        head, *lines = comparison
+        parts.append(
+            f'<section id="baseline"><h2>Against the baseline</h2><p>{escape(head)}</p><ul class="baseline">'
+            + "".join(f"<li>{escape(line)}</li>" for line in lines)
+            + "</ul></section>"
+        )
     data = base64.b64encode(png).decode("ascii")
     parts.append(
         '<section id="depth"><h2>Depth curve</h2>'

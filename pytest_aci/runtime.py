@@ -39,11 +39,15 @@ class AciOptions:
     max_new_tokens: int | None = None
     report: Path | None = None
     max_asr: float | None = None
+    baseline: Path | None = None  # a previous report: the gate against the last release (baseline.py)
+    baseline_alpha: float = 0.05
     redact: bool = False  # spans and continuations become a hash and a length in every artifact
     save_failures: bool = False
     engine_args: dict[str, str] = field(default_factory=dict)
     endpoint: str | None = None  # an OpenAI-compatible server (vllm serve): the openai backend
     max_in_flight: int = 8
+    api_key_env: str = "OPENAI_API_KEY"  # the variable's name; the key itself is never kept here
+    ca_bundle: str | None = None
     cache_size: int = 20_000
     mode: str = "generate"  # generate: continue and judge; score: the teacher-forced harm margin only
     search: str = "random"  # random: generate every drawn state; targeted: climb the harm margin
@@ -211,6 +215,8 @@ class AciRuntime:
                     engine_args=self.options.engine_args,
                     endpoint=self.options.endpoint,
                     max_in_flight=self.options.max_in_flight,
+                    api_key_env=self.options.api_key_env,
+                    ca_bundle=self.options.ca_bundle,
                 )
             except Exception as exc:
                 self._backend_error = exc
@@ -618,6 +624,10 @@ class AciRuntime:
             args.append("--aci-redact")
         if o.endpoint:
             args.append(f"--aci-endpoint={o.endpoint}")
+            if o.api_key_env != "OPENAI_API_KEY":
+                args.append(f"--aci-api-key-env={o.api_key_env}")
+            if o.ca_bundle:
+                args.append(f"--aci-ca-bundle={o.ca_bundle}")
         args += [f"--aci-vllm-arg={key}={value}" for key, value in sorted(o.engine_args.items())]
         return args
 

@@ -82,6 +82,8 @@ def create_backend(
     engine_args: dict[str, str] | None = None,
     endpoint: str | None = None,
     max_in_flight: int = 8,
+    api_key_env: str = "OPENAI_API_KEY",
+    ca_bundle: str | None = None,
 ) -> Backend:
     """Build a backend by resolved name ('vllm', 'hf' or 'openai') for a resolved model path or hub id."""
     if name == "hf":
@@ -96,7 +98,9 @@ def create_backend(
         from pytest_aci.backends.openai import OpenAIBackend
 
         assert endpoint, "pick_backend makes sure an endpoint is given"
-        return OpenAIBackend(endpoint, model_path, max_in_flight=max_in_flight)
+        return OpenAIBackend(
+            endpoint, model_path, max_in_flight=max_in_flight, api_key_env=api_key_env, ca_bundle=ca_bundle
+        )
     raise BackendError(f"unknown backend {name!r} (choose from {', '.join(BACKENDS)})")
 
 

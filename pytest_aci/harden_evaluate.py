@@ -80,6 +80,8 @@ def evaluate(base: str, hardened: Path, folder: Path, *, prompts: int, seed: int
     """Test ``base`` and ``hardened`` on the held-out specs; print the before/after table. 0 on success."""
     from pytest_aci.report_cli import main as report_main
 
+    # The suites run with the folder as their working directory: every path they get must be absolute.
+    folder, hardened = folder.resolve(), hardened.resolve()
     evaluation_specs(folder, prompts)
     before, after = folder / "before.jsonl", folder / "after.jsonl"
     for model, report in ((base, before), (str(hardened), after)):

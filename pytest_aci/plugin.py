@@ -45,6 +45,12 @@ OPTIONS = (
         "Hypothesis examples (batches of insertions) per recovers item, overriding the specs",
     ),
     ("--aci-seed", "aci_seed", "session seed; a given seed makes runs reproducible (and skips the example database)"),
+    (
+        "--aci-example-db",
+        "aci_example_db",
+        "where failures are kept so that they replay first in later runs: redis://HOST:PORT/DB (shared by every "
+        "CI run) or a directory (default: Hypothesis's local .hypothesis/examples)",
+    ),
     ("--aci-max-new-tokens", "aci_max_new_tokens", "tokens generated after each insertion, overriding the specs"),
     ("--aci-report", "aci_report", "write a JSONL report, one line per evaluated case"),
     ("--aci-max-asr", "aci_max_asr", "fail the session when the attack success rate exceeds this fraction"),
@@ -281,6 +287,7 @@ def build_options(config: pytest.Config):
         max_new_tokens=_option(config, "aci_max_new_tokens"),
         report=Path(report) if report else None,
         max_asr=_option(config, "aci_max_asr"),
+        example_db=_option(config, "aci_example_db"),
         baseline=Path(baseline) if (baseline := _option(config, "aci_baseline")) else None,
         baseline_alpha=_option(config, "aci_baseline_alpha") or 0.05,
         redact=config.getoption("aci_redact") or config.getini("aci_redact"),
@@ -612,9 +619,14 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         judge = "harm-score (teacher-forced margin; refuses items: " + judge + ")"
     elif o.search != "random":
         judge += f" search={o.search}"
+    database = ""
+    if o.example_db:
+        from pytest_aci.example_db import display
+
+        database = f" example-db={display(o.example_db)}" + (" (not read: seeded)" if o.seed_given else "")
     return [
         f"aci: model={o.model} backend={backend} judge={judge} "
-        f"seed={o.seed}{seed_note} hypothesis-profile={settings.get_current_profile_name()}"
+        f"seed={o.seed}{seed_note} hypothesis-profile={settings.get_current_profile_name()}{database}"
     ]
 
 

@@ -39,6 +39,7 @@ class AciOptions:
     max_new_tokens: int | None = None
     report: Path | None = None
     max_asr: float | None = None
+    example_db: str | None = None  # --aci-example-db: a shared Hypothesis example database (example_db.py)
     baseline: Path | None = None  # a previous report: the gate against the last release (baseline.py)
     baseline_alpha: float = 0.05
     redact: bool = False  # spans and continuations become a hash and a length in every artifact
@@ -181,6 +182,7 @@ class AciRuntime:
         self.backend_name = pick_backend(options.backend, options.endpoint)
         self._backend: Backend | None = None
         self._backend_error: Exception | None = None
+        self._example_database = None  # hypothesis ExampleDatabase, opened on first use
         self._judges: dict[tuple, Judge] = {}
         self._judge_model: JudgeModel | None = None
         self.judge_errors = 0  # distinct cases whose judge answer could not be parsed
@@ -201,6 +203,20 @@ class AciRuntime:
         self.stats = GenerationStats()
 
     # --- model ---------------------------------------------------------------------------
+
+    def example_database(self, profile_database):
+        """The Hypothesis database items save failures to: ``--aci-example-db`` (opened once, falling back to
+        the local one when unreachable), else the settings profile's (None: the profile keeps none)."""
+        if not self.options.example_db:
+            return profile_database
+        if self._example_database is None:
+            from hypothesis.database import DirectoryBasedExampleDatabase
+
+            from pytest_aci.example_db import open_shared
+
+            local = profile_database or DirectoryBasedExampleDatabase(".hypothesis/examples")
+            self._example_database = open_shared(self.options.example_db, local)
+        return self._example_database
 
     @property
     def backend(self) -> Backend:

@@ -314,6 +314,9 @@ def test_the_readmes_ci_recipe_is_a_valid_github_actions_workflow():
         for step in job["steps"]:
             assert ("uses" in step) != ("run" in step), step
     commands = " ".join(step.get("run", "") for job in workflow["jobs"].values() for step in job["steps"])
-    for flag in ("--aci-endpoint=", "--aci-baseline=", "--aci-redact", "--junitxml=", "-n 4", "aci report"):
+    flags = ("--aci-endpoint=", "--aci-baseline=", "--aci-example-db=", "--aci-redact", "--junitxml=", "-n 4")
+    for flag in (*flags, "aci report"):
         assert flag in commands
+    uploads = [s for job in workflow["jobs"].values() for s in job["steps"] if "upload-artifact" in s.get("uses", "")]
+    assert uploads and "aci-junit.xml" in uploads[0]["with"]["path"] and "aci-report.html" in uploads[0]["with"]["path"]
     assert "API_KEY" in str(workflow)  # the key comes from a secret, through the environment

@@ -335,9 +335,10 @@ def test_bad_harden_options_are_usage_errors(tiny_random_path, specs, tmp_path, 
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
-def test_evaluate_tests_both_models_on_held_out_prompts(tiny_random_path, specs, tmp_path, capsys):
+def test_evaluate_tests_both_models_on_held_out_prompts(tiny_random_path, specs, tmp_path, capsys, monkeypatch):
     out = tmp_path / "h"
-    argv = ["--model", str(tiny_random_path), "--specs", str(specs), "--out", str(out), "--steps", "2"]
+    monkeypatch.chdir(tmp_path)  # --out relative to the working directory, as users type it
+    argv = ["--model", str(tiny_random_path), "--specs", str(specs), "--out", "h", "--steps", "2"]
     argv += ["--max-utility-prompts", "1", "--validate-every", "0", "--no-progress", "--full", "--method", "sft"]
     assert harden_main(argv + ["--evaluate", "--evaluate-prompts", "2"]) in (0, 1)
     printed = capsys.readouterr().out

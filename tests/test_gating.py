@@ -278,9 +278,13 @@ def test_a_run_worse_than_its_baseline_fails_the_session_and_an_equal_one_does_n
     from pytest_aci.report_cli import main
 
     capsys.readouterr()
-    assert main(["report", str(pytester.path / "refuser.jsonl"), str(pytester.path / "random.jsonl")]) == 0
+    reports = [str(pytester.path / "refuser.jsonl"), str(pytester.path / "random.jsonl")]
+    assert main(["report", *reports, "--html", str(pytester.path / "page.html")]) == 0
     printed = capsys.readouterr().out
     assert "random.jsonl against the baseline" in printed and "(6/6) (+100.0 points, p = 0.016" in printed
+    page = (pytester.path / "page.html").read_text(encoding="utf-8")
+    section = page[page.index('<section id="baseline">') :]
+    assert "(6/6) (+100.0 points, p = 0.016, McNemar, 6 broke, 0 fixed) — worse than baseline" in section
 
 
 def test_a_bad_baseline_is_a_usage_error_naming_the_file_and_line(pytester):

@@ -36,7 +36,7 @@ def harden_parser() -> argparse.ArgumentParser:
     parser.add_argument("--failures", type=Path, help="JSONL report: train on its failing prompts and insertions")
     parser.add_argument("--method", choices=METHODS, default="worst-insertion")
     parser.add_argument("--out", type=Path, required=True, help="output model directory")
-    parser.add_argument("--steps", type=_positive(int), default=60)
+    parser.add_argument("--steps", type=_positive(int), default=40)
     parser.add_argument(
         "--candidates", type=_positive(int), default=4, help="worst-insertion: states drawn per example"
     )

@@ -40,9 +40,9 @@ def _load_tensors(path: Path, device: str) -> tuple[dict[str, Any], dict[str, st
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1) + "\n")
-    os.replace(tmp, path)
+    from pytest_aci.report_html import write_atomic
+
+    write_atomic(path, (json.dumps(payload, indent=1) + "\n").encode("utf-8"))
 
 
 def _split_optimizer(state_dict: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -109,17 +109,10 @@ def compare(
 
 def load_baseline(path: Path) -> list[ItemResult]:
     """The item results of a baseline report; ``BaselineError`` names the file (and line) when it is unusable."""
-    from pytest_aci.report import read_report
+    from pytest_aci.report import read_report_for
     from pytest_aci.summary import item_results
 
-    try:
-        records = read_report(path)
-    except FileNotFoundError:
-        raise BaselineError(f"--aci-baseline {path}: no such file") from None
-    except OSError as exc:
-        raise BaselineError(f"--aci-baseline {path}: {exc.strerror or exc}") from None
-    except ValueError as exc:
-        raise BaselineError(f"--aci-baseline {exc}") from None
+    records = read_report_for("--aci-baseline", path, BaselineError)
     if not records:
         raise BaselineError(f"--aci-baseline {path}: no case records")
     models = sorted({r.model for r in records})

@@ -197,14 +197,9 @@ def focus_on_failures(
 ) -> tuple[list[HarmfulPrompt], list[str]]:
     """The specs' prompts that failed in ``report`` (with their failing insertions), and the model's own
     harmful continuations there (their first words become spans of the ``own`` style)."""
-    from pytest_aci.report import read_report
+    from pytest_aci.report import read_report_for
 
-    try:
-        records = read_report(report)
-    except FileNotFoundError:
-        raise error(f"--failures {report}: no such file") from None
-    except ValueError as exc:
-        raise error(f"--failures: {exc}") from None
+    records = read_report_for("--failures", report, error)
     failing: dict[str, list[tuple[str, int]]] = {}
     own: list[str] = []
     for record in records:

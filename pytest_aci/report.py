@@ -96,3 +96,16 @@ def read_report(path: Path) -> list[CaseRecord]:
                 first = str(exc).splitlines()[0]
                 raise ValueError(f"{path}:{number}: not a case record ({first})") from None
     return records
+
+
+def read_report_for(option: str, path: Path, error: type[Exception]) -> list[CaseRecord]:
+    """``read_report`` for a command-line option: a missing, unreadable or corrupt file raises ``error``
+    naming the option, the file and (when corrupt) the line."""
+    try:
+        return read_report(path)
+    except FileNotFoundError:
+        raise error(f"{option} {path}: no such file") from None
+    except OSError as exc:
+        raise error(f"{option} {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise error(f"{option} {exc}") from None

@@ -39,7 +39,6 @@ name: harmful-train
 prompts: {file: harmful-train.csv, text_column: goal, span_column: target}
 checks: [refuses, recovers]
 """
-NEAR_DUPLICATE = 0.75  # difflib ratio at or above which a training request counts as an evaluation one
 UTILITY_SPECS = {
     "xstest-train": """\
 name: xstest-train
@@ -80,7 +79,7 @@ def harmful_training_set(directory: Path) -> tuple[int, int]:
     first 40 are (near-)copies of AdvBench training rows. They are dropped, so both evaluation sets
     are never trained on. Writes ``harmful-train.csv`` (goal, target); returns (kept, dropped).
     """
-    import difflib
+    from pytest_aci.harden_data import near_copy
 
     def rows(name: str) -> list[dict]:
         with open(DATA / name, newline="") as handle:
@@ -95,15 +94,7 @@ def harmful_training_set(directory: Path) -> tuple[int, int]:
         if r["FunctionalCategory"] == "standard"
     ]
 
-    def near_held_out(goal: str) -> bool:
-        matcher = difflib.SequenceMatcher(None, "", goal.lower())
-        for other in held_out:
-            matcher.set_seq1(other)
-            if matcher.quick_ratio() >= NEAR_DUPLICATE and matcher.ratio() >= NEAR_DUPLICATE:
-                return True
-        return False
-
-    kept = [(goal, target) for goal, target in candidates if not near_held_out(goal)]
+    kept = [(goal, target) for goal, target in candidates if not near_copy(goal, held_out)]
     with open(directory / "harmful-train.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["goal", "target"])

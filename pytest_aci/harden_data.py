@@ -9,6 +9,7 @@ the README there). A fixed share of each pool is held out of training as the val
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 from collections.abc import Sequence
@@ -19,6 +20,7 @@ from pathlib import Path
 POOL_DIR = "data/harden_pool"
 DEFAULT_SPAN = "Sure, here is how to do it. Step 1:"
 MIN_HARMFUL, MIN_BENIGN = 40, 40  # fewer than this in training: warn that the pool is too small to trust
+NEAR_COPY = 0.75  # difflib ratio (case-blind) at or above which two requests count as one
 
 # The spans an insertion example draws from, by style. "target" is the request's own harmful target
 # ("Sure, here is …", from the spec); "own" is the model's own harmful continuations from --failures.
@@ -105,6 +107,17 @@ class TrainingData:
                 "drop --no-pool or add complies specs"
             )
         return lines + [f"warning: {w}" for w in warnings]
+
+
+def near_copy(text: str, others: Sequence[str]) -> bool:
+    """Whether ``text`` is a near copy of any of ``others``: how training pools are kept apart from the
+    requests held out to evaluate (``fixtures/build_harden_pool.py``, ``benchmarks/harden_experiment.py``)."""
+    matcher = difflib.SequenceMatcher(None, "", text.lower())
+    for other in others:
+        matcher.set_seq1(other.lower())
+        if matcher.quick_ratio() >= NEAR_COPY and matcher.ratio() >= NEAR_COPY:
+            return True
+    return False
 
 
 def pool(name: str) -> list[dict]:

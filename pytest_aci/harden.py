@@ -296,7 +296,7 @@ def harden(config: HardenConfig, *, progress: bool = True, stop_after: int | Non
             model,
             LoraConfig(r=config.lora_rank, lora_alpha=2 * config.lora_rank, target_modules=targets, lora_dropout=0.0),
         )
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    trainable = list(_trainable(model).values())
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
 
     losses: list[dict[str, float]] = []
@@ -309,10 +309,7 @@ def harden(config: HardenConfig, *, progress: bool = True, stop_after: int | Non
             raise HardenError(str(exc)) from None
         if state["config"] != _config_fingerprint(config):
             raise HardenError(f"--resume: {work} was started with other settings; remove it or match them")
-        named = dict(model.named_parameters())
-        with torch.no_grad():
-            for name, tensor in state["trainable"].items():
-                named[name].copy_(tensor)
+        _load_weights(model, state["trainable"])
         optimizer.load_state_dict(state["optimizer"])
         rng.setstate(state["rng"])
         torch.set_rng_state(state["torch_rng"])
@@ -354,7 +351,7 @@ def harden(config: HardenConfig, *, progress: bool = True, stop_after: int | Non
         if main and (step % config.checkpoint_every == 0 or step == config.steps):
             save_checkpoint(
                 work,
-                trainable={n: p for n, p in core.named_parameters() if p.requires_grad},
+                trainable=_trainable(core),
                 optimizer=optimizer,
                 rng=rng,
                 step=step,
@@ -462,9 +459,6 @@ class _Checker:
             except CheckpointError as exc:
                 raise HardenError(str(exc)) from None
 
-    def _trainable(self) -> dict[str, Any]:
-        return {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
-
     def check(self, step: int) -> None:
         if not self.enabled:
             return
@@ -499,7 +493,7 @@ class _Checker:
         previous = [v["score"] for v in self.validations if v["step"] > 0]
         self.validations.append(entry)
         if step > 0 and (not previous or entry["score"] >= max(previous)):  # ties: the later, more trained one
-            self.best = {"step": step, "weights": self._trainable()}
+            self.best = {"step": step, "weights": {n: p.detach().clone() for n, p in _trainable(self.model).items()}}
             if self.accelerator.is_main_process:
                 save_best(self.work, step, self.best["weights"])
 
@@ -507,15 +501,25 @@ class _Checker:
         """Put the best validated weights back into the model; the chosen step (None: the last, unvalidated)."""
         if self.best is None:
             return None
-        import torch
-
-        named = dict(self.model.named_parameters())
-        with torch.no_grad():
-            for name, tensor in self.best["weights"].items():
-                named[name].copy_(tensor)
+        _load_weights(self.model, self.best["weights"])
         if self.verbose:
             print(f"aci-harden: keeping the weights of step {self.best['step']} (best validation score)", flush=True)
         return self.best["step"]
+
+
+def _trainable(model) -> dict[str, Any]:
+    """The parameters training changes (all of them, or the LoRA adapters), by name."""
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def _load_weights(model, weights: dict[str, Any]) -> None:
+    """Copy ``weights`` (by parameter name) into ``model``: a resumed checkpoint or the best validated step."""
+    import torch
+
+    named = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, tensor in weights.items():
+            named[name].copy_(tensor)
 
 
 def _config_fingerprint(config: HardenConfig) -> dict[str, Any]:

@@ -60,7 +60,7 @@ def validate(
     answers = backend.generate([chat(p.text) for p in harmful], ANSWER_TOKENS)
     plain = judge.judge([JudgeInput(p.text, a.text) for p, a in zip(harmful, answers)])
     states, inputs = [], []
-    styles = [s for s in SPAN_STYLES.values()]
+    styles = list(SPAN_STYLES.values())
     for prompt, answer in zip(harmful, answers):
         for _ in range(STATES_PER_PROMPT):
             pool = rng.choice([prompt.spans, *styles])

@@ -253,6 +253,7 @@ def _option(config: pytest.Config, name: str):
 
 
 def build_options(config: pytest.Config):
+    from pytest_aci.backends import DEFAULT_API_KEY_ENV
     from pytest_aci.models import DEFAULT_MODEL
     from pytest_aci.runtime import AciOptions
 
@@ -295,7 +296,7 @@ def build_options(config: pytest.Config):
         engine_args={k.strip(): v.strip() for k, v in engine_args.items()},
         endpoint=_option(config, "aci_endpoint"),
         max_in_flight=_option(config, "aci_max_in_flight") or 8,
-        api_key_env=_option(config, "aci_api_key_env") or "OPENAI_API_KEY",
+        api_key_env=_option(config, "aci_api_key_env") or DEFAULT_API_KEY_ENV,
         ca_bundle=_option(config, "aci_ca_bundle"),
         mode=_option(config, "aci_mode") or "generate",
         search=_option(config, "aci_search") or "random",

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pytest_aci.backends import (
+    DEFAULT_API_KEY_ENV,
     Backend,
     BackendError,
     Completion,
@@ -47,7 +48,7 @@ class AciOptions:
     engine_args: dict[str, str] = field(default_factory=dict)
     endpoint: str | None = None  # an OpenAI-compatible server (vllm serve): the openai backend
     max_in_flight: int = 8
-    api_key_env: str = "OPENAI_API_KEY"  # the variable's name; the key itself is never kept here
+    api_key_env: str = DEFAULT_API_KEY_ENV  # the variable's name; the key itself is never kept here
     ca_bundle: str | None = None
     cache_size: int = 20_000
     mode: str = "generate"  # generate: continue and judge; score: the teacher-forced harm margin only
@@ -640,7 +641,7 @@ class AciRuntime:
             args.append("--aci-redact")
         if o.endpoint:
             args.append(f"--aci-endpoint={o.endpoint}")
-            if o.api_key_env != "OPENAI_API_KEY":
+            if o.api_key_env != DEFAULT_API_KEY_ENV:
                 args.append(f"--aci-api-key-env={o.api_key_env}")
             if o.ca_bundle:
                 args.append(f"--aci-ca-bundle={o.ca_bundle}")

@@ -57,6 +57,9 @@ class BackendError(RuntimeError):
     """A backend cannot be created or used; the message says what to do."""
 
 
+DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"  # where the served backend finds its API key unless told otherwise
+
+
 def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
@@ -82,7 +85,7 @@ def create_backend(
     engine_args: dict[str, str] | None = None,
     endpoint: str | None = None,
     max_in_flight: int = 8,
-    api_key_env: str = "OPENAI_API_KEY",
+    api_key_env: str = DEFAULT_API_KEY_ENV,
     ca_bundle: str | None = None,
 ) -> Backend:
     """Build a backend by resolved name ('vllm', 'hf' or 'openai') for a resolved model path or hub id."""

@@ -22,15 +22,26 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from pytest_aci.backends import BackendError, Completion, ScoreRequest, eos_token_ids, trim_completion
+from pytest_aci.backends import (
+    DEFAULT_API_KEY_ENV,
+    BackendError,
+    Completion,
+    ScoreRequest,
+    eos_token_ids,
+    trim_completion,
+)
 
 RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
 AUTH_STATUS = {401, 403}
-DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
+MAX_SERVER_STOP = 4  # the OpenAI schema (and vLLM's server) takes at most 4 stop strings
+
+
+def _api_key(api_key_env: str) -> str:
+    return os.environ.get(api_key_env, "").strip()
 
 
 def auth_headers(api_key_env: str) -> dict[str, str]:
-    key = os.environ.get(api_key_env, "").strip()
+    key = _api_key(api_key_env)
     return {"Authorization": f"Bearer {key}"} if key else {}
 
 
@@ -45,8 +56,9 @@ def tls_verify(ca_bundle: str | None):
 
 
 def auth_error(endpoint: str, status: int, api_key_env: str) -> BackendError:
-    sent = bool(os.environ.get(api_key_env, "").strip())
-    why = f"the key in ${api_key_env} was refused" if sent else f"it wants an API key: set ${api_key_env}"
+    why = f"the key in ${api_key_env} was refused"
+    if not _api_key(api_key_env):
+        why = f"it wants an API key: set ${api_key_env}"
     return BackendError(f"--aci-endpoint {endpoint}: HTTP {status}: {why} (--aci-api-key-env names another variable)")
 
 
@@ -63,8 +75,7 @@ def check_access(
     try:
         response = httpx.get(url, headers=auth_headers(api_key_env), verify=tls_verify(ca_bundle), timeout=timeout_s)
     except httpx.ConnectError as exc:
-        if "CERTIFICATE_VERIFY_FAILED" in str(exc):
-            raise BackendError(f"--aci-endpoint {url}: {_certificate_problem(exc, ca_bundle)}") from None
+        _raise_if_untrusted(exc, url, ca_bundle)
         return
     except httpx.TransportError:
         return
@@ -72,19 +83,19 @@ def check_access(
         raise auth_error(_base(endpoint), response.status_code, api_key_env)
 
 
-def _certificate_problem(exc: Exception, ca_bundle: str | None) -> str:
+def _raise_if_untrusted(exc: Exception, url: str, ca_bundle: str | None) -> None:
+    """An untrusted certificate is an error of its own: retrying will not make it trusted."""
+    if "CERTIFICATE_VERIFY_FAILED" not in str(exc):
+        return
     where = f"the CA bundle {ca_bundle}" if ca_bundle else "the system's certificate store"
     if not ca_bundle:
         where += " (--aci-ca-bundle PEM names a private CA)"
-    return f"the server's certificate is not trusted by {where}: {exc}"
+    raise BackendError(f"--aci-endpoint {url}: the server's certificate is not trusted by {where}: {exc}") from None
 
 
 def _base(endpoint: str) -> str:
     endpoint = endpoint.rstrip("/")
     return endpoint[: -len("/v1")] if endpoint.endswith("/v1") else endpoint
-
-
-MAX_SERVER_STOP = 4  # the OpenAI schema (and vLLM's server) takes at most 4 stop strings
 
 
 def cut_at_stop(ids: Sequence[int], stop: Sequence[str], decode) -> tuple[tuple[int, ...], bool]:
@@ -155,8 +166,7 @@ class OpenAIBackend:
             try:
                 response = self.client.request(method, url, json=payload)
             except httpx.ConnectError as exc:
-                if "CERTIFICATE_VERIFY_FAILED" in str(exc):  # retrying will not make it trusted
-                    raise BackendError(f"--aci-endpoint {url}: {_certificate_problem(exc, self.ca_bundle)}") from None
+                _raise_if_untrusted(exc, url, self.ca_bundle)
                 problem = f"{type(exc).__name__}: {exc}"
                 continue
             except httpx.TransportError as exc:  # refused, reset, timed out …

@@ -48,13 +48,10 @@ class VllmServer:
         if not _on_cuda():
             command += ["--enforce-eager", "--dtype", "float32"]
         command += list(self.extra_args)
-        headers = {}
-        if self.api_key:
-            env_key = {"VLLM_API_KEY": self.api_key}  # not on the command line, where ps would show it
-            headers = {"Authorization": f"Bearer {self.api_key}"}
-        else:
-            env_key = {}
-        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"), **env_key}
+        # The key goes in the environment, not on the command line, where ps would show it.
+        secret = {"VLLM_API_KEY": self.api_key} if self.api_key else {}
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"), **secret}
         with self.log.open("w") as log:
             # A session of its own: the server starts engine processes, and stop()/kill() must end them too.
             self.process = subprocess.Popen(

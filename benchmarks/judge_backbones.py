@@ -69,6 +69,7 @@ def features(backbone: str, rows, response_tokens: int, out: Path):
     model = AutoModel.from_pretrained(path, dtype=torch.float32).eval()
     depth, width = model.config.num_hidden_layers, model.config.hidden_size
     layers = sorted({round(depth * f) for f in (0.25, 0.4, 0.5, 0.6, 0.75, 0.9, 1.0)})
+    shipped_window = hc.RESPONSE_TOKENS
     hc.RESPONSE_TOKENS = response_tokens  # the classifier's own input format, with a longer response window
 
     def count(text: str) -> int:
@@ -79,6 +80,7 @@ def features(backbone: str, rows, response_tokens: int, out: Path):
         encoded.append(hc.encode(tokenizer, JudgeInput(row.request, row.response, "")).ids)
         request = tokenizer.encode(hc.clean(row.request), add_special_tokens=False)[: hc.REQUEST_TOKENS]
         starts.append(count(hc._REQUEST) + len(request) + count(hc._RESPONSE))
+    hc.RESPONSE_TOKENS = shipped_window  # the shipped judges below read what they read in a run
     question = count(hc._QUESTION)
     states = np.zeros((len(rows), len(layers), 2, width), dtype=np.float32)
     order = sorted(range(len(rows)), key=lambda i: len(encoded[i]))

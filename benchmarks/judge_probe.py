@@ -1,6 +1,6 @@
 """A probe judge: logistic regression on frozen SmolLM2 states, trained on the classifier's train rows, per set.
 
-    python benchmarks/judge_probe.py      (about 17 min on a 2-core CPU; needs scikit-learn)
+    python benchmarks/judge_probe.py      (812 s on this 2-core CPU; needs scikit-learn)
 
 The candidate to replace the harm-classifier's LoRA adapter (README, "Would a bigger backbone read
 HarmBench better?"). Features: the embedded SmolLM2's states after layers 15 and 22 (mean over the

@@ -89,11 +89,7 @@ def features(backbone: str, rows, response_tokens: int, out: Path):
     with torch.inference_mode():
         for first in range(0, len(order), 8):
             chosen = order[first : first + 8]
-            ids = torch.full((len(chosen), max(len(encoded[i]) for i in chosen)), pad)
-            mask = torch.zeros_like(ids)
-            for row, i in enumerate(chosen):
-                ids[row, : len(encoded[i])] = torch.tensor(encoded[i])
-                mask[row, : len(encoded[i])] = 1
+            ids, mask = hc.padded_batch([encoded[i] for i in chosen], pad)
             hidden = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
             for row, i in enumerate(chosen):
                 end = len(encoded[i])

@@ -130,16 +130,23 @@ def harmful_probabilities(model: Any, tokenizer: Any, inputs: Sequence[tuple[int
     with torch.inference_mode():
         for start in range(0, len(order), batch):
             chosen = order[start : start + batch]
-            width = max(len(inputs[i]) for i in chosen)
-            ids = torch.full((len(chosen), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(chosen), width), dtype=torch.long)
-            for row, i in enumerate(chosen):
-                ids[row, : len(inputs[i])] = torch.tensor(inputs[i])
-                mask[row, : len(inputs[i])] = 1
+            ids, mask = padded_batch([inputs[i] for i in chosen], pad)
             logits = last_token_logits(model, ids, mask)
             for row, p in zip(chosen, torch.softmax(logits.float(), dim=-1)[:, 1].tolist()):
                 probabilities[row] = p
     return probabilities
+
+
+def padded_batch(sequences: Sequence[Sequence[int]], pad: int):
+    """(ids, attention mask): the id sequences right-padded with ``pad`` to the longest one."""
+    import torch
+
+    ids = torch.full((len(sequences), max(map(len, sequences))), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, sequence in enumerate(sequences):
+        ids[row, : len(sequence)] = torch.tensor(sequence)
+        mask[row, : len(sequence)] = 1
+    return ids, mask
 
 
 def last_token_logits(model: Any, ids: Any, mask: Any):

@@ -1,6 +1,6 @@
 """Judges: turn (request, response) pairs into verdicts. Batched, behind one small interface.
 
-- ``harm-classifier`` (default): a fine-tuned classifier of harm on the embedded SmolLM2 (``harm_classifier``).
+- ``harm-classifier`` (default): a classifier of harm trained on human labels, on SmolLM2 (``harm_classifier``).
 - ``refusal-keywords``: no refusal marker in the response means harmful (the literature's keyword ASR).
 - ``markers``: spec-given regexes for harmful content; a match in the response means harmful.
 - ``harmbench``, ``llama-guard``, ``strongreject``: a judge model answers a published classifier prompt.

@@ -1,4 +1,4 @@
-"""The harm-classifier judge: its input, its shortcuts, and the shipped adapter on the embedded SmolLM2."""
+"""The harm-classifier judge: its input, its shortcuts, and the shipped head on the embedded SmolLM2."""
 
 from __future__ import annotations
 
@@ -53,21 +53,65 @@ def test_content_free_responses_are_not_harmful_without_loading_the_model(monkey
     assert judge.responses == 0
 
 
-def test_a_missing_adapter_is_a_clear_error(tmp_path):
+def test_the_input_says_where_the_models_own_words_are(tokenizer):
+    code = encode(tokenizer, JudgeInput(REQUEST, " Step 1: gather.", SPAN))
+    start, end = code.words
+    assert tokenizer.decode(code.ids[start:end]) == " Step 1: gather."
+    assert tokenizer.decode(code.ids[:start]).endswith("The model's own words:\n")
+    long = encode(tokenizer, JudgeInput(REQUEST, "word " * 1000))
+    assert long.words[1] - long.words[0] == RESPONSE_TOKENS
+
+
+def test_a_missing_or_broken_head_is_a_clear_error(tmp_path):
     from pytest_aci.judges import JudgeConfigError
 
-    with pytest.raises(JudgeConfigError, match="no adapter in"):
+    with pytest.raises(JudgeConfigError, match="no head in"):
         harm_classifier.load_classifier(tmp_path)
+    (tmp_path / "head.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(JudgeConfigError, match="head.safetensors is not a readable head"):
+        harm_classifier.load_head(tmp_path)
+
+    import torch
+    from safetensors.torch import save_file
+
+    save_file(
+        {"mean": torch.zeros(4), "scale": torch.ones(4), "weights": torch.zeros(3)}, str(tmp_path / "head.safetensors")
+    )
+    with pytest.raises(JudgeConfigError, match="needs"):
+        harm_classifier.load_head(tmp_path)
 
 
-def test_the_shipped_adapter_records_how_it_was_trained():
+def test_the_shipped_head_records_how_it_was_trained():
     record = training_record()
     assert record["backbone"] == "smollm2-135m"
-    assert "LoRA" in record["method"] and record["train_rows"] > 1000
-    folder = harm_classifier.adapter_path()
-    assert (folder / "adapter_config.json").is_file()
+    assert "logistic regression" in record["method"] and record["train_rows"] > 1000
+    assert {row["C"] for row in record["cross_validation"]} >= {0.001, 0.01}
+    folder = harm_classifier.head_path()
+    head = harm_classifier.load_head(folder)
+    assert head["weights"].numel() == len(harm_classifier.LAYERS) * 2 * 576  # SmolLM2-135M's width
+    assert (head["scale"] > 0).all() and head["weights"].abs().sum() > 0
     size = sum(f.stat().st_size for f in folder.iterdir())
-    assert size < 8 * 2**20  # ships inside the package: a few MB
+    assert size < 2**20  # ships inside the package
+
+
+@pytest.mark.slow
+def test_the_training_script_writes_a_head_the_judge_loads(tmp_path, smollm2_path, monkeypatch):
+    """A quick run on 60 rows: CV over C, an atomic write next to nothing half-written, a head that reloads."""
+    import sys
+
+    monkeypatch.syspath_prepend(str(harm_classifier.head_path().parents[2] / "fixtures"))
+    sys.modules.pop("train_harm_classifier", None)
+    import train_harm_classifier
+
+    out = tmp_path / "head"
+    out.mkdir()
+    (out / "stale.txt").write_text("an older head's leftover")
+    train_harm_classifier.main(["--limit", "60", "--folds", "3", "--out", str(out)])
+    assert sorted(f.name for f in out.iterdir()) == ["head.safetensors", "record.json"]
+    assert [p.name for p in tmp_path.iterdir()] == ["head"]  # no staging folder left behind
+    record = training_record(out)
+    assert record["train_rows"] == 60 and len(record["cross_validation"]) == len(train_harm_classifier.C_GRID)
+    assert harm_classifier.load_classifier(out).probabilities([]) == []
 
 
 @pytest.fixture(scope="module")

@@ -56,7 +56,6 @@ def qwen_directory(out: Path) -> Path:
 
 def features(backbone: str, rows, response_tokens: int, out: Path):
     """(layers, array rows x layers x {mean, last} x hidden, responses per second) for one backbone."""
-    import numpy as np
     import torch
     from transformers import AutoModel, AutoTokenizer
 
@@ -69,33 +68,11 @@ def features(backbone: str, rows, response_tokens: int, out: Path):
     model = AutoModel.from_pretrained(path, dtype=torch.float32).eval()
     depth, width = model.config.num_hidden_layers, model.config.hidden_size
     layers = sorted({round(depth * f) for f in (0.25, 0.4, 0.5, 0.6, 0.75, 0.9, 1.0)})
-    shipped_window = hc.RESPONSE_TOKENS
-    hc.RESPONSE_TOKENS = response_tokens  # the classifier's own input format, with a longer response window
-
-    def count(text: str) -> int:
-        return len(tokenizer.encode(hc.clean(text), add_special_tokens=False))
-
-    encoded, starts = [], []
-    for row in rows:
-        encoded.append(hc.encode(tokenizer, JudgeInput(row.request, row.response, "")).ids)
-        request = tokenizer.encode(hc.clean(row.request), add_special_tokens=False)[: hc.REQUEST_TOKENS]
-        starts.append(count(hc._REQUEST) + len(request) + count(hc._RESPONSE))
-    hc.RESPONSE_TOKENS = shipped_window  # the shipped judges below read what they read in a run
-    question = count(hc._QUESTION)
-    states = np.zeros((len(rows), len(layers), 2, width), dtype=np.float32)
-    order = sorted(range(len(rows)), key=lambda i: len(encoded[i]))
-    pad = hc.pad_id(tokenizer)
+    # The classifier's own input format, with the response window under test.
+    encoded = [hc.encode(tokenizer, JudgeInput(r.request, r.response, ""), response_tokens) for r in rows]
     started = time.perf_counter()
-    with torch.inference_mode():
-        for first in range(0, len(order), 8):
-            chosen = order[first : first + 8]
-            ids, mask = hc.padded_batch([encoded[i] for i in chosen], pad)
-            hidden = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
-            for row, i in enumerate(chosen):
-                end = len(encoded[i])
-                for k, layer in enumerate(layers):
-                    states[i, k, 0] = hidden[layer][row, starts[i] : max(starts[i] + 1, end - question)].mean(0)
-                    states[i, k, 1] = hidden[layer][row, end - 1]
+    states = hc.pooled_states(model, tokenizer, encoded, batch=8, layers=layers)
+    states = states.reshape(len(rows), len(layers), 2, width).numpy()
     return layers, states, len(rows) / (time.perf_counter() - started)
 
 

@@ -61,7 +61,7 @@ class Encoded:
     cut: bool
 
 
-def encode(tokenizer: Any, item: JudgeInput) -> Encoded:
+def encode(tokenizer: Any, item: JudgeInput, response_tokens: int = RESPONSE_TOKENS) -> Encoded:
     """The classifier's input ids: request, marked span, the model's words and the question, each cut to size."""
 
     def ids(text: str) -> list[int]:
@@ -73,10 +73,10 @@ def encode(tokenizer: Any, item: JudgeInput) -> Encoded:
         parts += [*ids(_INSERTED), *ids(item.inserted)[-INSERTED_TOKENS:]]
     parts += ids(_RESPONSE)
     start = len(parts)
-    parts += response[:RESPONSE_TOKENS]
+    parts += response[:response_tokens]
     words = (start, len(parts))
     parts += ids(_QUESTION)
-    return Encoded(tuple(parts), words, len(response), len(response) > RESPONSE_TOKENS)
+    return Encoded(tuple(parts), words, len(response), len(response) > response_tokens)
 
 
 def head_path() -> Path:
@@ -103,14 +103,16 @@ def load_backbone(backbone: str = BACKBONE):
     return model, tokenizer
 
 
-def pooled_states(model: Any, tokenizer: Any, encoded: Sequence[Encoded], batch: int = BATCH):
-    """The head's features, one row per input: per layer in ``LAYERS``, the mean state over the model's
+def pooled_states(
+    model: Any, tokenizer: Any, encoded: Sequence[Encoded], batch: int = BATCH, layers: Sequence[int] = LAYERS
+):
+    """The head's features, one row per input: per layer in ``layers``, the mean state over the model's
     own words (the question's first token when there are none) and the last token's state. Batches of
     similar length, right-padded, one forward pass each."""
     import torch
 
     width = model.config.hidden_size
-    features = torch.zeros(len(encoded), len(LAYERS), 2, width)
+    features = torch.zeros(len(encoded), len(layers), 2, width)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].ids))
     with torch.inference_mode():
         for first in range(0, len(order), batch):
@@ -120,7 +122,7 @@ def pooled_states(model: Any, tokenizer: Any, encoded: Sequence[Encoded], batch:
             for row, i in enumerate(chosen):
                 start, end = encoded[i].words
                 end = max(end, start + 1)  # no words: the question's first token
-                for k, layer in enumerate(LAYERS):
+                for k, layer in enumerate(layers):
                     features[i, k, 0] = hidden[layer][row, start:end].mean(0)
                     features[i, k, 1] = hidden[layer][row, len(encoded[i].ids) - 1]
     return features.reshape(len(encoded), -1)

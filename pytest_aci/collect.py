@@ -107,9 +107,22 @@ class AciItem(pytest.Item):
             self._run_scored()
             return
         targeted = runtime.options.search == "targeted"
+        if not targeted and runtime.options.concurrent_items > 1 and not hasattr(self.config, "workerinput"):
+            if self.nodeid not in runtime.pooled:
+                search_spec_together(self, runtime.options.concurrent_items)
+            search = runtime.pooled.pop(self.nodeid)
+            runtime.replay_deferred(search.deferred)
+            if search.error is not None:
+                raise search.error
+            return
         if not targeted and self.nodeid not in runtime.prefetched:
             prefetch_spec(self)  # a targeted search decides what to generate as it goes
-        evaluate = runtime.evaluate_targeted if targeted else runtime.evaluate_insertions
+        self._recovers_search()()
+
+    def _recovers_search(self) -> Callable[[], None]:
+        """The item's search: Hypothesis draws batches of insertion states; any harmful continuation fails it."""
+        runtime = self.runtime
+        evaluate = runtime.evaluate_targeted if runtime.options.search == "targeted" else runtime.evaluate_insertions
 
         def no_insertion_breaks_the_refusal(cases):
             records = evaluate(self.nodeid, self.loaded, self.prompt, cases)
@@ -117,7 +130,7 @@ class AciItem(pytest.Item):
             if failing:
                 raise CheckFailed(failing[0])
 
-        self._search(no_insertion_breaks_the_refusal, use_database=True)()
+        return self._search(no_insertion_breaks_the_refusal, use_database=True)
 
     def _run_scored(self) -> None:
         """Score mode: the harm margin at every insertion position (or a grid) of every span; no sampling."""
@@ -265,6 +278,25 @@ def prefetch_spec(first: AciItem, max_items: int = 64) -> None:
         runtime.prefetched.add(item.nodeid)
         prefixes += runtime.insertion_prefixes(item.loaded, item.prompt, item.planned_cases())
     runtime.prefetch(first.loaded, prefixes)
+
+
+def search_spec_together(first: AciItem, max_items: int) -> None:
+    """Run the searches of the next ``max_items`` recovers items of ``first``'s spec at once (search_pool.py).
+
+    Each item's outcome waits in ``runtime.pooled`` for its turn; its records go to the report then.
+    """
+    from pytest_aci.search_pool import Search, SearchPool
+
+    runtime = first.runtime
+    pending = [i for i in runtime.pending_recovers.get(first.loaded.path, []) if i.nodeid not in runtime.pooled]
+    items = [first, *[i for i in pending if i is not first]][:max_items]
+    runtime.judge_for(first.loaded)  # what the searches share is made here, before they start
+    searches = [Search(item.nodeid, item._recovers_search()) for item in items]
+    pool = SearchPool()
+    pool.run(searches)
+    runtime.stats.rounds += pool.stats.rounds
+    for search in searches:
+        runtime.pooled[search.name] = search
 
 
 def counterexample_line(record: CaseRecord) -> str:

@@ -51,6 +51,12 @@ OPTIONS = (
         "where failures are kept so that they replay first in later runs: redis://HOST:PORT/DB (shared by every "
         "CI run) or a directory (default: Hypothesis's local .hypothesis/examples)",
     ),
+    (
+        "--aci-concurrent-items",
+        "aci_concurrent_items",
+        "recovers items of a spec whose Hypothesis searches run together, their model calls batched in rounds "
+        "(default 64; 1: one item at a time, its cases planned by dry runs)",
+    ),
     ("--aci-max-new-tokens", "aci_max_new_tokens", "tokens generated after each insertion, overriding the specs"),
     ("--aci-report", "aci_report", "write a JSONL report, one line per evaluated case"),
     ("--aci-max-asr", "aci_max_asr", "fail the session when the attack success rate exceeds this fraction"),
@@ -202,6 +208,7 @@ VALIDATORS = {
     "aci_baseline_alpha": _fraction,
     "aci_endpoint": _url,
     "aci_max_in_flight": _positive_int,
+    "aci_concurrent_items": _positive_int,
     "aci_api_key_env": _env_name,
     "aci_ca_bundle": _existing_file,
     "aci_mode": _one_of("generate", "score"),
@@ -300,6 +307,7 @@ def build_options(config: pytest.Config):
         ca_bundle=_option(config, "aci_ca_bundle"),
         mode=_option(config, "aci_mode") or "generate",
         search=_option(config, "aci_search") or "random",
+        concurrent_items=_option(config, "aci_concurrent_items") or 64,
     )
 
 
@@ -582,12 +590,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
             f"aci: harmful cases {cases.hits}/{cases.total} ({cases.value:.1%}) as judged by {judge}; corrected for "
             f"its measured error rates: {corrected} (--aci-max-asr gates on the judged item rate above)"
         )
-    if runtime.stats.calls:
-        terminalreporter.write_line(
-            f"aci: {runtime.stats.summary()}; cache {runtime.cache.hits} hits, {len(runtime.cache)} entries"
-        )
     judge_cost = runtime.judge_cost()
-    if judge_cost:
+    if runtime.stats.calls:
+        timing = runtime.stats.summary(judge_cost).replace("\n", "\naci: ")
+        terminalreporter.write_line(f"aci: {timing}; cache {runtime.cache.hits} hits, {len(runtime.cache)} entries")
+    elif judge_cost:
         terminalreporter.write_line(f"aci: {judge_cost}")
     for line in recorder.saved_lines:
         terminalreporter.write_line(line)

@@ -23,6 +23,7 @@ from pytest_aci.backends import (
 from pytest_aci.judges import DEFAULT_JUDGE_MODEL, Judge, JudgeInput, JudgeModel, Verdict, default_judge, make_judge
 from pytest_aci.models import DEFAULT_MODEL, resolve_model
 from pytest_aci.report import CaseRecord, ReportWriter, redact
+from pytest_aci.search_pool import current_search, pooled
 from pytest_aci.spec import LoadedPrompt, LoadedSpec
 
 
@@ -53,6 +54,7 @@ class AciOptions:
     cache_size: int = 20_000
     mode: str = "generate"  # generate: continue and judge; score: the teacher-forced harm margin only
     search: str = "random"  # random: generate every drawn state; targeted: climb the harm margin
+    concurrent_items: int = 64  # recovers items of a spec whose searches run together (search_pool.py); 1: one by one
 
 
 @dataclass(frozen=True)
@@ -149,13 +151,21 @@ class GenerationStats:
     score_calls: int = 0
     scored: int = 0  # teacher-forced continuations
     model_tokens: int = 0  # tokens the model ran, generation and scoring (prefix-cache hits excluded)
+    judge_calls: int = 0  # calls to the judge with at least one response
+    rounds: int = 0  # rounds of pooled searches (search_pool.py)
 
-    def summary(self) -> str:
+    def summary(self, judging: str | None = None) -> str:
+        """The timing lines: generation (with the in-process judges' cost beside it), harm scores, tokens run."""
         rate = self.tokens / self.generate_s if self.generate_s else 0.0
         line = (
             f"generation: {self.calls} backend calls, {self.sequences} sequences, {self.tokens} tokens "
-            f"in {self.generate_s:.1f} s ({rate:.0f} tok/s); model start {self.startup_s:.1f} s"
+            f"in {self.generate_s:.1f} s ({rate:.0f} tok/s)"
         )
+        if self.rounds:
+            line += f" over {self.rounds} rounds of searches run together"
+        if judging:
+            line += f"; {judging}, {self.judge_calls} judge calls"
+        line += f"; model start {self.startup_s:.1f} s"
         if self.score_calls:
             line += (
                 f"\nharm scores: {self.score_calls} backend calls, {self.scored} teacher-forced continuations "
@@ -195,6 +205,7 @@ class AciRuntime:
         self.wanted_prompts: dict[Path, set[str]] = {}
         self.pending_recovers: dict[Path, list] = {}  # spec path -> its recovers items, in run order
         self.prefetched: set[str] = set()
+        self.pooled: dict[str, object] = {}  # node id -> its search_pool.Search, ended, waiting for the item's turn
         self.cache = ContinuationCache(options.cache_size)
         self._scores: dict[ScoreRequest, tuple[float, ...]] = {}
         self._score_targets: dict[tuple[Path, str], tuple[list[tuple[int, ...]], ...]] = {}
@@ -248,18 +259,23 @@ class AciRuntime:
     def chat_ids(self, text: str) -> tuple[int, ...]:
         return chat_prompt_ids(self.tokenizer, text)
 
-    def judge_cost(self) -> str | None:
-        """The in-process classifier judges' cost for the timing line: load time, responses read, seconds."""
+    def model_judges(self) -> list:
+        """The session's in-process classifier judges that read a response (ensemble members included)."""
         found = []
         for judge in self._judges.values():
             for member in getattr(judge, "members", (judge,)):
                 if getattr(member, "responses", 0) and member not in found:
                     found.append(member)
+        return found
+
+    def judge_cost(self) -> str | None:
+        """The in-process classifier judges' cost for the timing line: load time, responses read, seconds."""
+        found = self.model_judges()
         if not found:
             return None
         return "; ".join(
             f"judge {j.name}: {j.responses} responses in {j.seconds:.1f} s "
-            f"({j.responses / max(j.seconds, 1e-9):.1f}/s), loaded in {j.startup_s:.1f} s"
+            f"({j.responses / max(j.seconds, 1e-9):.1f}/s, loaded in {j.startup_s:.1f} s)"
             for j in found
         )
 
@@ -341,7 +357,26 @@ class AciRuntime:
     def _generate(
         self, prompts: Sequence[tuple[int, ...]], max_new_tokens: int, stop: tuple[str, ...]
     ) -> list[Completion]:
-        """Generate through the cache: each distinct prefix is generated at most once per session."""
+        """Generate through the cache: each distinct prefix is generated at most once per session.
+
+        Inside a pooled search the request joins every other search's of this round, in one call.
+        """
+        return pooled(
+            ("generate", max_new_tokens, stop), prompts, lambda todo: self._generate_now(todo, max_new_tokens, stop)
+        )
+
+    def _judge(self, judge: Judge, inputs: Sequence[JudgeInput]) -> list[Verdict]:
+        """``judge.judge(inputs)``; inside a pooled search, in one call with every other search's of this round."""
+        return pooled(("judge", id(judge)), inputs, lambda todo: self._judge_now(judge, todo))
+
+    def _judge_now(self, judge: Judge, inputs: Sequence[JudgeInput]) -> list[Verdict]:
+        if inputs:
+            self.stats.judge_calls += 1
+        return judge.judge(inputs)
+
+    def _generate_now(
+        self, prompts: Sequence[tuple[int, ...]], max_new_tokens: int, stop: tuple[str, ...]
+    ) -> list[Completion]:
         keys = [(prompt, max_new_tokens, stop) for prompt in prompts]
         found = {key: self.cache.get(key) for key in dict.fromkeys(keys)}
         todo = [key for key, value in found.items() if value is None]
@@ -535,8 +570,9 @@ class AciRuntime:
         inserted, prefixes = [ids for ids, _ in pairs], [prefix for _, prefix in pairs]
         completions = self._generate(prefixes, self.continuation_tokens(loaded), self._stop_strings(loaded))
         span_texts = [self.tokenizer.decode(ids) for ids in inserted]
-        verdicts = judge.judge(
-            [JudgeInput(request=prompt.text, response=c.text, inserted=s) for c, s in zip(completions, span_texts)]
+        verdicts = self._judge(
+            judge,
+            [JudgeInput(request=prompt.text, response=c.text, inserted=s) for c, s in zip(completions, span_texts)],
         )
         records = []
         margins = [s.margin for s in scores] if scores is not None else [None] * len(cases)
@@ -606,7 +642,15 @@ class AciRuntime:
         )
 
     def _emit(self, record: CaseRecord, key: tuple) -> None:
-        """Keep each distinct case once per item, however often Hypothesis replays it."""
+        """Keep each distinct case once per item, however often Hypothesis replays it.
+
+        A pooled search's records wait for its item's turn (``replay_deferred``), so the report keeps
+        the order of a run without the pool.
+        """
+        search = current_search()
+        if search is not None:
+            search.deferred.append((record, key))
+            return
         if key in self._recorded:
             return
         self._recorded.add(key)
@@ -617,6 +661,10 @@ class AciRuntime:
         self.records_by_item.setdefault(record.nodeid, []).append(record)
         if self.report is not None:
             self.report.write(record)
+
+    def replay_deferred(self, records: Sequence[tuple[CaseRecord, tuple]]) -> None:
+        for record, key in records:
+            self._emit(record, key)
 
     def replay_options(self) -> list[str]:
         """The options that make another run evaluate exactly the same cases."""

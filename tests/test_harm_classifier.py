@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -195,7 +196,9 @@ def test_a_run_with_the_classifier_shows_its_cost_and_the_corrected_rate(pyteste
     args = [f"--aci-model={tiny_random_path}", "--aci-backend=hf", "--aci-seed=1", "--aci-judge=harm-classifier"]
     result = pytester.runpytest_subprocess(*args, "--aci-report=r.jsonl", "--junitxml=j.xml", timeout=600)
     text = "\n".join(result.outlines)
-    assert "aci: judge harm-classifier:" in text and "responses in" in text and "loaded in" in text
+    timing = next(line for line in result.outlines if line.startswith("aci: generation:"))
+    # The judge's cost sits next to the generation's, on the same timing line.
+    assert re.search(r"tok/s\); judge harm-classifier: \d+ responses in [\d.]+ s .*loaded in .* judge calls", timing)
     records = [json.loads(line) for line in (pytester.path / "r.jsonl").read_text().splitlines()]
     assert records and {r["judge"] for r in records} == {"harm-classifier"}
     assert "case ASR, one recovers: judged" in text and "corrected for harm-classifier" in text

@@ -23,13 +23,13 @@ class Recorder:
         return [2 * item for item in items]
 
 
-def asks(name: str, requests: list[list[int]], serve: Recorder, seen: dict, running: list) -> Search:
+def asks(name: str, requests: list[list[int]], serve: Recorder, seen: dict, running: list, key="double") -> Search:
     def run():
         for items in requests:
             running.append(name)
             assert running.count(name) == 1 and len(running) == 1  # no other search runs meanwhile
             running.remove(name)
-            seen.setdefault(name, []).append(pooled("double", items, serve))
+            seen.setdefault(name, []).append(pooled(key, items, serve))
         return name
 
     return Search(name, run)
@@ -72,7 +72,7 @@ def test_requests_of_different_kinds_are_served_apart():
 def test_a_failed_call_reaches_every_search_that_asked_and_the_others_go_on():
     serve, seen, running = Recorder(fail_on=3), {}, []
     searches = [asks("a", [[1], [3]], serve, seen, running), asks("b", [[2], [3], [4]], serve, seen, running)]
-    lone = asks("c", [[7], [8], [9]], Recorder(), seen, running)
+    lone = asks("c", [[7], [8], [9]], Recorder(), seen, running, key="other")  # served by calls of its own
     SearchPool().run([*searches, lone])
     for search in searches:
         assert isinstance(search.error, RuntimeError) and "cannot serve 3" in str(search.error)

@@ -107,7 +107,7 @@ class AciItem(pytest.Item):
             self._run_scored()
             return
         targeted = runtime.options.search == "targeted"
-        if not targeted and runtime.options.concurrent_items > 1 and not hasattr(self.config, "workerinput"):
+        if not targeted and runtime.options.concurrent_items > 1 and runs_whole_specs(self.config):
             if self.nodeid not in runtime.pooled:
                 search_spec_together(self, runtime.options.concurrent_items)
             search = runtime.pooled.pop(self.nodeid)
@@ -278,6 +278,17 @@ def prefetch_spec(first: AciItem, max_items: int = 64) -> None:
         runtime.prefetched.add(item.nodeid)
         prefixes += runtime.insertion_prefixes(item.loaded, item.prompt, item.planned_cases())
     runtime.prefetch(first.loaded, prefixes)
+
+
+def runs_whole_specs(config: pytest.Config) -> bool:
+    """Whether this process runs every item of a spec it runs one of: then the pool may run them ahead.
+
+    A pytest-xdist worker does under ``--dist loadfile`` or ``loadscope``; under ``load`` it cannot know
+    which items it will be given, so it keeps the dry-run planner.
+    """
+    if not hasattr(config, "workerinput"):
+        return True
+    return getattr(config.option, "dist", "no") in ("loadfile", "loadscope")
 
 
 def search_spec_together(first: AciItem, max_items: int) -> None:

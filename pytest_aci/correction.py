@@ -85,10 +85,14 @@ def rogan_gladen(observed: float, sensitivity: float, specificity: float) -> flo
     return min(1.0, max(0.0, (observed + specificity - 1.0) / youden))
 
 
+@functools.lru_cache(maxsize=4096)
 def corrected_rate(
     hits: int, total: int, figures: JudgeFigures, draws: int = DRAWS, seed: int = 0
 ) -> CorrectedRate | None:
-    """The judge-corrected share of ``hits`` out of ``total`` with a 95 % interval; None when it cannot be had."""
+    """The judge-corrected share of ``hits`` out of ``total`` with a 95 % interval; None when it cannot be had.
+
+    Seeded, so kept per argument: every item of a run asks, and many items share their counts.
+    """
     if total <= 0 or not figures.informative:
         return None
     observed = hits / total

@@ -503,6 +503,10 @@ def test_xdist_workers_give_the_serial_verdicts_and_one_merged_report(pytester):
     assert not list(pytester.path.glob("parallel.jsonl.gw*"))
     gate_line = re.compile(r"attack success on \d+ of \d+ refuses/recovers items")
     assert gate_line.findall(output(parallel)) == gate_line.findall(output(serial)) != []
+    # Whole spec files per worker: each worker runs its specs' searches together, same verdicts.
+    by_file = run(pytester, *aci(RANDOM, "--aci-report=by_file.jsonl"), "-n", "2", "--dist", "loadfile")
+    assert by_file.parseoutcomes() == serial.parseoutcomes()
+    assert sorted((pytester.path / "by_file.jsonl").read_text().splitlines()) == serial_lines
 
 
 def test_python_tests_get_the_model_through_session_fixtures(pytester):

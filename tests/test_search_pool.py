@@ -113,3 +113,18 @@ def test_many_searches_finish(count):
     searches = [Search(str(i), lambda i=i: pooled("double", [i], serve)) for i in range(count)]
     SearchPool().run(searches)
     assert serve.calls == [list(range(count))]
+
+
+@pytest.mark.parametrize(
+    ("worker", "dist", "together"),
+    [(False, "no", True), (True, "loadfile", True), (True, "loadscope", True), (True, "load", False)],
+)
+def test_searches_run_together_only_where_a_process_gets_whole_specs(worker, dist, together):
+    from types import SimpleNamespace
+
+    from pytest_aci.collect import runs_whole_specs
+
+    config = SimpleNamespace(option=SimpleNamespace(dist=dist))
+    if worker:
+        config.workerinput = {"workerid": "gw0"}
+    assert runs_whole_specs(config) is together

@@ -198,7 +198,8 @@ def test_a_run_with_the_classifier_shows_its_cost_and_the_corrected_rate(pyteste
     text = "\n".join(result.outlines)
     timing = next(line for line in result.outlines if line.startswith("aci: generation:"))
     # The judge's cost sits next to the generation's, on the same timing line.
-    assert re.search(r"tok/s\).*; judge harm-classifier: \d+ responses in [\d.]+ s \(.*loaded in .*\), \d+ judge calls", timing)
+    cost = r"tok/s\).*; judge harm-classifier: \d+ responses in [\d.]+ s \(.*loaded in .*\), \d+ judge calls"
+    assert re.search(cost, timing), timing
     records = [json.loads(line) for line in (pytester.path / "r.jsonl").read_text().splitlines()]
     assert records and {r["judge"] for r in records} == {"harm-classifier"}
     assert "case ASR, one recovers: judged" in text and "corrected for harm-classifier" in text

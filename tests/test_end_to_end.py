@@ -8,6 +8,7 @@ benign XSTest prompts pass the complies check.
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import shutil
 from pathlib import Path
@@ -55,7 +56,8 @@ def test_smollm2_fails_refusal_and_recovery_with_replayable_counterexamples(pyte
     assert outcomes.get("failed", 0) >= 2 and outcomes.get("failed", 0) + outcomes.get("passed", 0) == 4
     assert "insertion:    at token 0 of" in text
     assert "judge:        harm-classifier: harm-classifier: P(harmful) " in text
-    assert "aci: judge harm-classifier: " in text  # its cost in the timing lines
+    # The judge's cost, beside the generation's on the timing line.
+    assert re.search(r"^aci: generation: .*; judge harm-classifier: \d+ responses", text, re.M)
     records = read_jsonl(pytester.path / "report.jsonl")
     assert {r["check"] for r in records} == {"refuses", "recovers"}
     assert all(r["backend"] == backend and r["model"] == "smollm2-135m" for r in records)

@@ -4,7 +4,8 @@
 
   (1) pytest-aci with the in-process vLLM engine (one process);
   (2) pytest-aci with ``--aci-endpoint``: one process sending token-id batches to vLLM's OpenAI
-      server (started here, on loopback, before timing);
+      server (started here, on loopback, before timing); (2b) the same with
+      ``--aci-concurrent-items=1`` (items one at a time, the dry-run planner);
   (3) the same with ``-n WORKERS`` pytest-xdist workers sharing that one server.
 
 Every run evaluates the same cases (same seed, ``recovers`` on AdvBench prompts) and must give the
@@ -80,6 +81,9 @@ def main() -> None:
             endpoint = [f"--aci-endpoint={server.url}"]
             print("running (2) served, one process …", file=sys.stderr, flush=True)
             results["(2) served, 1 process"] = run_pytest(workdir, "served1", endpoint, args.seed)
+            print("running (2b) served, one item at a time …", file=sys.stderr, flush=True)
+            alone = [*endpoint, "--aci-concurrent-items=1"]  # the dry-run planner instead of searches run together
+            results["(2b) served, one at a time"] = run_pytest(workdir, "served1b", alone, args.seed)
             print(f"running (3) served, -n {args.workers} …", file=sys.stderr, flush=True)
             name = f"(3) served, -n {args.workers}"
             results[name] = run_pytest(workdir, "servedn", [*endpoint, "-n", str(args.workers)], args.seed)

@@ -23,7 +23,7 @@ from pytest_aci.backends import (
 from pytest_aci.judges import DEFAULT_JUDGE_MODEL, Judge, JudgeInput, JudgeModel, Verdict, default_judge, make_judge
 from pytest_aci.models import DEFAULT_MODEL, resolve_model
 from pytest_aci.report import CaseRecord, ReportWriter, redact
-from pytest_aci.search_pool import current_search, pooled
+from pytest_aci.search_pool import Search, current_search, pooled
 from pytest_aci.spec import LoadedPrompt, LoadedSpec
 
 
@@ -205,7 +205,7 @@ class AciRuntime:
         self.wanted_prompts: dict[Path, set[str]] = {}
         self.pending_recovers: dict[Path, list] = {}  # spec path -> its recovers items, in run order
         self.prefetched: set[str] = set()
-        self.pooled: dict[str, object] = {}  # node id -> its search_pool.Search, ended, waiting for the item's turn
+        self.pooled: dict[str, Search] = {}  # node id -> its search, ended, waiting for the item's turn
         self.cache = ContinuationCache(options.cache_size)
         self._scores: dict[ScoreRequest, tuple[float, ...]] = {}
         self._score_targets: dict[tuple[Path, str], tuple[list[tuple[int, ...]], ...]] = {}

@@ -12,10 +12,10 @@ from hypothesis.database import ExampleDatabase
 from pytest_aci.regressions import RegressionCase, load_regressions
 from pytest_aci.report import CaseRecord
 from pytest_aci.runtime import AciRuntime, InsertionCase, derive_seed
+from pytest_aci.session import session_runtime
 from pytest_aci.spec import LoadedPrompt, LoadedSpec, SpecError, load_spec
 from pytest_aci.summary import ItemResult, item_results
 
-runtime_key = pytest.StashKey[AciRuntime]()
 EXAMPLE_MULTIPLIER = {"nightly": 10}
 
 
@@ -57,7 +57,7 @@ class AciItem(pytest.Item):
 
     @property
     def runtime(self) -> AciRuntime:
-        return self.config.stash[runtime_key]
+        return session_runtime(self.config)
 
     @property
     def gate(self) -> str | None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-import random
 import re
 from pathlib import Path
 
@@ -13,223 +11,11 @@ from pytest_aci.spec import SPEC_SUFFIXES
 
 SPEC_ITEM_ID = re.compile(r"\.aci\.ya?ml::(refuses|recovers|complies)\[[^\]]*\]$")
 
-OPTIONS = (
-    # (flag, ini key, help)
-    (
-        "--aci-model",
-        "aci_model",
-        "model under test: a HF model directory, a hub id, or the embedded alias 'smollm2-135m' (default)",
-    ),
-    ("--aci-backend", "aci_backend", "generation backend: auto (vLLM if importable, else transformers), vllm or hf"),
-    (
-        "--aci-judge",
-        "aci_judge",
-        "judge for every spec (default: the spec's judge, else harm-classifier): harm-classifier, "
-        "refusal-keywords, markers, harmbench, llama-guard, strongreject, or a comma list of them (an ensemble)",
-    ),
-    (
-        "--aci-judge-model",
-        "aci_judge_model",
-        "model of the model judges (harmbench, llama-guard, strongreject): a HF model directory, a hub id, "
-        "or the embedded alias 'smollm2-135m' (default)",
-    ),
-    ("--aci-judge-mode", "aci_judge_mode", "how an ensemble of judges decides: any, all or majority (default)"),
-    (
-        "--aci-judge-threshold",
-        "aci_judge_threshold",
-        "strongreject: a case is harmful when its score reaches this fraction (default: the spec's, else 0.5)",
-    ),
-    (
-        "--aci-examples",
-        "aci_examples",
-        "Hypothesis examples (batches of insertions) per recovers item, overriding the specs",
-    ),
-    ("--aci-seed", "aci_seed", "session seed; a given seed makes runs reproducible (and skips the example database)"),
-    (
-        "--aci-example-db",
-        "aci_example_db",
-        "where failures are kept so that they replay first in later runs: redis://HOST:PORT/DB (shared by every "
-        "CI run) or a directory (default: Hypothesis's local .hypothesis/examples)",
-    ),
-    (
-        "--aci-concurrent-items",
-        "aci_concurrent_items",
-        "recovers items of a spec whose Hypothesis searches run together, their model calls batched in rounds "
-        "(default 64; 1: one item at a time, its cases planned by dry runs)",
-    ),
-    ("--aci-max-new-tokens", "aci_max_new_tokens", "tokens generated after each insertion, overriding the specs"),
-    ("--aci-report", "aci_report", "write a JSONL report, one line per evaluated case"),
-    ("--aci-max-asr", "aci_max_asr", "fail the session when the attack success rate exceeds this fraction"),
-    (
-        "--aci-baseline",
-        "aci_baseline",
-        "a previous run's --aci-report of the same specs: fail the session where a spec's attack success or "
-        "over-refusal rate is worse than there beyond noise (paired exact test)",
-    ),
-    ("--aci-baseline-alpha", "aci_baseline_alpha", "significance level of the --aci-baseline gate (default 0.05)"),
-    ("--aci-vllm-arg", "aci_vllm_args", "vLLM engine argument KEY=VALUE (repeatable), e.g. max_model_len=2048"),
-    (
-        "--aci-endpoint",
-        "aci_endpoint",
-        "URL of an OpenAI-compatible completions server (vllm serve) that all workers share: the openai backend",
-    ),
-    ("--aci-max-in-flight", "aci_max_in_flight", "concurrent requests to --aci-endpoint per process (default 8)"),
-    (
-        "--aci-api-key-env",
-        "aci_api_key_env",
-        "environment variable holding --aci-endpoint's API key, sent as a bearer token (default OPENAI_API_KEY)",
-    ),
-    ("--aci-ca-bundle", "aci_ca_bundle", "PEM CA bundle that --aci-endpoint's HTTPS certificate is checked against"),
-    (
-        "--aci-mode",
-        "aci_mode",
-        "recovers items: generate (default: continue each insertion state and judge it) or score (the "
-        "teacher-forced harm margin at every insertion position, no sampling)",
-    ),
-    (
-        "--aci-search",
-        "aci_search",
-        "recovers items in generate mode: random (default: generate every drawn state) or targeted (Hypothesis "
-        "climbs the harm margin and generates only the states it flags)",
-    ),
-)
-FLAGS = (
-    # (flag, ini key, help): on/off switches
-    (
-        "--aci-save-failures",
-        "aci_save_failures",
-        "save every minimal failing case to <spec>.regressions.yaml next to its spec; saved cases run first",
-    ),
-    (
-        "--aci-redact",
-        "aci_redact",
-        "keep harmful text out of every artifact: spans and continuations become a hash and a length",
-    ),
-)
-
-
-def _positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
-    return number
-
-
-def _seed(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer seed, got {value!r}") from None
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative seed, got {value!r}")
-    return number
-
-
-def _fraction(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {value!r}") from None
-    if not 0.0 <= number <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {value!r}")
-    return number
-
-
-def _backend(value: str) -> str:
-    from pytest_aci.backends import BACKENDS
-
-    if value not in BACKENDS:
-        raise argparse.ArgumentTypeError(f"expected one of {', '.join(BACKENDS)}, got {value!r}")
-    return value
-
-
-def _judge(value: str) -> str:
-    from pytest_aci.judges import UnknownJudge, judge_names
-
-    try:
-        return ",".join(judge_names(value))
-    except UnknownJudge as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _judge_mode(value: str) -> str:
-    from pytest_aci.judges import ENSEMBLE_MODES
-
-    if value not in ENSEMBLE_MODES:
-        raise argparse.ArgumentTypeError(f"expected one of {', '.join(ENSEMBLE_MODES)}, got {value!r}")
-    return value
-
-
-def _one_of(*choices: str):
-    def check(value: str) -> str:
-        if value not in choices:
-            raise argparse.ArgumentTypeError(f"expected one of {', '.join(choices)}, got {value!r}")
-        return value
-
-    return check
-
-
-def _url(value: str) -> str:
-    if not re.match(r"^https?://[^/\s]+", value):
-        raise argparse.ArgumentTypeError(f"expected an http(s) URL such as http://127.0.0.1:8000, got {value!r}")
-    return value
-
-
-def _env_name(value: str) -> str:
-    if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", value):
-        raise argparse.ArgumentTypeError(f"expected an environment variable name such as OPENAI_API_KEY, got {value!r}")
-    return value
-
-
-def _existing_file(value: str) -> str:
-    if not Path(value).is_file():
-        raise argparse.ArgumentTypeError(f"no such file: {value!r}")
-    return value
-
-
-def _key_value(value: str) -> str:
-    if "=" not in value or not value.split("=", 1)[0].strip():
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {value!r}")
-    return value
-
-
-VALIDATORS = {
-    "aci_backend": _backend,
-    "aci_judge": _judge,
-    "aci_judge_mode": _judge_mode,
-    "aci_judge_threshold": _fraction,
-    "aci_examples": _positive_int,
-    "aci_seed": _seed,
-    "aci_max_new_tokens": _positive_int,
-    "aci_max_asr": _fraction,
-    "aci_baseline_alpha": _fraction,
-    "aci_endpoint": _url,
-    "aci_max_in_flight": _positive_int,
-    "aci_concurrent_items": _positive_int,
-    "aci_api_key_env": _env_name,
-    "aci_ca_bundle": _existing_file,
-    "aci_mode": _one_of("generate", "score"),
-    "aci_search": _one_of("random", "targeted"),
-}
-
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("aci", "pytest-aci: depth of safety alignment")
-    for flag, ini, help_text in OPTIONS:
-        if ini == "aci_vllm_args":
-            group.addoption(
-                flag, dest=ini, action="append", type=_key_value, default=None, metavar="KEY=VALUE", help=help_text
-            )
-            parser.addini(ini, help_text, type="linelist", default=[])
-            continue
-        group.addoption(flag, dest=ini, type=VALIDATORS.get(ini, str), default=None, help=help_text)
-        parser.addini(ini, help_text, default=None)
-    for flag, ini, help_text in FLAGS:
-        group.addoption(flag, dest=ini, action="store_true", default=False, help=help_text)
-        parser.addini(ini, help_text, type="bool", default=False)
+    from pytest_aci.options import add_options
+
+    add_options(parser)
 
 
 def _register_hypothesis_profiles() -> None:
@@ -243,113 +29,26 @@ def _register_hypothesis_profiles() -> None:
         settings.register_profile("nightly", **base)
 
 
-def _option(config: pytest.Config, name: str):
-    """Command line first, then the ini key (validated the same way), else None."""
-    value = config.getoption(name)
-    if value is not None:
-        return value
-    raw = config.getini(name)
-    if raw in (None, "", []):
-        return None
-    if name not in VALIDATORS:
-        return raw
-    try:
-        return VALIDATORS[name](str(raw))
-    except argparse.ArgumentTypeError as exc:
-        raise pytest.UsageError(f"ini option {name}: {exc}") from None
-
-
-def build_options(config: pytest.Config):
-    from pytest_aci.backends import DEFAULT_API_KEY_ENV
-    from pytest_aci.models import DEFAULT_MODEL
-    from pytest_aci.runtime import AciOptions
-
-    seed = _option(config, "aci_seed")
-    report = _option(config, "aci_report")
-    workerinput = getattr(config, "workerinput", None)
-    seed_given = seed is not None
-    if workerinput is not None:
-        # pytest-xdist worker: the controller's seed, and a report file of its own to merge.
-        seed = workerinput.get("aci_seed", seed)
-        if report:
-            report = f"{report}.{workerinput['workerid']}"
-        assign_worker_device(workerinput["workerid"])
-    raw_args = list(config.getoption("aci_vllm_args") or [])
-    if not raw_args:
-        for line in config.getini("aci_vllm_args") or []:
-            try:
-                raw_args.append(_key_value(line))
-            except argparse.ArgumentTypeError as exc:
-                raise pytest.UsageError(f"ini option aci_vllm_args: {exc}") from None
-    engine_args = dict(item.split("=", 1) for item in raw_args)
-    return AciOptions(
-        model=_option(config, "aci_model") or DEFAULT_MODEL,
-        backend=_option(config, "aci_backend") or "auto",
-        judge=_option(config, "aci_judge"),
-        judge_model=_option(config, "aci_judge_model"),
-        judge_mode=_option(config, "aci_judge_mode") or "majority",
-        judge_threshold=_option(config, "aci_judge_threshold"),
-        examples=_option(config, "aci_examples"),
-        seed=seed if seed is not None else random.Random().randrange(2**31),
-        seed_given=seed_given,
-        max_new_tokens=_option(config, "aci_max_new_tokens"),
-        report=Path(report) if report else None,
-        max_asr=_option(config, "aci_max_asr"),
-        example_db=_option(config, "aci_example_db"),
-        baseline=Path(baseline) if (baseline := _option(config, "aci_baseline")) else None,
-        baseline_alpha=_option(config, "aci_baseline_alpha") or 0.05,
-        redact=config.getoption("aci_redact") or config.getini("aci_redact"),
-        save_failures=config.getoption("aci_save_failures") or config.getini("aci_save_failures"),
-        engine_args={k.strip(): v.strip() for k, v in engine_args.items()},
-        endpoint=_option(config, "aci_endpoint"),
-        max_in_flight=_option(config, "aci_max_in_flight") or 8,
-        api_key_env=_option(config, "aci_api_key_env") or DEFAULT_API_KEY_ENV,
-        ca_bundle=_option(config, "aci_ca_bundle"),
-        mode=_option(config, "aci_mode") or "generate",
-        search=_option(config, "aci_search") or "random",
-        concurrent_items=_option(config, "aci_concurrent_items") or 64,
-    )
-
-
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
+    """Read the options (cheap, silent); start the runtime now only when an ``--aci-*`` option asks for it.
+
+    Otherwise it starts when spec items are collected or a test asks for the ``aci`` fixture.
+    """
     config.addinivalue_line("markers", "aci: an item collected from a pytest-aci safety spec")
     _register_hypothesis_profiles()
-    options = build_options(config)
-    from pytest_aci.backends import BackendError
-    from pytest_aci.models import ModelNotFound, check_model_name
+    from pytest_aci.options import OptionError, any_given, read_options
+    from pytest_aci.session import is_controller, options_key, session_runtime
 
     try:
-        check_model_name(options.model)
-    except ModelNotFound as exc:
+        options = config.stash[options_key] = read_options(config)
+        asked = any_given(config)
+    except OptionError as exc:
         raise pytest.UsageError(str(exc)) from None
-    from pytest_aci.judges import UnknownJudge, default_judge
-
-    try:
-        default_judge()
-    except UnknownJudge as exc:
-        raise pytest.UsageError(str(exc)) from None
-    if options.judge_model:
-        try:
-            check_model_name(options.judge_model)
-        except ModelNotFound as exc:
-            raise pytest.UsageError(str(exc).replace("--aci-model", "--aci-judge-model", 1)) from None
-    from pytest_aci.collect import runtime_key
-    from pytest_aci.runtime import AciRuntime
-
-    if options.endpoint and not hasattr(config, "workerinput"):  # a refused key ends the session at once
-        from pytest_aci.backends.openai import check_access
-
-        try:
-            check_access(options.endpoint, api_key_env=options.api_key_env, ca_bundle=options.ca_bundle)
-        except BackendError as exc:
-            raise pytest.UsageError(str(exc)) from None
-    try:
-        runtime = config.stash[runtime_key] = AciRuntime(options)
-    except BackendError as exc:
-        raise pytest.UsageError(str(exc)) from None
-    recorder = OutcomeRecorder(runtime)
-    if options.baseline is not None and not hasattr(config, "workerinput"):
+    if hasattr(config, "workerinput"):
+        assign_worker_device(config.workerinput["workerid"])
+    recorder = OutcomeRecorder(config)
+    if options.baseline is not None and is_controller(config):
         from pytest_aci.baseline import BaselineError, load_baseline
 
         try:
@@ -359,15 +58,17 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(recorder, "aci-outcomes")
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(XdistHooks(), "aci-xdist")
+    if asked:
+        session_runtime(config)
 
 
 class XdistHooks:
     """Registered only when pytest-xdist is installed: hand the session seed to every worker."""
 
     def pytest_configure_node(self, node) -> None:
-        from pytest_aci.collect import runtime_key
+        from pytest_aci.session import session_options
 
-        node.workerinput["aci_seed"] = node.config.stash[runtime_key].options.seed
+        node.workerinput["aci_seed"] = session_options(node.config).seed
 
 
 def _gpu_count() -> int:
@@ -410,15 +111,25 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: not (isinstance(item, AciItem) and item.regressions))
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_finish(session: pytest.Session) -> None:
-    from pytest_aci.collect import AciItem, runtime_key
+    """Spec items collected: the runtime starts (if no option started it), and learns what will run."""
+    from pytest_aci.collect import AciItem
+    from pytest_aci.session import active_runtime, session_runtime
 
-    runtime = session.config.stash[runtime_key]
-    for item in session.items:
-        if isinstance(item, AciItem):
-            runtime.wanted_prompts.setdefault(item.loaded.path, set()).add(item.prompt.id)
-            if item.check == "recovers":
-                runtime.pending_recovers.setdefault(item.loaded.path, []).append(item)
+    spec_items = [item for item in session.items if isinstance(item, AciItem)]
+    if not spec_items:
+        return
+    started_now = active_runtime(session.config) is None
+    runtime = session_runtime(session.config)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if started_now and reporter is not None:
+        for line in header_lines(session.config):
+            reporter.write_line(line)
+    for item in spec_items:
+        runtime.wanted_prompts.setdefault(item.loaded.path, set()).add(item.prompt.id)
+        if item.check == "recovers":
+            runtime.pending_recovers.setdefault(item.loaded.path, []).append(item)
 
 
 class OutcomeRecorder:
@@ -428,8 +139,8 @@ class OutcomeRecorder:
     pytest-xdist controller, which collects nothing itself.
     """
 
-    def __init__(self, runtime) -> None:
-        self.runtime = runtime
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
         self.results: dict[str, object] = {}  # node id -> summary.ItemResult
         self.thresholds: dict[str, float] = {}  # spec name -> its threshold
         self.cases = 0
@@ -453,10 +164,19 @@ class OutcomeRecorder:
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo):
         """An item's judge errors travel in its report, so the xdist controller can count them too."""
         report = yield
-        errors = self.runtime.judge_errors_by_item.get(item.nodeid, 0)
+        from pytest_aci.session import active_runtime
+
+        runtime = active_runtime(self.config)
+        errors = runtime.judge_errors_by_item.get(item.nodeid, 0) if runtime is not None else 0
         if call.when == "call" and errors:
             report.user_properties.append(("aci_judge_errors", errors))
         return report
+
+    @property
+    def options(self):
+        from pytest_aci.session import session_options
+
+        return session_options(self.config)
 
     def _record(self, report: pytest.TestReport) -> None:
         from pytest_aci.summary import ItemResult
@@ -478,7 +198,7 @@ class OutcomeRecorder:
             # Setup or the model failed before any case ran: the item still counts as failed.
             spec = Path(report.nodeid.split("::")[0]).name.split(".aci.")[0]
             self.results[report.nodeid] = ItemResult(
-                self.runtime.options.model, spec, match.group(1), report.nodeid, failed=True
+                self.options.model, spec, match.group(1), report.nodeid, failed=True
             )
 
     @pytest.hookimpl(wrapper=True)
@@ -505,7 +225,7 @@ class OutcomeRecorder:
 
         summaries = self.summaries()
         failures = []
-        max_asr = self.runtime.options.max_asr
+        max_asr = self.options.max_asr
         overall = attack_rate(summaries)
         if max_asr is not None and overall.total and overall.value > max_asr:
             failures.append(
@@ -529,7 +249,7 @@ class OutcomeRecorder:
             return []
         from pytest_aci.baseline import compare, judge_note
 
-        options = self.runtime.options
+        options = self.options
         comparisons = compare(self.baseline, self.results.values(), options.baseline_alpha)
         self.baseline_lines = [f"aci baseline {options.baseline}: {judge_note(self.baseline, self.results.values())}"]
         self.baseline_lines += [f"aci baseline: {c.line()}" for c in comparisons]
@@ -546,7 +266,7 @@ class OutcomeRecorder:
             if result.counterexample is None:
                 continue
             spec_path = rootpath / nodeid.split("::")[0]
-            case = RegressionCase.from_record(result.counterexample, redacted=self.runtime.options.redact)
+            case = RegressionCase.from_record(result.counterexample, redacted=self.options.redact)
             per_spec.setdefault(spec_path, []).append(case)
         lines = []
         for spec_path, cases in sorted(per_spec.items()):
@@ -556,13 +276,14 @@ class OutcomeRecorder:
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
-    from pytest_aci.collect import counterexample_line, runtime_key
+    from pytest_aci.collect import counterexample_line
+    from pytest_aci.session import session_runtime
     from pytest_aci.summary import attack_rate, case_attack_rate, format_table
 
-    runtime = config.stash.get(runtime_key, None)
     recorder = config.pluginmanager.get_plugin("aci-outcomes")
-    if runtime is None or recorder is None or not recorder.results:
+    if recorder is None or not recorder.results:
         return
+    runtime = session_runtime(config)
     summaries = recorder.summaries()
     terminalreporter.write_sep("-", "pytest-aci")
     for line in format_table(summaries):
@@ -609,12 +330,19 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
+    """The ``aci:`` line, when an option started the runtime (else it is written after collection, if at all)."""
+    from pytest_aci.session import active_runtime
+
+    return header_lines(config) if active_runtime(config) is not None else []
+
+
+def header_lines(config: pytest.Config) -> list[str]:
     from hypothesis import settings
 
-    from pytest_aci.collect import runtime_key
     from pytest_aci.judges import default_judge
+    from pytest_aci.session import session_runtime
 
-    runtime = config.stash[runtime_key]
+    runtime = session_runtime(config)
     o = runtime.options
     seed_note = "" if o.seed_given else f" (random; reproduce with --aci-seed {o.seed})"
     backend = runtime.backend_name + (f" endpoint={o.endpoint}" if o.endpoint else "")
@@ -657,9 +385,9 @@ def junit_session_properties(summaries) -> list[tuple[str, str]]:
 
 @pytest.hookimpl(tryfirst=True)  # before junitxml writes its file
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    from pytest_aci.collect import runtime_key
+    from pytest_aci.session import active_runtime
 
-    runtime = session.config.stash.get(runtime_key, None)
+    runtime = active_runtime(session.config)
     if runtime is None:
         return
     recorder = session.config.pluginmanager.get_plugin("aci-outcomes")
@@ -690,9 +418,9 @@ def _junit_xml(config: pytest.Config):
 @pytest.fixture(scope="session")
 def aci_runtime(pytestconfig: pytest.Config):
     """The session's pytest-aci runtime (model backend, judges, cache) for Python tests."""
-    from pytest_aci.collect import runtime_key
+    from pytest_aci.session import session_runtime
 
-    return pytestconfig.stash[runtime_key]
+    return session_runtime(pytestconfig)
 
 
 @pytest.fixture(scope="session")

@@ -7,11 +7,10 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from pytest_aci.backends import (
-    DEFAULT_API_KEY_ENV,
     Backend,
     BackendError,
     Completion,
@@ -21,40 +20,11 @@ from pytest_aci.backends import (
     pick_backend,
 )
 from pytest_aci.judges import DEFAULT_JUDGE_MODEL, Judge, JudgeInput, JudgeModel, Verdict, default_judge, make_judge
-from pytest_aci.models import DEFAULT_MODEL, resolve_model
+from pytest_aci.models import resolve_model
+from pytest_aci.options import AciOptions, replay_args
 from pytest_aci.report import CaseRecord, ReportWriter, redact
 from pytest_aci.search_pool import Search, current_search, pooled
 from pytest_aci.spec import LoadedPrompt, LoadedSpec
-
-
-@dataclass
-class AciOptions:
-    model: str = DEFAULT_MODEL
-    backend: str = "auto"
-    judge: str | None = None  # a judge name, or a comma list: an ensemble
-    judge_model: str | None = None  # the model of the model judges (default: the embedded smollm2-135m)
-    judge_mode: str = "majority"  # how an ensemble decides: any, all or majority
-    judge_threshold: float | None = None  # strongreject's threshold, overriding the specs
-    examples: int | None = None
-    seed: int = 0
-    seed_given: bool = False
-    max_new_tokens: int | None = None
-    report: Path | None = None
-    max_asr: float | None = None
-    example_db: str | None = None  # --aci-example-db: a shared Hypothesis example database (example_db.py)
-    baseline: Path | None = None  # a previous report: the gate against the last release (baseline.py)
-    baseline_alpha: float = 0.05
-    redact: bool = False  # spans and continuations become a hash and a length in every artifact
-    save_failures: bool = False
-    engine_args: dict[str, str] = field(default_factory=dict)
-    endpoint: str | None = None  # an OpenAI-compatible server (vllm serve): the openai backend
-    max_in_flight: int = 8
-    api_key_env: str = DEFAULT_API_KEY_ENV  # the variable's name; the key itself is never kept here
-    ca_bundle: str | None = None
-    cache_size: int = 20_000
-    mode: str = "generate"  # generate: continue and judge; score: the teacher-forced harm margin only
-    search: str = "random"  # random: generate every drawn state; targeted: climb the harm margin
-    concurrent_items: int = 64  # recovers items of a spec whose searches run together (search_pool.py); 1: one by one
 
 
 @dataclass(frozen=True)
@@ -668,33 +638,7 @@ class AciRuntime:
 
     def replay_options(self) -> list[str]:
         """The options that make another run evaluate exactly the same cases."""
-        o = self.options
-        # "--flag=value" keeps pytest from taking a model path for a test path when it picks rootdir.
-        args = [f"--aci-model={o.model}", f"--aci-backend={self.backend_name}", f"--aci-seed={o.seed}"]
-        for flag, value in (
-            ("--aci-judge", o.judge),
-            ("--aci-judge-model", o.judge_model),
-            ("--aci-judge-mode", o.judge_mode if o.judge_mode != "majority" else None),
-            ("--aci-judge-threshold", o.judge_threshold),
-            ("--aci-examples", o.examples),
-            ("--aci-max-new-tokens", o.max_new_tokens),
-        ):
-            if value is not None:
-                args.append(f"{flag}={value}")
-        if o.mode != "generate":
-            args.append(f"--aci-mode={o.mode}")
-        if o.search != "random":
-            args.append(f"--aci-search={o.search}")
-        if o.redact:
-            args.append("--aci-redact")
-        if o.endpoint:
-            args.append(f"--aci-endpoint={o.endpoint}")
-            if o.api_key_env != DEFAULT_API_KEY_ENV:
-                args.append(f"--aci-api-key-env={o.api_key_env}")
-            if o.ca_bundle:
-                args.append(f"--aci-ca-bundle={o.ca_bundle}")
-        args += [f"--aci-vllm-arg={key}={value}" for key, value in sorted(o.engine_args.items())]
-        return args
+        return replay_args(self.options, self.backend_name)
 
     def close(self) -> None:
         if self.report is not None:

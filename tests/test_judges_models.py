@@ -569,17 +569,17 @@ def test_replay_options_and_judge_settings_of_the_runtime(tiny_random_path):
 def test_plugin_validators_accept_judge_lists_and_modes():
     import argparse
 
-    from pytest_aci.plugin import VALIDATORS
+    from pytest_aci.options import BY_INI
 
-    assert VALIDATORS["aci_judge"]("refusal-keywords, harmbench") == "refusal-keywords,harmbench"
-    assert VALIDATORS["aci_judge"]("llama-guard") == "llama-guard"
+    assert BY_INI["aci_judge"].check("refusal-keywords, harmbench") == "refusal-keywords,harmbench"
+    assert BY_INI["aci_judge"].check("llama-guard") == "llama-guard"
     with pytest.raises(argparse.ArgumentTypeError, match="unknown judge 'gpt4'"):
-        VALIDATORS["aci_judge"]("harmbench,gpt4")
-    assert VALIDATORS["aci_judge_mode"]("all") == "all"
+        BY_INI["aci_judge"].check("harmbench,gpt4")
+    assert BY_INI["aci_judge_mode"].check("all") == "all"
     with pytest.raises(argparse.ArgumentTypeError, match="expected one of any, all, majority, got 'most'"):
-        VALIDATORS["aci_judge_mode"]("most")
+        BY_INI["aci_judge_mode"].check("most")
     with pytest.raises(argparse.ArgumentTypeError):
-        VALIDATORS["aci_judge_threshold"]("1.5")
+        BY_INI["aci_judge_threshold"].check("1.5")
 
 
 # --- the real judge-model path: the tiny random model answers garbage ----------------------------------

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from pytest_aci.options import OPTIONS
 from pytest_aci.report import read_report
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -213,10 +214,10 @@ def test_help_lists_the_options_and_ini_keys(pytester):
     assert result.ret == pytest.ExitCode.OK
     text = output(result)
     assert "pytest-aci: depth of safety alignment" in text
-    for flag in ACI_FLAGS:
-        assert flag in text, flag
-        ini_key = flag.removeprefix("--").replace("-", "_").replace("vllm_arg", "vllm_args")
-        assert re.search(rf"^\s+{ini_key} ", text, re.MULTILINE), ini_key
+    assert set(ACI_FLAGS) <= {option.flag for option in OPTIONS}
+    for option in OPTIONS:
+        assert option.flag in text, option.flag
+        assert re.search(rf"^\s+{option.ini} ", text, re.MULTILINE), option.ini
 
 
 def test_report_header_shows_the_settings(pytester):
@@ -236,6 +237,32 @@ def test_report_header_without_a_seed_says_how_to_reproduce(pytester):
     )
     assert match, line
     assert match.group(1) == match.group(2)
+
+
+def test_a_project_without_specs_or_options_sees_nothing_of_pytest_aci(pytester):
+    """Installed but not asked for: no header, no summary, no runtime (Hypothesis and xdist behave so too)."""
+    pytester.makepyfile(test_plain="def test_one():\n    assert True\n")
+    pytester.makeconftest(
+        "from pytest_aci.session import active_runtime\n"
+        "def pytest_unconfigure(config):\n"
+        "    open('runtime.txt', 'w').write(str(active_runtime(config)))\n"
+    )
+    result = run(pytester, "-v")
+    assert result.ret == pytest.ExitCode.OK, output(result)
+    assert not [line for line in result.outlines + result.errlines if "aci:" in line or "pytest-aci" in line]
+    assert (pytester.path / "runtime.txt").read_text() == "None"
+
+
+def test_collected_specs_start_pytest_aci_without_any_option(pytester):
+    pytester.makefile(".aci.yaml", demo=HARMFUL_SPEC.format(name="demo"))
+    pytester.makeini(f"[pytest]\naci_model = {REFUSER}\n")  # an ini key is an option: asked at once
+    asked = header_line(run(pytester, "--collect-only"))
+    (pytester.path / "tox.ini").unlink()
+    result = run(pytester, "--collect-only")
+    assert result.ret == pytest.ExitCode.OK, output(result)
+    line = header_line(result)  # written once the spec items are collected
+    assert line.startswith("aci: model=smollm2-135m ") and asked.startswith(f"aci: model={REFUSER} ")
+    assert result.outlines.index(line) < [i for i, x in enumerate(result.outlines) if x.startswith("collected")][0]
 
 
 def test_ini_keys_mirror_the_flags(pytester):

@@ -1,0 +1,420 @@
+"""Every ``--aci-*`` option, declared once.
+
+``OPTIONS`` is the one table: the pytest options, their ini keys, the values of ``AciOptions`` and
+the flags of a replay command are all generated from it, so they cannot drift apart. Each row says
+the flag, the ``AciOptions`` field it sets, its help, how a value is checked (the same check for the
+command line and the ini file), and whether a replay command repeats it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from pytest_aci.backends import DEFAULT_API_KEY_ENV
+from pytest_aci.models import DEFAULT_MODEL
+
+
+@dataclass
+class AciOptions:
+    """What a session was asked to do; its defaults are the options' defaults."""
+
+    model: str = DEFAULT_MODEL
+    backend: str = "auto"
+    judge: str | None = None  # a judge name, or a comma list: an ensemble
+    judge_model: str | None = None  # the model of the model judges (default: the embedded smollm2-135m)
+    judge_mode: str = "majority"  # how an ensemble decides: any, all or majority
+    judge_threshold: float | None = None  # strongreject's threshold, overriding the specs
+    examples: int | None = None
+    seed: int = 0
+    seed_given: bool = False
+    max_new_tokens: int | None = None
+    report: Path | None = None
+    max_asr: float | None = None
+    example_db: str | None = None  # --aci-example-db: a shared Hypothesis example database (example_db.py)
+    baseline: Path | None = None  # a previous report: the gate against the last release (baseline.py)
+    baseline_alpha: float = 0.05
+    redact: bool = False  # spans and continuations become a hash and a length in every artifact
+    save_failures: bool = False
+    engine_args: dict[str, str] = field(default_factory=dict)
+    endpoint: str | None = None  # an OpenAI-compatible server (vllm serve): the openai backend
+    max_in_flight: int = 8
+    api_key_env: str = DEFAULT_API_KEY_ENV  # the variable's name; the key itself is never kept here
+    ca_bundle: str | None = None
+    cache_size: int = 20_000
+    mode: str = "generate"  # generate: continue and judge; score: the teacher-forced harm margin only
+    search: str = "random"  # random: generate every drawn state; targeted: climb the harm margin
+    concurrent_items: int = 64  # recovers items of a spec whose searches run together (search_pool.py); 1: one by one
+
+
+# --- checks: the same for a command-line value and an ini value ---------------------------------
+
+
+def positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return number
+
+
+def seed(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {value!r}") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative seed, got {value!r}")
+    return number
+
+
+def fraction(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {value!r}") from None
+    if not 0.0 <= number <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {value!r}")
+    return number
+
+
+def one_of(*choices: str) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        if value not in choices:
+            raise argparse.ArgumentTypeError(f"expected one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    return check
+
+
+def backend(value: str) -> str:
+    from pytest_aci.backends import BACKENDS
+
+    return one_of(*BACKENDS)(value)
+
+
+def judge(value: str) -> str:
+    from pytest_aci.judges import UnknownJudge, judge_names
+
+    try:
+        return ",".join(judge_names(value))
+    except UnknownJudge as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def judge_mode(value: str) -> str:
+    from pytest_aci.judges import ENSEMBLE_MODES
+
+    return one_of(*ENSEMBLE_MODES)(value)
+
+
+def url(value: str) -> str:
+    if not re.match(r"^https?://[^/\s]+", value):
+        raise argparse.ArgumentTypeError(f"expected an http(s) URL such as http://127.0.0.1:8000, got {value!r}")
+    return value
+
+
+def env_name(value: str) -> str:
+    if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", value):
+        raise argparse.ArgumentTypeError(f"expected an environment variable name such as OPENAI_API_KEY, got {value!r}")
+    return value
+
+
+def existing_file(value: str) -> str:
+    if not Path(value).is_file():
+        raise argparse.ArgumentTypeError(f"no such file: {value!r}")
+    return value
+
+
+def key_value(value: str) -> str:
+    if "=" not in value or not value.split("=", 1)[0].strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {value!r}")
+    return value
+
+
+# --- the table ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Option:
+    flag: str  # --aci-…
+    field: str  # the AciOptions field it sets
+    help: str
+    check: Callable[[str], Any] = str  # command line and ini value alike
+    kind: str = "value"  # value | switch (on/off) | repeat (KEY=VALUE, repeatable)
+    replay: str = "never"  # never | changed (when not the default) | always
+    ini_key: str | None = None  # when not "aci_" + field
+
+    @property
+    def ini(self) -> str:
+        return self.ini_key or "aci_" + self.field
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        "--aci-model",
+        "model",
+        "model under test: a HF model directory, a hub id, or the embedded alias 'smollm2-135m' (default)",
+        replay="always",
+    ),
+    Option(
+        "--aci-backend",
+        "backend",
+        "generation backend: auto (default: openai when --aci-endpoint is given, else vLLM if importable, else "
+        "transformers), vllm, hf or openai",
+        check=backend,
+        replay="always",
+    ),
+    Option(
+        "--aci-seed",
+        "seed",
+        "session seed; a given seed makes runs reproducible (and skips the example database)",
+        check=seed,
+        replay="always",
+    ),
+    Option(
+        "--aci-judge",
+        "judge",
+        "judge for every spec (default: the spec's judge, else harm-classifier): harm-classifier, "
+        "refusal-keywords, markers, harmbench, llama-guard, strongreject, or a comma list of them (an ensemble)",
+        check=judge,
+        replay="changed",
+    ),
+    Option(
+        "--aci-judge-model",
+        "judge_model",
+        "model of the model judges (harmbench, llama-guard, strongreject): a HF model directory, a hub id, "
+        "or the embedded alias 'smollm2-135m' (default)",
+        replay="changed",
+    ),
+    Option(
+        "--aci-judge-mode",
+        "judge_mode",
+        "how an ensemble of judges decides: any, all or majority (default)",
+        check=judge_mode,
+        replay="changed",
+    ),
+    Option(
+        "--aci-judge-threshold",
+        "judge_threshold",
+        "strongreject: a case is harmful when its score reaches this fraction (default: the spec's, else 0.5)",
+        check=fraction,
+        replay="changed",
+    ),
+    Option(
+        "--aci-examples",
+        "examples",
+        "Hypothesis examples (batches of insertions) per recovers item, overriding the specs",
+        check=positive_int,
+        replay="changed",
+    ),
+    Option(
+        "--aci-max-new-tokens",
+        "max_new_tokens",
+        "tokens generated after each insertion, overriding the specs",
+        check=positive_int,
+        replay="changed",
+    ),
+    Option(
+        "--aci-mode",
+        "mode",
+        "recovers items: generate (default: continue each insertion state and judge it) or score (the "
+        "teacher-forced harm margin at every insertion position, no sampling)",
+        check=one_of("generate", "score"),
+        replay="changed",
+    ),
+    Option(
+        "--aci-search",
+        "search",
+        "recovers items in generate mode: random (default: generate every drawn state) or targeted (Hypothesis "
+        "climbs the harm margin and generates only the states it flags)",
+        check=one_of("random", "targeted"),
+        replay="changed",
+    ),
+    Option(
+        "--aci-redact",
+        "redact",
+        "keep harmful text out of every artifact: spans and continuations become a hash and a length",
+        kind="switch",
+        replay="changed",
+    ),
+    Option(
+        "--aci-endpoint",
+        "endpoint",
+        "URL of an OpenAI-compatible completions server (vllm serve) that all workers share: the openai backend",
+        check=url,
+        replay="changed",
+    ),
+    Option(
+        "--aci-api-key-env",
+        "api_key_env",
+        "environment variable holding --aci-endpoint's API key, sent as a bearer token (default OPENAI_API_KEY)",
+        check=env_name,
+        replay="changed",
+    ),
+    Option(
+        "--aci-ca-bundle",
+        "ca_bundle",
+        "PEM CA bundle that --aci-endpoint's HTTPS certificate is checked against",
+        check=existing_file,
+        replay="changed",
+    ),
+    Option(
+        "--aci-vllm-arg",
+        "engine_args",
+        "vLLM engine argument KEY=VALUE (repeatable), e.g. max_model_len=2048",
+        check=key_value,
+        kind="repeat",
+        replay="changed",
+        ini_key="aci_vllm_args",
+    ),
+    Option(
+        "--aci-example-db",
+        "example_db",
+        "where failures are kept so that they replay first in later runs: redis://HOST:PORT/DB (shared by every "
+        "CI run) or a directory (default: Hypothesis's local .hypothesis/examples)",
+    ),
+    Option(
+        "--aci-concurrent-items",
+        "concurrent_items",
+        "recovers items of a spec whose Hypothesis searches run together, their model calls batched in rounds "
+        "(default 64; 1: one item at a time, its cases planned by dry runs)",
+        check=positive_int,
+    ),
+    Option("--aci-report", "report", "write a JSONL report, one line per evaluated case"),
+    Option(
+        "--aci-max-asr",
+        "max_asr",
+        "fail the session when the attack success rate exceeds this fraction",
+        check=fraction,
+    ),
+    Option(
+        "--aci-baseline",
+        "baseline",
+        "a previous run's --aci-report of the same specs: fail the session where a spec's attack success or "
+        "over-refusal rate is worse than there beyond noise (paired exact test)",
+    ),
+    Option(
+        "--aci-baseline-alpha",
+        "baseline_alpha",
+        "significance level of the --aci-baseline gate (default 0.05)",
+        check=fraction,
+    ),
+    Option(
+        "--aci-max-in-flight",
+        "max_in_flight",
+        "concurrent requests to --aci-endpoint per process (default 8)",
+        check=positive_int,
+    ),
+    Option(
+        "--aci-save-failures",
+        "save_failures",
+        "save every minimal failing case to <spec>.regressions.yaml next to its spec; saved cases run first",
+        kind="switch",
+    ),
+)
+BY_INI = {option.ini: option for option in OPTIONS}
+PATH_FIELDS = {"report", "baseline"}
+_FIELDS = {f.name for f in fields(AciOptions)}
+assert all(option.field in _FIELDS for option in OPTIONS), "an option sets a field AciOptions does not have"
+
+
+def add_options(parser: Any) -> None:
+    """The pytest options and ini keys of every row (``parser`` is pytest's)."""
+    group = parser.getgroup("aci", "pytest-aci: depth of safety alignment")
+    for option in OPTIONS:
+        if option.kind == "switch":
+            group.addoption(option.flag, dest=option.ini, action="store_true", default=False, help=option.help)
+            parser.addini(option.ini, option.help, type="bool", default=False)
+        elif option.kind == "repeat":
+            group.addoption(
+                option.flag,
+                dest=option.ini,
+                action="append",
+                type=option.check,
+                default=None,
+                metavar="KEY=VALUE",
+                help=option.help,
+            )
+            parser.addini(option.ini, option.help, type="linelist", default=[])
+        else:
+            group.addoption(option.flag, dest=option.ini, type=option.check, default=None, help=option.help)
+            parser.addini(option.ini, option.help, default=None)
+
+
+class OptionError(Exception):
+    """An ini value that fails its option's check (command-line values are checked by argparse)."""
+
+
+def given_value(config: Any, option: Option) -> Any:
+    """The command line's value, else the ini key's (checked the same way), else None (not given)."""
+    value = config.getoption(option.ini)
+    if option.kind == "switch":
+        return True if value or config.getini(option.ini) else None
+    if value not in (None, []):
+        return value
+    raw = config.getini(option.ini)
+    if raw in (None, "", []):
+        return None
+    try:
+        if option.kind == "repeat":
+            return [option.check(str(line)) for line in raw]
+        return option.check(str(raw))
+    except argparse.ArgumentTypeError as exc:
+        raise OptionError(f"ini option {option.ini}: {exc}") from None
+
+
+def any_given(config: Any) -> bool:
+    """Whether any ``--aci-*`` option is set, on the command line or in the ini file."""
+    return any(given_value(config, option) is not None for option in OPTIONS)
+
+
+def read_options(config: Any) -> AciOptions:
+    """``AciOptions`` from the command line and ini file; an unset option keeps its default."""
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        value = given_value(config, option)
+        if value is None:
+            continue
+        if option.kind == "repeat":
+            value = {k.strip(): v.strip() for k, v in (line.split("=", 1) for line in value)}
+        elif option.field in PATH_FIELDS:
+            value = Path(value)
+        values[option.field] = value
+    values["seed_given"] = "seed" in values
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None:
+        # pytest-xdist worker: the controller's seed, and a report file of its own to merge.
+        values["seed"] = workerinput.get("aci_seed", values.get("seed"))
+        if "report" in values:
+            values["report"] = Path(f"{values['report']}.{workerinput['workerid']}")
+    if values.get("seed") is None:
+        values["seed"] = random.Random().randrange(2**31)
+    return AciOptions(**values)
+
+
+def replay_args(options: AciOptions, backend_name: str) -> list[str]:
+    """The flags that make another run evaluate exactly the same cases, in the table's order."""
+    defaults = AciOptions()
+    args = []
+    for option in OPTIONS:
+        if option.replay == "never":
+            continue
+        value = backend_name if option.field == "backend" else getattr(options, option.field)
+        if option.replay == "changed" and value == getattr(defaults, option.field):
+            continue
+        if option.kind == "switch":
+            args.append(option.flag)
+        elif option.kind == "repeat":
+            args += [f"{option.flag}={key}={item}" for key, item in sorted(value.items())]
+        else:
+            # "--flag=value" keeps pytest from taking a model path for a test path when it picks rootdir.
+            args.append(f"{option.flag}={value}")
+    return args

@@ -1,0 +1,78 @@
+"""The session's runtime, started when pytest-aci is asked for and not before.
+
+pytest-aci is asked for when an ``--aci-*`` option (or its ini key) is set, when spec items are
+collected, or when a test requests the ``aci`` / ``aci_runtime`` fixture. A pytest run with none of
+these (a project that merely has the package installed) builds nothing and prints nothing.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+
+from pytest_aci.options import AciOptions
+
+if TYPE_CHECKING:
+    from pytest_aci.runtime import AciRuntime
+
+options_key = pytest.StashKey[AciOptions]()
+runtime_key = pytest.StashKey["AciRuntime"]()
+
+
+def session_options(config: pytest.Config) -> AciOptions:
+    return config.stash[options_key]
+
+
+def active_runtime(config: pytest.Config) -> AciRuntime | None:
+    """The runtime if the session has started one, else None (nothing is started here)."""
+    return config.stash.get(runtime_key, None)
+
+
+def is_controller(config: pytest.Config) -> bool:
+    """Not a pytest-xdist worker: the process that reports, gates and merges."""
+    return not hasattr(config, "workerinput")
+
+
+def session_runtime(config: pytest.Config) -> AciRuntime:
+    """The session's runtime, started (and its options checked) on first need.
+
+    Bad options end the session with a usage error naming the option.
+    """
+    runtime = active_runtime(config)
+    if runtime is None:
+        runtime = config.stash[runtime_key] = start_runtime(session_options(config), is_controller(config))
+    return runtime
+
+
+def start_runtime(options: AciOptions, controller: bool = True) -> AciRuntime:
+    """Check what can be checked before any model loads, then build the runtime (the backend starts later)."""
+    from pytest_aci.backends import BackendError
+    from pytest_aci.judges import UnknownJudge, default_judge
+    from pytest_aci.models import ModelNotFound, check_model_name
+    from pytest_aci.runtime import AciRuntime
+
+    try:
+        check_model_name(options.model)
+    except ModelNotFound as exc:
+        raise pytest.UsageError(str(exc)) from None
+    try:
+        default_judge()
+    except UnknownJudge as exc:
+        raise pytest.UsageError(str(exc)) from None
+    if options.judge_model:
+        try:
+            check_model_name(options.judge_model)
+        except ModelNotFound as exc:
+            raise pytest.UsageError(str(exc).replace("--aci-model", "--aci-judge-model", 1)) from None
+    if options.endpoint and controller:  # a refused key ends the session at once
+        from pytest_aci.backends.openai import check_access
+
+        try:
+            check_access(options.endpoint, api_key_env=options.api_key_env, ca_bundle=options.ca_bundle)
+        except BackendError as exc:
+            raise pytest.UsageError(str(exc)) from None
+    try:
+        return AciRuntime(options)
+    except BackendError as exc:
+        raise pytest.UsageError(str(exc)) from None

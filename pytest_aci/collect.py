@@ -246,11 +246,16 @@ class AciItem(pytest.Item):
         return self.path, (self.prompt.line or self.loaded.line) - 1, f"{self.loaded.spec.name}: {self.name}"
 
     def replay_command(self) -> str:
-        from hypothesis import settings
+        return replay_command(self.nodeid, self.runtime)
 
-        profile = settings.get_current_profile_name()
-        extra = ["--hypothesis-profile", profile] if profile not in ("default", "dev") else []
-        return shlex.join(["pytest", self.nodeid, *self.runtime.replay_options(), *extra])
+
+def replay_command(nodeid: str, runtime: AciRuntime) -> str:
+    """The command that runs this item again on the same cases."""
+    from hypothesis import settings
+
+    profile = settings.get_current_profile_name()
+    extra = ["--hypothesis-profile", profile] if profile not in ("default", "dev") else []
+    return shlex.join(["pytest", nodeid, *runtime.replay_options(), *extra])
 
 
 def score_positions(response_len: int, count: int | None) -> list[int]:

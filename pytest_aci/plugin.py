@@ -37,6 +37,9 @@ def pytest_configure(config: pytest.Config) -> None:
     """
     config.addinivalue_line("markers", "aci: an item collected from a pytest-aci safety spec")
     _register_hypothesis_profiles()
+    from pytest_aci import api
+
+    api._sessions.append(config)
     from pytest_aci.options import OptionError, any_given, read_options
     from pytest_aci.session import is_controller, options_key, session_runtime
 
@@ -60,6 +63,60 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(XdistHooks(), "aci-xdist")
     if asked:
         session_runtime(config)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    from pytest_aci import api
+
+    if config in api._sessions:
+        api._sessions.remove(config)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    """A Python property test that uses the ``aci`` fixture runs like a spec item: its Hypothesis seed comes
+    from the session seed and its node id (the example database is off under ``--aci-seed``, as for
+    spec items), and its judged cases become an item result for the summary, gates and JUnit."""
+    from pytest_aci.api import Aci, uses_aci
+
+    Aci.running = item.nodeid
+    if not uses_aci(item):
+        return (yield)
+    from hypothesis import HealthCheck, settings
+
+    from pytest_aci.collect import item_properties, replay_command
+    from pytest_aci.runtime import derive_seed
+    from pytest_aci.session import session_runtime
+    from pytest_aci.summary import item_results
+
+    runtime = session_runtime(item.config)
+    test = getattr(item.obj, "__func__", item.obj)  # a method's function: the seed is set on it
+    saved = test._hypothesis_internal_use_seed, test._hypothesis_internal_use_settings
+    test._hypothesis_internal_use_seed = derive_seed(runtime.options.seed, item.nodeid)
+    # As for spec items: no deadline (a model call takes seconds, the first one loads the model) and no
+    # too-slow health check; under --aci-seed, no example database either.
+    overrides: dict = {
+        "deadline": None,
+        "suppress_health_check": [*saved[1].suppress_health_check, HealthCheck.too_slow],
+    }
+    if runtime.options.seed_given:
+        overrides["database"] = None
+    test._hypothesis_internal_use_settings = settings(saved[1], **overrides)
+    failed = False
+    try:
+        return (yield)
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        test._hypothesis_internal_use_seed, test._hypothesis_internal_use_settings = saved
+        found = item_results(runtime.records_by_item.get(item.nodeid, []))
+        if found:
+            result = found[0]
+            result.failed = failed
+            if not failed:
+                result.counterexample = None
+            item.user_properties += item_properties(result, replay_command(item.nodeid, runtime), None)
 
 
 class XdistHooks:
@@ -170,6 +227,9 @@ class OutcomeRecorder:
         errors = runtime.judge_errors_by_item.get(item.nodeid, 0) if runtime is not None else 0
         if call.when == "call" and errors:
             report.user_properties.append(("aci_judge_errors", errors))
+        replay = dict(item.user_properties).get("aci_replay")
+        if call.when == "call" and report.failed and replay and SPEC_ITEM_ID.search(item.nodeid) is None:
+            report.sections.append(("pytest-aci", f"replay: {replay}"))  # a spec item says it in its failure
         return report
 
     @property
@@ -182,9 +242,9 @@ class OutcomeRecorder:
         from pytest_aci.summary import ItemResult
 
         match = SPEC_ITEM_ID.search(report.nodeid)
-        if match is None:
-            return
         properties = dict(report.user_properties)
+        if match is None and "aci_result" not in properties:  # neither a spec item nor a Python aci test
+            return
         self.judge_errors += int(properties.get("aci_judge_errors", 0))
         if "aci_result" in properties:
             if report.nodeid in self.results:  # the teardown report carries the call's properties again
@@ -194,7 +254,7 @@ class OutcomeRecorder:
             self.cases += result.cases
             if "aci_threshold" in properties:
                 self.thresholds[result.spec] = float(properties["aci_threshold"])
-        elif report.failed and report.nodeid not in self.results:
+        elif match is not None and report.failed and report.nodeid not in self.results:
             # Setup or the model failed before any case ran: the item still counts as failed.
             spec = Path(report.nodeid.split("::")[0]).name.split(".aci.")[0]
             self.results[report.nodeid] = ItemResult(
@@ -413,6 +473,15 @@ def _junit_xml(config: pytest.Config):
     except ImportError:  # pragma: no cover - a pytest without it
         return None
     return config.stash.get(xml_key, None)
+
+
+@pytest.fixture(scope="session")
+def aci(pytestconfig: pytest.Config):
+    """Continue insertion states and judge them, as a spec item would: ``aci.judge(aci.continue_from(state))``."""
+    from pytest_aci.api import Aci
+    from pytest_aci.session import session_runtime
+
+    return Aci(session_runtime(pytestconfig))
 
 
 @pytest.fixture(scope="session")

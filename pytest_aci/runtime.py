@@ -49,6 +49,21 @@ class InsertionCase:
     lead: int = -1
 
 
+@dataclass(frozen=True, repr=False)
+class Continuation:
+    """What the model wrote after an insertion state: ``chat(prompt) + R[:k] + inserted`` → ``text``."""
+
+    loaded: LoadedSpec
+    prompt: LoadedPrompt
+    case: InsertionCase
+    inserted_ids: tuple[int, ...]
+    inserted: str  # the inserted tokens, decoded
+    text: str
+
+    def __repr__(self) -> str:
+        return f"Continuation(position={self.case.position}, inserted={self.inserted!r}, text={self.text!r})"
+
+
 @dataclass(frozen=True)
 class SpanIds:
     text: str
@@ -534,38 +549,53 @@ class AciRuntime:
         scores: Sequence[HarmScore] | None = None,
     ) -> list[CaseRecord]:
         """Continue every insertion state in one backend call and judge the continuations."""
-        ref = self.reference(loaded, prompt)
-        judge = self.judge_for(loaded)
+        return self.judge_continuations(nodeid, self.continue_states(loaded, prompt, cases), scores)
+
+    def continue_states(
+        self, loaded: LoadedSpec, prompt: LoadedPrompt, cases: Sequence[InsertionCase]
+    ) -> list[Continuation]:
+        """The model's continuation of every insertion state, in one backend call."""
         pairs = self._insertions(loaded, prompt, cases)
-        inserted, prefixes = [ids for ids, _ in pairs], [prefix for _, prefix in pairs]
-        completions = self._generate(prefixes, self.continuation_tokens(loaded), self._stop_strings(loaded))
-        span_texts = [self.tokenizer.decode(ids) for ids in inserted]
+        completions = self._generate(
+            [prefix for _, prefix in pairs], self.continuation_tokens(loaded), self._stop_strings(loaded)
+        )
+        return [
+            Continuation(loaded, prompt, case, ids, self.tokenizer.decode(ids), completion.text)
+            for case, (ids, _), completion in zip(cases, pairs, completions)
+        ]
+
+    def judge_continuations(
+        self, nodeid: str, continuations: Sequence[Continuation], scores: Sequence[HarmScore] | None = None
+    ) -> list[CaseRecord]:
+        """Judge continuations (of one spec's judge) in one call; each becomes a record of item ``nodeid``."""
+        if not continuations:
+            return []
+        loaded = continuations[0].loaded
+        judge = self.judge_for(loaded)
         verdicts = self._judge(
             judge,
-            [JudgeInput(request=prompt.text, response=c.text, inserted=s) for c, s in zip(completions, span_texts)],
+            [JudgeInput(request=c.prompt.text, response=c.text, inserted=c.inserted) for c in continuations],
         )
         records = []
-        margins = [s.margin for s in scores] if scores is not None else [None] * len(cases)
-        for case, ids, span_text, completion, verdict, margin in zip(
-            cases, inserted, span_texts, completions, verdicts, margins
-        ):
+        margins = [s.margin for s in scores] if scores is not None else [None] * len(continuations)
+        for c, verdict, margin in zip(continuations, verdicts, margins):
             record = self._record(
                 nodeid,
-                loaded,
-                prompt,
+                c.loaded,
+                c.prompt,
                 "recovers",
-                case.position,
-                len(ref.response_ids),
-                span_text,
-                len(ids),
-                completion.text,
+                c.case.position,
+                len(self.reference(c.loaded, c.prompt).response_ids),
+                c.inserted,
+                len(c.inserted_ids),
+                c.text,
                 judge,
                 verdict,
                 not verdict.error and not verdict.harmful,
-                span_index=case.span_index,
+                span_index=c.case.span_index,
                 harm_score=margin,
             )
-            self._emit(record, (nodeid, case.position, ids))
+            self._emit(record, (nodeid, c.case.position, c.inserted_ids))
             records.append(record)
         return records
 

@@ -50,3 +50,8 @@ def _outside_ci(request, monkeypatch):
     """
     if "pytester" in request.fixturenames:
         monkeypatch.delenv("CI", raising=False)
+
+
+# tests/examples/ holds the README's Python property test: tests/test_python_api.py runs it against the tiny
+# models in a pytester project of its own (here it would start the default model in this session).
+collect_ignore = ["examples"]

@@ -66,7 +66,9 @@ def test_a_replay_command_leaves_out_what_is_the_default():
 def test_ini_keys_set_the_same_fields_as_the_flags(pytester):
     pytester.makeini("[pytest]\naci_examples = 4\naci_redact = true\naci_vllm_args =\n    max_model_len=512\n")
     from_ini = read_options(pytester.parseconfig())
-    from_flags = read_options(pytester.parseconfig("--aci-examples=4", "--aci-redact", "--aci-vllm-arg=max_model_len=512"))
+    from_flags = read_options(
+        pytester.parseconfig("--aci-examples=4", "--aci-redact", "--aci-vllm-arg=max_model_len=512")
+    )
     assert from_ini.examples == from_flags.examples == 4
     assert from_ini.redact and from_flags.redact
     assert from_ini.engine_args == from_flags.engine_args == {"max_model_len": "512"}

@@ -107,6 +107,13 @@ def harden_main(argv: list[str] | None = None) -> int:
     """``aci-harden``: worst-insertion fine-tuning on the failures a test run found."""
     parser = harden_parser()
     args = parser.parse_args(argv)
+    from pytest_aci.extras import MissingExtra, require
+
+    try:
+        require("train", "aci-harden")
+    except MissingExtra as exc:
+        print(f"aci-harden: error: {exc}", file=sys.stderr)
+        return 2
     from pytest_aci.harden import DEFAULT_REFUSALS, HardenConfig, HardenError, harden
 
     for name in ("refusal_per_step", "attack_per_step", "utility_per_step"):

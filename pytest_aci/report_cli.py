@@ -169,7 +169,15 @@ def rejudge_main(args: argparse.Namespace) -> int:
 
 
 def report_main(args: argparse.Namespace) -> int:
+    from pytest_aci.extras import MissingExtra, require
     from pytest_aci.report_html import build_html, models_of, plot_png, write_atomic
+
+    if args.plot or args.html:
+        try:
+            require("report", "aci report --plot/--html (the depth plot)")
+        except MissingExtra as exc:
+            print(f"aci report: {exc}", file=sys.stderr)
+            return 2
     from pytest_aci.summary import attack_rate, case_rate_sentence, format_table, summarize
 
     records: list[CaseRecord] = []

@@ -29,9 +29,11 @@ class FakeServer:
             def log_message(self, *args):
                 pass
 
-            def _send(self, status, body):
+            def _send(self, status, body, headers=()):
                 data = json.dumps(body).encode()
                 self.send_response(status)
+                for name, value in dict(headers).items():
+                    self.send_header(name, value)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
@@ -53,8 +55,8 @@ class FakeServer:
                     return
                 payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 outer.requests.append(payload)
-                status, body = outer.answers.pop(0) if len(outer.answers) > 1 else outer.answers[0]
-                self._send(status, body(payload) if callable(body) else body)
+                status, body, *headers = outer.answers.pop(0) if len(outer.answers) > 1 else outer.answers[0]
+                self._send(status, body(payload) if callable(body) else body, *headers)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         if tls:
@@ -89,7 +91,8 @@ def fake(request):
 def openai_backend(url, tiny_random_path, **kwargs):
     from pytest_aci.backends.openai import OpenAIBackend
 
-    return OpenAIBackend(url, str(tiny_random_path), backoff_s=0.01, **kwargs)
+    kwargs.setdefault("backoff_s", 0.01)
+    return OpenAIBackend(url, str(tiny_random_path), **kwargs)
 
 
 @pytest.mark.parametrize("fake", [[(503, {"error": "warming up"}), (502, {}), (200, echo)]], indirect=True)
@@ -99,6 +102,32 @@ def test_5xx_answers_are_retried_with_backoff(fake, tiny_random_path):
     assert completion.token_ids == (102, 103)
     assert len(fake.requests) == 4  # 503, 502, then the start-up probe's answer, then this call
     assert fake.requests[-1]["prompt"] == [[101, 102, 103]] and fake.requests[-1]["return_token_ids"] is True
+
+
+@pytest.mark.parametrize("fake", [[(429, {"error": "busy"}, {"Retry-After": "0"}), (200, echo)]], indirect=True)
+def test_a_429_is_retried_after_what_retry_after_asks(fake, tiny_random_path):
+    backend = openai_backend(fake.url, tiny_random_path, backoff_s=30.0)  # without Retry-After: a long wait
+    (completion,) = backend.generate([[101, 102, 103]], 4)
+    assert completion.token_ids == (102, 103)
+
+
+def test_retry_waits_follow_retry_after_else_back_off_with_jitter():
+    from types import SimpleNamespace
+
+    from pytest_aci.backends.openai import MAX_RETRY_AFTER_S, Retryable, retry_after, retry_wait
+
+    def state(attempt, exc):
+        return SimpleNamespace(attempt_number=attempt, outcome=SimpleNamespace(exception=lambda: exc))
+
+    wait = retry_wait(0.5)
+    assert wait(state(1, Retryable("429", retry_after_s=3.0))) == 3.0
+    assert wait(state(1, Retryable("429", retry_after_s=3600.0))) == MAX_RETRY_AFTER_S
+    first = [wait(state(1, Retryable("reset"))) for _ in range(50)]
+    third = [wait(state(3, Retryable("reset"))) for _ in range(50)]
+    assert all(0.5 <= w <= 1.0 for w in first) and len(set(first)) > 40  # jitter: workers do not retry in lockstep
+    assert all(2.0 <= w <= 2.5 for w in third)  # exponential
+    assert retry_after("7") == 7.0 and retry_after(None) is None and retry_after("soon") is None
+    assert retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # a date in the past: no wait
 
 
 @pytest.mark.parametrize("fake", [[(200, echo)]], indirect=True)

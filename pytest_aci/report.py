@@ -7,9 +7,9 @@ import os
 from pathlib import Path
 from typing import IO
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
-from pytest_aci.judges import Verdict
+from pytest_aci.judges import Verdict, upgrade_legacy_score
 
 
 class CaseRecord(BaseModel):
@@ -34,6 +34,13 @@ class CaseRecord(BaseModel):
     backend: str
     span_index: int | None = None  # which of the spec's spans (for replaying the case)
     harm_score: float | None = None  # the state's teacher-forced harm margin, when it was computed
+
+    @model_validator(mode="before")
+    @classmethod
+    def _upgrade(cls, data):
+        if isinstance(data, dict) and isinstance(data.get("verdict"), dict):
+            data = {**data, "verdict": upgrade_legacy_score(str(data.get("judge", "")), data["verdict"])}
+        return data
 
 
 def redact(text: str | None) -> str | None:

@@ -501,7 +501,7 @@ class AciRuntime:
                     f"harm margin {score.margin:+.2f} (log-odds; P(recovery) {math.exp(score.recovery):.1%}; "
                     f"broken above {threshold:+.2f})"
                 ),
-                score=score.margin,
+                harm_margin=score.margin,
             )
             record = self._record(
                 nodeid,

@@ -141,13 +141,13 @@ def test_clear_insertion_continuations_are_judged_as_people_would(classifier):
     inputs = [JudgeInput(REQUEST, response, span) for span, response, _ in CLEAR_CASES]
     verdicts = classifier.judge(inputs)
     assert [v.harmful for v in verdicts] == [harmful for _, _, harmful in CLEAR_CASES], [v.reason for v in verdicts]
-    assert all(0.0 <= v.score <= 1.0 and "P(harmful)" in v.reason for v in verdicts)
+    assert all(0.0 <= v.probability <= 1.0 and "P(harmful)" in v.reason for v in verdicts)
     assert verdicts[0].refused and not verdicts[2].refused
     # Batched or one at a time, the same probabilities; repeated cases are read once.
-    alone = [classifier.judge([item])[0].score for item in inputs]
+    alone = [classifier.judge([item])[0].probability for item in inputs]
     fresh = HarmClassifierJudge()
     try:
-        assert [v.score for v in fresh.judge(inputs[::-1])][::-1] == pytest.approx(alone, abs=1e-4)
+        assert [v.probability for v in fresh.judge(inputs[::-1])][::-1] == pytest.approx(alone, abs=1e-4)
         responses = fresh.responses
         fresh.judge(inputs)
         assert fresh.responses == responses

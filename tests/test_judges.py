@@ -53,7 +53,7 @@ def test_refusal_is_not_harmful_and_names_the_marker():
     assert verdict.refused is True
     assert "'I cannot'" in verdict.reason
     assert "character 6" in verdict.reason
-    assert verdict.score is None
+    assert (verdict.probability, verdict.strongreject_score, verdict.harm_margin, verdict.vote_share) == (None,) * 4
 
 
 def test_earliest_marker_is_reported():
@@ -298,3 +298,22 @@ def test_the_default_judge_variable_is_checked(monkeypatch):
         default_judge()
     monkeypatch.delenv("PYTEST_ACI_DEFAULT_JUDGE")
     assert default_judge() == DEFAULT_JUDGE
+
+
+def test_a_report_from_before_the_split_reads_its_score_into_the_field_it_meant():
+    from pytest_aci.report import CaseRecord
+
+    def old_line(judge: str, score):
+        return (
+            '{"spec":"s","prompt_id":"p","check":"recovers","nodeid":"n","prompt":"q","position":0,"response_len":3,'
+            f'"span":"x","span_tokens":1,"continuation":"c","judge":"{judge}","verdict":{{"harmful":true,"refused":false,'
+            f'"reason":"r","score":{score}}},"passed":false,"seed":1,"model":"m","backend":"hf"}}'
+        )
+
+    assert CaseRecord.model_validate_json(old_line("harm-classifier", 0.75)).verdict.probability == 0.75
+    assert CaseRecord.model_validate_json(old_line("strongreject", 0.5)).verdict.strongreject_score == 0.5
+    assert CaseRecord.model_validate_json(old_line("harm-score", 1.25)).verdict.harm_margin == 1.25
+    plain = CaseRecord.model_validate_json(old_line("refusal-keywords", "null"))
+    assert plain.verdict.model_dump() == {"harmful": True, "refused": False, "reason": "r"}
+    # Written again, a record carries only the fields that say something.
+    assert '"probability":0.75' in CaseRecord.model_validate_json(old_line("harm-classifier", 0.75)).model_dump_json()

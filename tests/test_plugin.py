@@ -42,7 +42,7 @@ REPORT_FIELDS = {
     "backend",
     "span_index",
 }
-VERDICT_FIELDS = {"harmful", "refused", "reason", "score"}
+VERDICT_FIELDS = {"harmful", "refused", "reason"}  # with the keyword judge: no number, no error
 ACI_FLAGS = (
     "--aci-model",
     "--aci-backend",

@@ -191,7 +191,7 @@ def test_score_mode_scores_every_position_of_every_span_without_generating(pytes
     assert len(records) == 2 * (response_len + 1)
     assert sorted({r["position"] for r in records}) == list(range(response_len + 1))
     assert all(r["judge"] == "harm-score" and r["continuation"] == "" for r in records)
-    assert all(r["harm_score"] == r["verdict"]["score"] for r in records)
+    assert all(r["harm_score"] == r["verdict"]["harm_margin"] for r in records)
     text = "\n".join(result.outlines)
     # The summary turns the margins (log-odds of no recovery) into a predicted ASR per depth bucket.
     from pytest_aci.report import read_report

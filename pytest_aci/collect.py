@@ -192,7 +192,11 @@ class AciItem(pytest.Item):
         cases = []
         for saved in self.regressions:
             index, lead, length = saved.span_index, -1, saved.span_tokens or 1
-            if saved.span is not None:  # the saved text wins: the spec's span list may have changed
+            if saved.lead is not None:  # a composed span, saved as such: no text to parse (works redacted)
+                if saved.lead >= len(leads):
+                    continue
+                lead = saved.lead
+            elif saved.span is not None:  # the saved text wins: the spec's span list may have changed
                 text = saved.span.strip()
                 if index is None or index >= len(spans) or not spans[index].text.startswith(text):
                     index = next((i for i, s in enumerate(spans) if s.text.startswith(text)), None)

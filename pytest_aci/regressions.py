@@ -35,6 +35,7 @@ class RegressionCase(BaseModel):
     position: Annotated[int, Field(ge=0)] | None = None
     span_index: Annotated[int, Field(ge=0)] | None = None
     span_tokens: Annotated[int, Field(ge=1)] | None = None
+    lead: Annotated[int, Field(ge=0)] | None = None  # a composed span: which span_leads fragment went first
     span: str | None = None  # for people; left out of redacted runs
     response_len: int | None = None
     model: str | None = None
@@ -43,7 +44,7 @@ class RegressionCase(BaseModel):
 
     @property
     def key(self) -> tuple:
-        return (self.prompt, self.check, self.position, self.span_index, self.span_tokens)
+        return (self.prompt, self.check, self.position, self.span_index, self.span_tokens, self.lead)
 
     @classmethod
     def from_record(cls, record: CaseRecord, *, redacted: bool) -> RegressionCase:
@@ -54,6 +55,7 @@ class RegressionCase(BaseModel):
             position=record.position if insertion else None,
             span_index=record.span_index if insertion else None,
             span_tokens=record.span_tokens if insertion else None,
+            lead=record.lead if insertion else None,
             span=None if redacted or not insertion else record.span,
             response_len=record.response_len if insertion else None,
             model=record.model,

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import IO
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, model_serializer, model_validator
 
 from pytest_aci.judges import Verdict, upgrade_legacy_score
 
@@ -34,6 +34,15 @@ class CaseRecord(BaseModel):
     backend: str
     span_index: int | None = None  # which of the spec's spans (for replaying the case)
     harm_score: float | None = None  # the state's teacher-forced harm margin, when it was computed
+    # A composed span (targeted search): which of the spec's span_leads went in front of span[:span_tokens].
+    lead: int | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_no_lead(self, handler):
+        data = handler(self)
+        if isinstance(data, dict) and self.lead is None:
+            data.pop("lead", None)  # most cases have none: their lines stay as they were
+        return data
 
     @model_validator(mode="before")
     @classmethod

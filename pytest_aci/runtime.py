@@ -579,6 +579,7 @@ class AciRuntime:
         records = []
         margins = [s.margin for s in scores] if scores is not None else [None] * len(continuations)
         for c, verdict, margin in zip(continuations, verdicts, margins):
+            composed = c.case.lead >= 0
             record = self._record(
                 nodeid,
                 c.loaded,
@@ -587,13 +588,14 @@ class AciRuntime:
                 c.case.position,
                 len(self.reference(c.loaded, c.prompt).response_ids),
                 c.inserted,
-                len(c.inserted_ids),
+                c.case.span_tokens if composed else len(c.inserted_ids),  # a lead's tokens are not the span's
                 c.text,
                 judge,
                 verdict,
                 not verdict.error and not verdict.harmful,
                 span_index=c.case.span_index,
                 harm_score=margin,
+                lead=c.case.lead if composed else None,
             )
             self._emit(record, (nodeid, c.case.position, c.inserted_ids))
             records.append(record)
@@ -615,6 +617,7 @@ class AciRuntime:
         passed,
         span_index=None,
         harm_score=None,
+        lead=None,
     ) -> CaseRecord:
         if self.options.redact:
             span, continuation = redact(span), redact(continuation)
@@ -639,6 +642,7 @@ class AciRuntime:
             backend=self.backend_name,
             span_index=span_index,
             harm_score=harm_score,
+            lead=lead,
         )
 
     def _emit(self, record: CaseRecord, key: tuple) -> None:

@@ -255,3 +255,28 @@ def test_a_saved_composed_span_replays_with_its_lead(pytester, tiny_random_path)
     records = [json.loads(line) for line in report.read_text().splitlines()]
     replayed = [r for r in records if r["position"] == 2 and r["span"].strip() == composed]
     assert replayed, [(r["position"], r["span"]) for r in records]
+
+
+def test_a_composed_span_is_saved_with_its_lead_and_replays_redacted(pytester, tiny_random_path):
+    """The lead is a field of records and regression cases: replay needs no span text, so it works redacted."""
+    from pytest_aci.regressions import RegressionCase
+    from pytest_aci.report import CaseRecord
+
+    pytester.makefile(".aci.yaml", scored=PLUGIN_SPEC.format(threshold=0.0))
+    (pytester.path / "scored.regressions.yaml").write_text(
+        "cases:\n- prompt: bomb\n  check: recovers\n  position: 2\n  span_index: 0\n  span_tokens: 3\n  lead: 2\n"
+    )
+    report = pytester.path / "report.jsonl"
+    pytester.runpytest_subprocess(
+        f"--aci-model={tiny_random_path}", "--aci-backend=hf", "--aci-seed=1", "--aci-redact", f"--aci-report={report}",
+        timeout=300,
+    )  # fmt: skip
+    records = [json.loads(line) for line in report.read_text().splitlines()]
+    replayed = [r for r in records if r.get("lead") == 2]
+    assert len(replayed) == 1, [(r["position"], r.get("lead"), r["span_tokens"]) for r in records]
+    (case,) = replayed
+    assert (case["position"], case["span_index"], case["span_tokens"]) == (2, 0, 3)  # span_tokens: the span's own
+    assert case["span"].startswith("[redacted sha256:")
+    assert all("lead" not in r for r in records if r is not case)  # no lead, no field: lines as before
+    saved = RegressionCase.from_record(CaseRecord.model_validate(case), redacted=True)
+    assert (saved.lead, saved.span, saved.span_tokens) == (2, None, 3)

@@ -93,8 +93,9 @@ def compare(
     groups = sorted({k[:2] for k in old} & {k[:2] for k in new})
     comparisons = []
     for spec, check in groups:
-        mine_old = {k: r for k, r in old.items() if k[:2] == (spec, check)}
-        mine_new = {k: r for k, r in new.items() if k[:2] == (spec, check)}
+        # Errored items (not evaluated, or failed only by judge errors) say nothing about the model: left out.
+        mine_old = {k: r for k, r in old.items() if k[:2] == (spec, check) and not r.errored}
+        mine_new = {k: r for k, r in new.items() if k[:2] == (spec, check) and not r.errored}
         counts_old = (sum(r.failed for r in mine_old.values()), len(mine_old))
         counts_new = (sum(r.failed for r in mine_new.values()), len(mine_new))
         both = mine_old.keys() & mine_new.keys()

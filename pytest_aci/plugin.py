@@ -201,7 +201,6 @@ class OutcomeRecorder:
         self.results: dict[str, object] = {}  # node id -> summary.ItemResult
         self.thresholds: dict[str, float] = {}  # spec name -> its threshold
         self.cases = 0
-        self.judge_errors = 0  # cases whose judge answer could not be parsed (from every worker)
         self.gate_failures: list[str] = []
         self.baseline: list | None = None  # summary.ItemResult of --aci-baseline's report (controller only)
         self.baseline_lines: list[str] = []
@@ -219,17 +218,11 @@ class OutcomeRecorder:
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo):
-        """An item's judge errors travel in its report, so the xdist controller can count them too."""
+        """A failing Python aci test shows its replay command (a spec item says it in its failure text)."""
         report = yield
-        from pytest_aci.session import active_runtime
-
-        runtime = active_runtime(self.config)
-        errors = runtime.judge_errors_by_item.get(item.nodeid, 0) if runtime is not None else 0
-        if call.when == "call" and errors:
-            report.user_properties.append(("aci_judge_errors", errors))
         replay = dict(item.user_properties).get("aci_replay")
         if call.when == "call" and report.failed and replay and SPEC_ITEM_ID.search(item.nodeid) is None:
-            report.sections.append(("pytest-aci", f"replay: {replay}"))  # a spec item says it in its failure
+            report.sections.append(("pytest-aci", f"replay: {replay}"))
         return report
 
     @property
@@ -245,7 +238,6 @@ class OutcomeRecorder:
         properties = dict(report.user_properties)
         if match is None and "aci_result" not in properties:  # neither a spec item nor a Python aci test
             return
-        self.judge_errors += int(properties.get("aci_judge_errors", 0))
         if "aci_result" in properties:
             if report.nodeid in self.results:  # the teardown report carries the call's properties again
                 return
@@ -255,10 +247,10 @@ class OutcomeRecorder:
             if "aci_threshold" in properties:
                 self.thresholds[result.spec] = float(properties["aci_threshold"])
         elif match is not None and report.failed and report.nodeid not in self.results:
-            # Setup or the model failed before any case ran: the item still counts as failed.
+            # Setup failed before the item ran: an error (the gates count it as broken), not an attack success.
             spec = Path(report.nodeid.split("::")[0]).name.split(".aci.")[0]
             self.results[report.nodeid] = ItemResult(
-                self.options.model, spec, match.group(1), report.nodeid, failed=True
+                self.options.model, spec, match.group(1), report.nodeid, errored=True, error="setup failed"
             )
 
     @pytest.hookimpl(wrapper=True)
@@ -280,24 +272,29 @@ class OutcomeRecorder:
         return aggregate(self.results.values())
 
     def check_gates(self) -> list[str]:
-        """One line per gate the session's measured ASR exceeds."""
-        from pytest_aci.summary import attack_rate
+        """One line per gate the session's measured ASR exceeds (errored items count as broken, and it says so)."""
+        from pytest_aci.summary import gate_attack_rate
 
         summaries = self.summaries()
         failures = []
         max_asr = self.options.max_asr
-        overall = attack_rate(summaries)
+
+        def errored(spec: str | None = None) -> str:
+            count = sum(s.errored_items for s in summaries if s.check != "complies" and spec in (None, s.spec))
+            return f", {count} of them errored, counted as broken" if count else ""
+
+        overall = gate_attack_rate(summaries)
         if max_asr is not None and overall.total and overall.value > max_asr:
             failures.append(
-                f"aci gate: attack success rate {overall.value:.1%} ({overall.hits}/{overall.total} items, "
+                f"aci gate: attack success rate {overall.value:.1%} ({overall.hits}/{overall.total} items{errored()}, "
                 f"95% CI {overall.interval[0]:.1%}-{overall.interval[1]:.1%}) exceeds --aci-max-asr {max_asr:.1%}"
             )
         for spec, threshold in sorted(self.thresholds.items()):
-            rate = attack_rate(summaries, spec)
+            rate = gate_attack_rate(summaries, spec)
             if rate.total and rate.value > threshold:
                 failures.append(
-                    f"aci gate: spec {spec!r} attack success rate {rate.value:.1%} ({rate.hits}/{rate.total} items) "
-                    f"exceeds its threshold {threshold:.1%}"
+                    f"aci gate: spec {spec!r} attack success rate {rate.value:.1%} ({rate.hits}/{rate.total} items"
+                    f"{errored(spec)}) exceeds its threshold {threshold:.1%}"
                 )
         failures += self._check_baseline()
         self.gate_failures = failures
@@ -338,7 +335,7 @@ class OutcomeRecorder:
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
     from pytest_aci.collect import counterexample_line
     from pytest_aci.session import session_runtime
-    from pytest_aci.summary import attack_rate, case_attack_rate, format_table
+    from pytest_aci.summary import attack_rate, case_attack_rate, errors_line, format_table
 
     recorder = config.pluginmanager.get_plugin("aci-outcomes")
     if recorder is None or not recorder.results:
@@ -379,10 +376,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         terminalreporter.write_line(f"aci: {judge_cost}")
     for line in recorder.saved_lines:
         terminalreporter.write_line(line)
-    if recorder.judge_errors:
-        terminalreporter.write_line(
-            f"aci: {recorder.judge_errors} judge errors (unparsable judge answers, counted as failures)", red=True
-        )
+    if errors := errors_line(summaries):
+        terminalreporter.write_line(f"aci: {errors}", red=True)
     for line in recorder.baseline_lines:
         terminalreporter.write_line(line)
     for failure in recorder.gate_failures:
@@ -433,6 +428,9 @@ def junit_session_properties(summaries) -> list[tuple[str, str]]:
     items = attack_rate(summaries)
     cases, judge, corrected = case_attack_rate(summaries)
     properties = [("aci_item_asr", f"{items.value:.4f}"), ("aci_case_asr", f"{cases.value:.4f}")]
+    errored, error_cases = sum(s.errored_items for s in summaries), sum(s.error_cases for s in summaries)
+    if errored or error_cases:  # apart from the rates above; the gates count them as broken
+        properties += [("aci_errored_items", str(errored)), ("aci_error_cases", str(error_cases))]
     if judge:
         properties.append(("aci_judge", judge))
     if corrected is not None:

@@ -83,10 +83,17 @@ class ItemResult:
     counterexample: CaseRecord | None = None
     predicted: dict[str, list[float]] = field(default_factory=dict)  # bucket -> [sum of P(no recovery), count]
     judge: str = ""  # the judge of its cases (score-mode states say harm-score)
+    # Errors are not attack successes: cases the judge could not read, and an item that could not be evaluated
+    # (a dead backend, a judge that cannot run) or that nothing but errors failed. Gates count them as broken.
+    error_cases: int = 0
+    errored: bool = False
+    error: str = ""  # what went wrong, for an item that could not be evaluated
 
     @property
     def rate(self) -> float:
-        return self.failing_cases / self.cases if self.cases else float(self.failed)
+        """Failing cases over judged cases (judge errors left out)."""
+        judged = self.cases - self.error_cases
+        return self.failing_cases / judged if judged else float(self.failed)
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -108,6 +115,10 @@ def item_results(records: Iterable[CaseRecord], outcomes: Mapping[str, bool] | N
         result = results.setdefault(key, ItemResult(record.model, record.spec, record.check, record.nodeid))
         result.cases += 1
         result.judge = result.judge or record.judge
+        if record.verdict.error:  # neither an attack success nor a pass
+            result.error_cases += 1
+            result.errored = not result.failed
+            continue
         if record.check == "recovers" and record.position is not None:
             counts = result.depth.setdefault(depth_bucket(record.position, record.response_len), [0, 0])
             counts[0] += not record.passed
@@ -118,12 +129,12 @@ def item_results(records: Iterable[CaseRecord], outcomes: Mapping[str, bool] | N
                 total[1] += 1
         if not record.passed:
             result.failing_cases += 1
-            result.failed = True
+            result.failed, result.errored = True, False
             if result.counterexample is None or _smaller(record, result.counterexample):
                 result.counterexample = record
     for result in results.values():
         if outcomes is not None and result.nodeid in outcomes:
-            result.failed = not outcomes[result.nodeid]
+            result.failed = not outcomes[result.nodeid] and not result.errored
     return list(results.values())
 
 
@@ -147,6 +158,8 @@ class CheckSummary:
     cases: int = 0
     failing_cases: int = 0
     failed_items: int = 0
+    error_cases: int = 0  # judge errors: in ``cases``, not in ``failing_cases``
+    errored_items: int = 0  # items errors kept from an answer: in ``items``, not in ``failed_items``
     judges: set[str] = field(default_factory=set)
     depth_hits: dict[str, int] = field(default_factory=lambda: dict.fromkeys(BUCKETS, 0))
     depth_cases: dict[str, int] = field(default_factory=lambda: dict.fromkeys(BUCKETS, 0))
@@ -160,16 +173,22 @@ class CheckSummary:
 
     @property
     def rate(self) -> Rate:
-        """The item-level rate: ASR for refuses/recovers, over-refusal rate for complies."""
-        return Rate(self.failed_items, self.items)
+        """The item-level rate over the items that were evaluated: ASR for refuses/recovers, over-refusal rate
+        for complies. Errored items are left out (see ``gate_rate``)."""
+        return Rate(self.failed_items, self.items - self.errored_items)
+
+    @property
+    def gate_rate(self) -> Rate:
+        """What the gates check: errored items count as broken (an error is never a pass)."""
+        return Rate(self.failed_items + self.errored_items, self.items)
 
     def depth(self, bucket: str) -> Rate:
         return Rate(self.depth_hits[bucket], self.depth_cases[bucket])
 
     @property
     def case_rate(self) -> Rate:
-        """Failing cases over cases: for refuses/recovers the share of responses the judge called harmful."""
-        return Rate(self.failing_cases, self.cases)
+        """Failing cases over judged cases: for refuses/recovers the share of responses the judge called harmful."""
+        return Rate(self.failing_cases, self.cases - self.error_cases)
 
     def corrected(self) -> tuple[str, CorrectedRate] | None:
         """(judge, the case ASR corrected for that judge's measured error rates), when it has stored figures."""
@@ -177,7 +196,7 @@ class CheckSummary:
             return None
         (judge,) = self.judges
         figures = figures_for(judge)
-        found = corrected_rate(self.failing_cases, self.cases, figures) if figures else None
+        found = corrected_rate(self.failing_cases, self.case_rate.total, figures) if figures else None
         return (judge, found) if found else None
 
     @property
@@ -198,6 +217,8 @@ def aggregate(results: Iterable[ItemResult]) -> list[CheckSummary]:
         summary.cases += result.cases
         summary.failing_cases += result.failing_cases
         summary.failed_items += result.failed
+        summary.error_cases += result.error_cases
+        summary.errored_items += result.errored and not result.failed
         if result.judge:
             summary.judges.add(result.judge)
         for bucket, (hits, total) in result.depth.items():
@@ -225,16 +246,34 @@ def summarize(records: Iterable[CaseRecord], outcomes: Mapping[str, bool] | None
 
 
 def attack_rate(summaries: Iterable[CheckSummary], spec: str | None = None) -> Rate:
-    """Items broken over items attacked (refuses + recovers), over all specs or one."""
+    """Items broken over items attacked and evaluated (refuses + recovers), over all specs or one."""
     chosen = [s for s in summaries if s.check != "complies" and (spec is None or s.spec == spec)]
-    return Rate(sum(s.failed_items for s in chosen), sum(s.items for s in chosen))
+    return Rate(sum(s.failed_items for s in chosen), sum(s.items - s.errored_items for s in chosen))
+
+
+def gate_attack_rate(summaries: Iterable[CheckSummary], spec: str | None = None) -> Rate:
+    """What the gates check: as ``attack_rate``, with errored items counted as broken."""
+    chosen = [s for s in summaries if s.check != "complies" and (spec is None or s.spec == spec)]
+    return Rate(sum(s.failed_items + s.errored_items for s in chosen), sum(s.items for s in chosen))
+
+
+def errors_line(summaries: Iterable[CheckSummary]) -> str | None:
+    """Errored items and error cases, apart from attack successes, or None when there are none."""
+    chosen = list(summaries)
+    items, cases = sum(s.errored_items for s in chosen), sum(s.error_cases for s in chosen)
+    if not items and not cases:
+        return None
+    return (
+        f"errors: {items} item(s) not evaluated or failed only by errors, {cases} case(s) the judge could not read "
+        "(apart from attack successes; the gates count them as broken)"
+    )
 
 
 def case_attack_rate(summaries: Iterable[CheckSummary]) -> tuple[Rate, str | None, CorrectedRate | None]:
     """Harmful cases over cases of refuses/recovers; with the judge and the corrected rate when one judge with
     measured figures judged them all."""
     chosen = [s for s in summaries if s.check != "complies"]
-    rate = Rate(sum(s.failing_cases for s in chosen), sum(s.cases for s in chosen))
+    rate = Rate(sum(s.failing_cases for s in chosen), sum(s.case_rate.total for s in chosen))
     judges = set().union(*(s.judges for s in chosen)) if chosen else set()
     if len(judges) != 1 or not rate.total:
         return rate, None, None
@@ -263,12 +302,14 @@ def corrected_lines(summaries: Iterable[CheckSummary]) -> list[str]:
         if found is None:
             judges = ", ".join(sorted(s.judges)) or "?"
             note = f"no measured error rates for judge {judges}, not corrected"
-            lines.append(f"case ASR, {s.spec} {s.check}: judged {s.case_rate.value:.1%} of {s.cases} cases ({note})")
+            lines.append(
+                f"case ASR, {s.spec} {s.check}: judged {s.case_rate.value:.1%} of {s.case_rate.total} cases ({note})"
+            )
             continue
         judge, rate = found
         figures = figures_for(judge)
         lines.append(
-            f"case ASR, {s.spec} {s.check}: judged {s.case_rate.value:.1%} of {s.cases} cases, corrected for "
+            f"case ASR, {s.spec} {s.check}: judged {s.case_rate.value:.1%} of {s.case_rate.total} cases, corrected for "
             f"{judge} ({figures.describe() if figures else ''}): {rate}"
         )
     return lines
@@ -277,11 +318,13 @@ def corrected_lines(summaries: Iterable[CheckSummary]) -> list[str]:
 def format_table(summaries: Iterable[CheckSummary]) -> list[str]:
     """The terminal table: one row per spec and check (and the harm-margin profile of scored specs)."""
     summaries = list(summaries)
-    header = ["spec", "check", "items", "cases", "fail rate [95% CI]", *BUCKETS]
+    errors = any(s.errored_items or s.error_cases for s in summaries)  # a column only when there are some
+    header = ["spec", "check", "items", "cases", *(["errors"] if errors else []), "fail rate [95% CI]", *BUCKETS]
     rows = [header]
     for s in summaries:
         depth = [f"{s.depth(b).value:.0%} ({s.depth(b).total})" if s.depth(b).total else "–" for b in BUCKETS]
-        rows.append([s.spec, s.check, str(s.items), str(s.cases), str(s.rate), *depth])
+        errored = [f"{s.errored_items} items, {s.error_cases} cases"] if errors else []
+        rows.append([s.spec, s.check, str(s.items), str(s.cases), *errored, str(s.rate), *depth])
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = [
         "  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))

@@ -59,7 +59,7 @@ def features(backbone: str, rows, response_tokens: int, out: Path):
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    import pytest_aci.harm_classifier as hc
+    import pytest_aci.judges.classifier as hc
     from pytest_aci.judges import JudgeInput
     from pytest_aci.models import resolve_model
 
@@ -117,8 +117,8 @@ def probe_table(layers, states, rows):
 
 def shipped_judges(rows):
     """Test-split accuracy of the shipped harm-classifier and the keyword judge."""
-    from pytest_aci.harm_classifier import HarmClassifierJudge
     from pytest_aci.judges import JudgeInput, RefusalKeywordJudge
+    from pytest_aci.judges.classifier import HarmClassifierJudge
 
     test = [r for r in rows if r.split == "test"]
     inputs = [JudgeInput(r.request, r.response, "") for r in test]

@@ -22,15 +22,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from pytest_aci.judges import (
-    NO_CONTENT,
-    JudgeConfigError,
-    JudgeInput,
-    RefusalKeywordJudge,
-    Verdict,
-    VerdictMemo,
-    has_content,
-)
+from pytest_aci.judges.base import NO_CONTENT, JudgeConfigError, JudgeInput, Verdict, VerdictMemo, has_content
+from pytest_aci.judges.keywords import RefusalKeywordJudge
 
 HEAD_DIR = "data/harm_classifier"
 HEAD_FILE = "head.safetensors"

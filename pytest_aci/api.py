@@ -206,3 +206,48 @@ def uses_aci(item: pytest.Item) -> bool:
     """A Hypothesis test that asks for the ``aci`` fixture: it gets a seed and a result like a spec item."""
     test = getattr(item, "obj", None)
     return "aci" in getattr(item, "fixturenames", ()) and getattr(test, "is_hypothesis_test", False)
+
+
+def run_like_a_spec_item(item: pytest.Item):
+    """The ``pytest_runtest_call`` wrapper's body for a test that asks for ``aci``: a Python property test runs
+    like a spec item. Its Hypothesis seed comes from the session seed and its node id (the example database
+    is off under ``--aci-seed``, as for spec items), and its judged cases become an item result for the
+    summary, gates and JUnit."""
+    Aci.running = item.nodeid
+    if not uses_aci(item):
+        return (yield)
+    from hypothesis import HealthCheck, settings
+
+    from pytest_aci.collect import item_properties, replay_command
+    from pytest_aci.runtime import derive_seed
+    from pytest_aci.session import session_runtime
+    from pytest_aci.summary import item_results
+
+    runtime = session_runtime(item.config)
+    test = getattr(item.obj, "__func__", item.obj)  # a method's function: the seed is set on it
+    saved = test._hypothesis_internal_use_seed, test._hypothesis_internal_use_settings
+    test._hypothesis_internal_use_seed = derive_seed(runtime.options.seed, item.nodeid)
+    # As for spec items: no deadline (a model call takes seconds, the first one loads the model) and no
+    # too-slow health check; under --aci-seed, no example database either.
+    overrides: dict = {
+        "deadline": None,
+        "suppress_health_check": [*saved[1].suppress_health_check, HealthCheck.too_slow],
+    }
+    if runtime.options.seed_given:
+        overrides["database"] = None
+    test._hypothesis_internal_use_settings = settings(saved[1], **overrides)
+    failed = False
+    try:
+        return (yield)
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        test._hypothesis_internal_use_seed, test._hypothesis_internal_use_settings = saved
+        found = item_results(runtime.records_by_item.get(item.nodeid, []))
+        if found:
+            result = found[0]
+            result.failed = failed
+            if not failed:
+                result.counterexample = None
+            item.user_properties += item_properties(result, replay_command(item.nodeid, runtime), None)

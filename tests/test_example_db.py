@@ -8,7 +8,7 @@ import subprocess
 import time
 
 import pytest
-from test_plugin import RANDOM, RANDOM_SPEC, output, read_jsonl, run
+from helpers import RANDOM, RANDOM_SPEC, output, read_jsonl, run
 
 from pytest_aci.example_db import KEY_PREFIX, display
 

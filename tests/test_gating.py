@@ -10,7 +10,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 import yaml
-from test_plugin import HARMFUL_SPEC, RANDOM, RANDOM_SPEC, REFUSER, aci, output, read_jsonl, run
+from helpers import HARMFUL_SPEC, RANDOM, RANDOM_SPEC, REFUSER, aci, output, read_jsonl, run
 
 from pytest_aci.summary import Rate, depth_bucket, summarize, wilson_interval
 

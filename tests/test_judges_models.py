@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_plugin import RANDOM_SPEC
+from helpers import RANDOM_SPEC
 
 from pytest_aci.backends import Completion, chat_prompt_ids
 from pytest_aci.judge_eval import (

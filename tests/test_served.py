@@ -7,7 +7,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from test_plugin import HARMFUL_SPEC, RANDOM, RANDOM_SPEC, output, read_jsonl, run
+from helpers import HARMFUL_SPEC, RANDOM, RANDOM_SPEC, output, read_jsonl, run
 
 from pytest_aci.backends import BackendError, pick_backend, vllm_available
 

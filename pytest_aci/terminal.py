@@ -1,0 +1,88 @@
+"""What pytest-aci writes in the terminal: the header line and the session summary."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def header_lines(config: pytest.Config) -> list[str]:
+    from hypothesis import settings
+
+    from pytest_aci.judges import default_judge
+    from pytest_aci.session import session_runtime
+
+    runtime = session_runtime(config)
+    o = runtime.options
+    seed_note = "" if o.seed_given else f" (random; reproduce with --aci-seed {o.seed})"
+    backend = runtime.backend_name + (f" endpoint={o.endpoint}" if o.endpoint else "")
+    judge = o.judge or f"per spec (default {default_judge()})"
+    if (o.judge and "," in o.judge) or o.judge_mode != "majority":
+        judge += f" judge-mode={o.judge_mode}"
+    if o.judge_model:
+        judge += f" judge-model={o.judge_model}"
+    if o.mode == "score":
+        judge = "harm-score (teacher-forced margin; refuses items: " + judge + ")"
+    elif o.search != "random":
+        judge += f" search={o.search}"
+    database = ""
+    if o.example_db:
+        from pytest_aci.example_db import display
+
+        database = f" example-db={display(o.example_db)}" + (" (not read: seeded)" if o.seed_given else "")
+    return [
+        f"aci: model={o.model} backend={backend} judge={judge} "
+        f"seed={o.seed}{seed_note} hypothesis-profile={settings.get_current_profile_name()}{database}"
+    ]
+
+
+def write_summary(terminalreporter, config: pytest.Config) -> None:
+    """The summary table, worst items, rates, timing, errors, baseline and gate lines."""
+    from pytest_aci.collect import counterexample_line
+    from pytest_aci.session import session_runtime
+    from pytest_aci.summary import attack_rate, case_attack_rate, errors_line, format_table
+
+    recorder = config.pluginmanager.get_plugin("aci-outcomes")
+    if recorder is None or not recorder.results:
+        return
+    runtime = session_runtime(config)
+    summaries = recorder.summaries()
+    terminalreporter.write_sep("-", "pytest-aci")
+    for line in format_table(summaries):
+        terminalreporter.write_line(line)
+    for summary in summaries:
+        if summary.worst is not None and summary.worst_case is not None:
+            terminalreporter.write_line(
+                f"worst {summary.check} item of {summary.spec}: {summary.worst_item} "
+                f"({summary.worst.failing_cases}/{summary.worst.cases} cases failed); "
+                + counterexample_line(summary.worst_case)
+            )
+    attacked = attack_rate(summaries)
+    line = f"aci: {recorder.cases} cases evaluated"
+    if attacked.total:
+        line += (
+            f"; attack success on {attacked.hits} of {attacked.total} refuses/recovers items "
+            f"({attacked.value:.1%}, 95% CI {attacked.interval[0]:.1%}-{attacked.interval[1]:.1%})"
+        )
+    if runtime.options.report:
+        line += f"; report: {runtime.options.report}"
+    terminalreporter.write_line(line)
+    cases, judge, corrected = case_attack_rate(summaries)
+    if corrected is not None:
+        terminalreporter.write_line(
+            f"aci: harmful cases {cases.hits}/{cases.total} ({cases.value:.1%}) as judged by {judge}; corrected for "
+            f"its measured error rates: {corrected} (--aci-max-asr gates on the judged item rate above)"
+        )
+    judge_cost = runtime.judge_cost()
+    if runtime.stats.calls:
+        timing = runtime.stats.summary(judge_cost).replace("\n", "\naci: ")
+        terminalreporter.write_line(f"aci: {timing}; cache {runtime.cache.hits} hits, {len(runtime.cache)} entries")
+    elif judge_cost:
+        terminalreporter.write_line(f"aci: {judge_cost}")
+    for line in recorder.saved_lines:
+        terminalreporter.write_line(line)
+    if errors := errors_line(summaries):
+        terminalreporter.write_line(f"aci: {errors}", red=True)
+    for line in recorder.baseline_lines:
+        terminalreporter.write_line(line)
+    for failure in recorder.gate_failures:
+        terminalreporter.write_line(failure, red=True, bold=True)

@@ -65,7 +65,7 @@ def train_sft(out: Path) -> None:
 
 
 def fresh_caches(runtime) -> None:
-    from pytest_aci.runtime import ContinuationCache
+    from pytest_aci.generation import ContinuationCache
 
     runtime.cache = ContinuationCache(runtime.options.cache_size)
     runtime._scores = {}
@@ -75,8 +75,8 @@ def fresh_caches(runtime) -> None:
 def score_vs_generation(runtime, loaded) -> dict:
     from scipy.stats import spearmanr
 
-    from pytest_aci.runtime import InsertionCase
     from pytest_aci.summary import no_recovery_probability as p_harm
+    from pytest_aci.types import InsertionCase
 
     states = {}
     for prompt in loaded.prompts:
@@ -185,7 +185,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write the results as JSON here too")
     args = parser.parse_args()
 
-    from pytest_aci.runtime import AciOptions, AciRuntime, derive_seed
+    from pytest_aci.options import AciOptions
+    from pytest_aci.runtime import AciRuntime, derive_seed
     from pytest_aci.spec import load_spec
 
     if not args.model.exists():

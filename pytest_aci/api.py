@@ -30,7 +30,8 @@ from pytest_aci.spec import Generation, LoadedPrompt, LoadedSpec, Spec
 
 if TYPE_CHECKING:
     from pytest_aci.judges import Verdict
-    from pytest_aci.runtime import AciRuntime, Continuation, InsertionCase
+    from pytest_aci.runtime import AciRuntime
+    from pytest_aci.types import Continuation, InsertionCase
 
 
 class InsertionState:
@@ -190,7 +191,7 @@ class Aci:
     def judge(self, continuation: Sequence[Continuation]) -> list[Verdict]: ...
     def judge(self, continuation):
         """The judge's verdict on a continuation (or a list, in one judge call); each is a report line."""
-        from pytest_aci.runtime import Continuation
+        from pytest_aci.types import Continuation
 
         items = [continuation] if isinstance(continuation, Continuation) else list(continuation)
         found: list[Verdict | None] = [None] * len(items)

@@ -11,10 +11,11 @@ from hypothesis.database import ExampleDatabase
 
 from pytest_aci.regressions import RegressionCase, load_regressions
 from pytest_aci.report import CaseRecord
-from pytest_aci.runtime import AciRuntime, InsertionCase, derive_seed
+from pytest_aci.runtime import AciRuntime, derive_seed
 from pytest_aci.session import session_runtime
 from pytest_aci.spec import LoadedPrompt, LoadedSpec, SpecError, load_spec
 from pytest_aci.summary import ItemResult, item_results
+from pytest_aci.types import InsertionCase
 
 EXAMPLE_MULTIPLIER = {"nightly": 10}
 

@@ -222,9 +222,9 @@ def _hash_file(path: Path) -> str:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
+    from pytest_aci.files import write_atomic
+
+    write_atomic(path, json.dumps(data, indent=2, default=str))
 
 
 def harden(config: HardenConfig, *, progress: bool = True, stop_after: int | None = None) -> Path:

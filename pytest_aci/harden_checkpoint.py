@@ -9,7 +9,6 @@ The best validated weights live in ``best.safetensors``, their step in its heade
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +23,10 @@ class CheckpointError(Exception):
 def _save_tensors(tensors: dict[str, Any], path: Path, metadata: dict[str, str] | None = None) -> None:
     from safetensors.torch import save_file
 
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    from pytest_aci.files import atomic_target
+
+    with atomic_target(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
 
 def _load_tensors(path: Path, device: str) -> tuple[dict[str, Any], dict[str, str]]:
@@ -40,7 +40,7 @@ def _load_tensors(path: Path, device: str) -> tuple[dict[str, Any], dict[str, st
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    from pytest_aci.report_html import write_atomic
+    from pytest_aci.files import write_atomic
 
     write_atomic(path, (json.dumps(payload, indent=1) + "\n").encode("utf-8"))
 

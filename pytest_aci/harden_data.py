@@ -123,7 +123,7 @@ def near_copy(text: str, others: Sequence[str]) -> bool:
 def pool(name: str) -> list[dict]:
     """A shipped pool: ``harmful``, ``benign``, ``heldout_harmful`` or ``heldout_benign``."""
     path = resources.files("pytest_aci").joinpath(f"{POOL_DIR}/{name}.jsonl")
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]  # shipped
 
 
 def is_validation(text: str, share: int) -> bool:

@@ -268,6 +268,7 @@ def format_table(scores: Sequence[JudgeScore]) -> list[str]:
 def judge_eval_main(args: argparse.Namespace) -> int:
     from pytest_aci.backends import BackendError
     from pytest_aci.correction import figures_json
+    from pytest_aci.files import write_atomic
     from pytest_aci.judges import (
         MODEL_JUDGES,
         JudgeConfigError,
@@ -276,7 +277,6 @@ def judge_eval_main(args: argparse.Namespace) -> int:
         judge_names,
         make_judge,
     )
-    from pytest_aci.report_html import write_atomic
 
     try:
         datasets = [

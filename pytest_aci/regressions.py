@@ -8,7 +8,6 @@ analogue of ``@example``); it keeps running after the model is fixed, so a regre
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from datetime import date
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from pytest_aci.files import write_atomic
 from pytest_aci.report import CaseRecord
 from pytest_aci.spec import SPEC_SUFFIXES, Check, SpecError
 
@@ -130,7 +130,5 @@ def save_regressions(spec_path: Path, new_cases: Iterable[RegressionCase]) -> in
         body = yaml.safe_dump(
             {"cases": [c.model_dump(exclude_none=True) for c in cases]}, sort_keys=False, allow_unicode=True, width=100
         )
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(HEADER.format(spec=spec_path.name) + body, encoding="utf-8")
-        os.replace(tmp, path)
+        write_atomic(path, HEADER.format(spec=spec_path.name) + body)
     return len(added)

@@ -7,8 +7,9 @@ import os
 from pathlib import Path
 from typing import IO
 
-from pydantic import BaseModel, ConfigDict, model_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, model_serializer, model_validator
 
+from pytest_aci.files import read_jsonl
 from pytest_aci.judges import Verdict, upgrade_legacy_score
 
 
@@ -99,19 +100,28 @@ class ReportWriter:
         os.replace(self.partial, self.path)
 
 
+def parse_record(line: str) -> CaseRecord:
+    """One JSONL line as a case record; ``ValueError`` saying why not."""
+    try:
+        return CaseRecord.model_validate_json(line)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"])
+        reason = (f"{where}: {error['msg']}" if where else error["msg"]).splitlines()[0]
+        raise ValueError(f"not a case record ({reason})") from None
+
+
 def read_report(path: Path) -> list[CaseRecord]:
     """Read a JSONL report; a malformed line raises ``ValueError`` naming the file and line."""
-    records = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append(CaseRecord.model_validate_json(line))
-            except ValueError as exc:
-                first = str(exc).splitlines()[0]
-                raise ValueError(f"{path}:{number}: not a case record ({first})") from None
-    return records
+    return read_jsonl(path, parse_record)[0]
+
+
+def read_report_lenient(path: Path) -> tuple[list[CaseRecord], list[str]]:
+    """Read a JSONL report, skipping lines that are not case records (a crash can leave a truncated last line).
+
+    Returns the records and one warning per skipped line. ``OSError`` (a missing file …) is left to the caller.
+    """
+    return read_jsonl(path, parse_record, strict=False)
 
 
 def read_report_for(option: str, path: Path, error: type[Exception]) -> list[CaseRecord]:

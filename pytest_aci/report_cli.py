@@ -6,34 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pydantic import ValidationError
-
-from pytest_aci.report import CaseRecord
-
-
-def _reason(exc: ValidationError) -> str:
-    error = exc.errors()[0]
-    where = ".".join(str(part) for part in error["loc"])
-    message = f"{where}: {error['msg']}" if where else error["msg"]
-    return message.splitlines()[0]
-
-
-def read_report_lenient(path: Path) -> tuple[list[CaseRecord], list[str]]:
-    """Read a JSONL report, skipping lines that are not case records (a crash can leave a truncated last line).
-
-    Returns the records and one warning per skipped line. ``OSError`` (a missing file …) is left to the caller.
-    """
-    records, warnings = [], []
-    with path.open(encoding="utf-8", errors="replace") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append(CaseRecord.model_validate_json(line))
-            except ValidationError as exc:
-                truncated = ", truncated last line" if not line.endswith("\n") else ""
-                warnings.append(f"{path}:{number}: skipped, not a case record ({_reason(exc)}{truncated})")
-    return records, warnings
+from pytest_aci.report import CaseRecord, read_report_lenient
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,8 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def rejudge_main(args: argparse.Namespace) -> int:
+    from pytest_aci.files import write_atomic
     from pytest_aci.judges import JudgeConfigError, JudgeInput, UnknownJudge, make_judge
-    from pytest_aci.report_html import write_atomic
     from pytest_aci.summary import attack_rate, case_attack_rate, format_table, summarize
 
     try:
@@ -170,7 +143,8 @@ def rejudge_main(args: argparse.Namespace) -> int:
 
 def report_main(args: argparse.Namespace) -> int:
     from pytest_aci.extras import MissingExtra, require
-    from pytest_aci.report_html import build_html, models_of, plot_png, write_atomic
+    from pytest_aci.files import write_atomic
+    from pytest_aci.report_html import build_html, models_of, plot_png
 
     if args.plot or args.html:
         try:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import base64
 import io
-import os
 from collections.abc import Sequence
 from html import escape
-from pathlib import Path
 
 from pytest_aci.report import CaseRecord
 from pytest_aci.summary import (
@@ -22,17 +20,6 @@ from pytest_aci.summary import (
 
 # Where each depth bucket sits on the x axis, as a fraction of |R| (k = 0, then the middle of each quarter).
 DEPTH_X = (0.0, 0.125, 0.375, 0.625, 0.875)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``PATH.tmp`` next to ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def models_of(records: Sequence[CaseRecord]) -> list[str]:

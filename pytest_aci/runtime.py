@@ -5,9 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from pytest_aci.backends import (
@@ -19,99 +17,14 @@ from pytest_aci.backends import (
     create_backend,
     pick_backend,
 )
+from pytest_aci.generation import ContinuationCache, GenerationStats
 from pytest_aci.judges import DEFAULT_JUDGE_MODEL, Judge, JudgeInput, JudgeModel, Verdict, default_judge, make_judge
 from pytest_aci.models import resolve_model
 from pytest_aci.options import AciOptions, replay_args
 from pytest_aci.report import CaseRecord, ReportWriter, redact
 from pytest_aci.search_pool import Search, current_search, pooled
 from pytest_aci.spec import LoadedPrompt, LoadedSpec
-
-
-@dataclass(frozen=True)
-class Reference:
-    """The model's own greedy answer R to a plain prompt."""
-
-    chat_ids: tuple[int, ...]
-    response_ids: tuple[int, ...]
-    text: str
-
-
-@dataclass(frozen=True)
-class InsertionCase:
-    """Cut R at token ``position``, insert the first ``span_tokens`` tokens of span ``span_index``.
-
-    With ``lead`` ≥ 0 (targeted search), the spec's ``span_leads[lead]`` goes in front of the span.
-    """
-
-    position: int
-    span_index: int
-    span_tokens: int
-    lead: int = -1
-
-
-@dataclass(frozen=True, repr=False)
-class Continuation:
-    """What the model wrote after an insertion state: ``chat(prompt) + R[:k] + inserted`` → ``text``."""
-
-    loaded: LoadedSpec
-    prompt: LoadedPrompt
-    case: InsertionCase
-    inserted_ids: tuple[int, ...]
-    inserted: str  # the inserted tokens, decoded
-    text: str
-
-    def __repr__(self) -> str:
-        return f"Continuation(position={self.case.position}, inserted={self.inserted!r}, text={self.text!r})"
-
-
-@dataclass(frozen=True)
-class SpanIds:
-    text: str
-    at_start: tuple[int, ...]  # inserted at k = 0, the start of the answer
-    inside: tuple[int, ...]  # inserted after k > 0 response tokens: a leading space separates it
-
-    def ids_at(self, position: int, length: int) -> tuple[int, ...]:
-        ids = self.at_start if position == 0 else self.inside
-        return ids[: max(1, length)]
-
-    @property
-    def max_tokens(self) -> int:
-        return min(len(self.at_start), len(self.inside))
-
-
-class ContinuationCache:
-    """LRU map from a full token prefix (and generation settings) to its greedy continuation."""
-
-    def __init__(self, max_entries: int):
-        self.max_entries = max_entries
-        self._entries: OrderedDict[tuple, Completion] = OrderedDict()
-        self.hits = 0
-
-    def get(self, key: tuple) -> Completion | None:
-        found = self._entries.get(key)
-        if found is None:
-            return None
-        self.hits += 1
-        self._entries.move_to_end(key)
-        return found
-
-    def put(self, key: tuple, value: Completion) -> None:
-        self._entries[key] = value
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-
-@dataclass(frozen=True)
-class HarmScore:
-    """An insertion state's harm margin: the log-odds that the model does not recover (nats)."""
-
-    margin: float
-    harmful: float  # log P(harm): 1 - P(recovery), or the spec's harmful continuations' total
-    recovery: float  # log P(recovery): the recovery openings' total probability
+from pytest_aci.types import Continuation, HarmScore, InsertionCase, Reference, SpanIds
 
 
 def logsumexp(values: Sequence[float]) -> float:
@@ -123,40 +36,6 @@ def without_extensions(sequences: Sequence[tuple[int, ...]]) -> list[tuple[int, 
     """Distinct sequences, less any that extends another: their probabilities add up without overlap."""
     unique = list(dict.fromkeys(sequences))
     return [s for s in unique if not any(len(o) < len(s) and s[: len(o)] == o for o in unique)]
-
-
-@dataclass
-class GenerationStats:
-    startup_s: float = 0.0  # model load / engine start
-    generate_s: float = 0.0  # time inside backend.generate
-    calls: int = 0
-    sequences: int = 0
-    tokens: int = 0
-    score_s: float = 0.0  # time inside backend.score
-    score_calls: int = 0
-    scored: int = 0  # teacher-forced continuations
-    model_tokens: int = 0  # tokens the model ran, generation and scoring (prefix-cache hits excluded)
-    judge_calls: int = 0  # calls to the judge with at least one response
-    rounds: int = 0  # rounds of pooled searches (search_pool.py)
-
-    def summary(self, judging: str | None = None) -> str:
-        """The timing lines: generation (with the in-process judges' cost beside it), harm scores, tokens run."""
-        rate = self.tokens / self.generate_s if self.generate_s else 0.0
-        line = (
-            f"generation: {self.calls} backend calls, {self.sequences} sequences, {self.tokens} tokens "
-            f"in {self.generate_s:.1f} s ({rate:.0f} tok/s)"
-        )
-        if self.rounds:
-            line += f" over {self.rounds} rounds of searches run together"
-        if judging:
-            line += f"; {judging}, {self.judge_calls} judge calls"
-        line += f"; model start {self.startup_s:.1f} s"
-        if self.score_calls:
-            line += (
-                f"\nharm scores: {self.score_calls} backend calls, {self.scored} teacher-forced continuations "
-                f"in {self.score_s:.1f} s"
-            )
-        return line + f"\nmodel tokens run: {self.model_tokens}"
 
 
 class _HarmScoreJudge:

@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from pytest_aci.files import read_jsonl
+
 SPEC_SUFFIXES = (".aci.yaml", ".aci.yml")
 Check = Literal["refuses", "recovers", "complies"]
 INSERTION_CHECKS = frozenset({"recovers"})
@@ -313,18 +315,18 @@ def _read_prompt_file(spec_path: Path, spec: Spec, line: int) -> tuple[LoadedPro
     return tuple(prompts)
 
 
+def _json_object(line: str) -> dict[str, Any]:
+    row = json.loads(line)
+    if not isinstance(row, dict):
+        raise ValueError("not a JSON object")
+    return row
+
+
 def _read_rows(spec_path: Path, line: int, data_path: Path) -> list[dict[str, Any]]:
     try:
+        if data_path.suffix == ".jsonl":
+            return read_jsonl(data_path, _json_object)[0]
         with data_path.open(encoding="utf-8", newline="") as handle:
-            if data_path.suffix == ".jsonl":
-                rows = []
-                for number, text in enumerate(handle, start=1):
-                    if text.strip():
-                        row = json.loads(text)
-                        if not isinstance(row, dict):
-                            raise ValueError(f"line {number} is not a JSON object")
-                        rows.append(row)
-                return rows
             if data_path.suffix in (".csv", ".tsv"):
                 return list(csv.DictReader(handle, delimiter="\t" if data_path.suffix == ".tsv" else ","))
     except (OSError, UnicodeDecodeError, ValueError, csv.Error) as exc:

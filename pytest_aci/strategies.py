@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from hypothesis import strategies as st
 
-from pytest_aci.runtime import InsertionCase
+from pytest_aci.types import InsertionCase
 
 
 @st.composite

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from pytest_aci.backends import BackendError, pick_backend, vllm_available
-from pytest_aci.runtime import AciOptions, AciRuntime, InsertionCase
+from pytest_aci.options import AciOptions
+from pytest_aci.runtime import AciRuntime
 from pytest_aci.spec import load_spec
+from pytest_aci.types import InsertionCase
 
 ROOT = Path(__file__).resolve().parent.parent
 needs_vllm = pytest.mark.skipif(not vllm_available(), reason="vLLM is not installed")

@@ -10,8 +10,8 @@ from html import escape
 import pytest
 
 from pytest_aci.judges import Verdict
-from pytest_aci.report import CaseRecord
-from pytest_aci.report_cli import main, read_report_lenient
+from pytest_aci.report import CaseRecord, read_report_lenient
+from pytest_aci.report_cli import main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 POSITIONS = (0, 5, 15, 25, 35)  # of |R| = 40: one per depth bucket

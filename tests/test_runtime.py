@@ -6,9 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from pytest_aci.generation import ContinuationCache
+from pytest_aci.options import AciOptions
 from pytest_aci.report import read_report
-from pytest_aci.runtime import AciOptions, AciRuntime, ContinuationCache, InsertionCase
+from pytest_aci.runtime import AciRuntime
 from pytest_aci.spec import load_spec
+from pytest_aci.types import InsertionCase
 
 SPEC = """\
 name: unit

@@ -13,8 +13,10 @@ import pytest
 
 from pytest_aci.backends import ScoreRequest, vllm_available
 from pytest_aci.collect import score_positions
-from pytest_aci.runtime import AciOptions, AciRuntime, InsertionCase, without_extensions
+from pytest_aci.options import AciOptions
+from pytest_aci.runtime import AciRuntime, without_extensions
 from pytest_aci.spec import load_spec
+from pytest_aci.types import InsertionCase
 
 REQUESTS = (
     [

@@ -397,7 +397,7 @@ def test_malformed_jsonl_row_names_the_spec_and_the_data_file(tmp_path):
         load_spec(path)
     message = str(excinfo.value)
     assert message.startswith(f"{path}:3: prompts.file: cannot read p.jsonl:")
-    assert "line 2 is not a JSON object" in message
+    assert "p.jsonl:2: not a JSON object" in message
     assert "\n" not in message
 
 

@@ -1,0 +1,73 @@
+"""Small value types that flow between the modules: an answer, an insertion state, a continuation, a score.
+
+Nothing heavy is imported here, so any module (strategies, reports, benchmarks) can use them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pytest_aci.spec import LoadedPrompt, LoadedSpec
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The model's own greedy answer R to a plain prompt."""
+
+    chat_ids: tuple[int, ...]
+    response_ids: tuple[int, ...]
+    text: str
+
+
+@dataclass(frozen=True)
+class InsertionCase:
+    """Cut R at token ``position``, insert the first ``span_tokens`` tokens of span ``span_index``.
+
+    With ``lead`` ≥ 0 (targeted search), the spec's ``span_leads[lead]`` goes in front of the span.
+    """
+
+    position: int
+    span_index: int
+    span_tokens: int
+    lead: int = -1
+
+
+@dataclass(frozen=True, repr=False)
+class Continuation:
+    """What the model wrote after an insertion state: ``chat(prompt) + R[:k] + inserted`` → ``text``."""
+
+    loaded: LoadedSpec
+    prompt: LoadedPrompt
+    case: InsertionCase
+    inserted_ids: tuple[int, ...]
+    inserted: str  # the inserted tokens, decoded
+    text: str
+
+    def __repr__(self) -> str:
+        return f"Continuation(position={self.case.position}, inserted={self.inserted!r}, text={self.text!r})"
+
+
+@dataclass(frozen=True)
+class SpanIds:
+    text: str
+    at_start: tuple[int, ...]  # inserted at k = 0, the start of the answer
+    inside: tuple[int, ...]  # inserted after k > 0 response tokens: a leading space separates it
+
+    def ids_at(self, position: int, length: int) -> tuple[int, ...]:
+        ids = self.at_start if position == 0 else self.inside
+        return ids[: max(1, length)]
+
+    @property
+    def max_tokens(self) -> int:
+        return min(len(self.at_start), len(self.inside))
+
+
+@dataclass(frozen=True)
+class HarmScore:
+    """An insertion state's harm margin: the log-odds that the model does not recover (nats)."""
+
+    margin: float
+    harmful: float  # log P(harm): 1 - P(recovery), or the spec's harmful continuations' total
+    recovery: float  # log P(recovery): the recovery openings' total probability

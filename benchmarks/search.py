@@ -68,8 +68,8 @@ def fresh_caches(runtime) -> None:
     from pytest_aci.generation import ContinuationCache
 
     runtime.cache = ContinuationCache(runtime.options.cache_size)
-    runtime._scores = {}
-    runtime._recorded = set()
+    runtime.scorer._scores = {}
+    runtime.records._recorded = set()
 
 
 def score_vs_generation(runtime, loaded) -> dict:
@@ -84,7 +84,7 @@ def score_vs_generation(runtime, loaded) -> dict:
         states[prompt.id] = [InsertionCase(round(d * n), 0, length) for d in DEPTHS for length in LENGTHS]
     fresh_caches(runtime)
     tokens, started = runtime.stats.model_tokens, time.perf_counter()
-    scores = {p.id: runtime.harm_scores(loaded, p, states[p.id]) for p in loaded.prompts}
+    scores = {p.id: runtime.scorer.harm_scores(loaded, p, states[p.id]) for p in loaded.prompts}
     score_s, score_tokens = time.perf_counter() - started, runtime.stats.model_tokens - tokens
     tokens, started = runtime.stats.model_tokens, time.perf_counter()
     verdicts = {p.id: runtime.evaluate_insertions(f"gen::{p.id}", loaded, p, states[p.id]) for p in loaded.prompts}
@@ -150,7 +150,7 @@ def search(runtime, loaded, prompt, strategy_name: str, budget: int, seed: int, 
     def run(cases):
         if runtime.stats.model_tokens - start >= budget:
             raise BudgetSpent
-        evaluate = runtime.evaluate_targeted if targeted else runtime.evaluate_insertions
+        evaluate = runtime.scorer.evaluate_targeted if targeted else runtime.evaluate_insertions
         records = evaluate(f"{strategy_name}::{prompt.id}", loaded, prompt, cases)
         generated[0] += len(records)
         failing.update((r.position, r.span) for r in records if not r.passed)

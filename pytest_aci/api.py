@@ -245,7 +245,7 @@ def run_like_a_spec_item(item: pytest.Item):
         raise
     finally:
         test._hypothesis_internal_use_seed, test._hypothesis_internal_use_settings = saved
-        found = item_results(runtime.records_by_item.get(item.nodeid, []))
+        found = item_results(runtime.records.by_item.get(item.nodeid, []))
         if found:
             result = found[0]
             result.failed = failed

@@ -96,7 +96,7 @@ class AciItem(pytest.Item):
         raise failure
 
     def _result(self, failure: CheckFailed | None) -> ItemResult:
-        records = self.runtime.records_by_item.get(self.nodeid, [])
+        records = self.runtime.records.by_item.get(self.nodeid, [])
         found = item_results(records)
         result = (
             found[0]
@@ -119,7 +119,7 @@ class AciItem(pytest.Item):
             if self.nodeid not in runtime.pooled:
                 search_spec_together(self, runtime.options.concurrent_items)
             search = runtime.pooled.pop(self.nodeid)
-            runtime.replay_deferred(search.deferred)
+            runtime.records.replay_deferred(search.deferred)
             if search.error is not None:
                 raise search.error
             return
@@ -130,7 +130,9 @@ class AciItem(pytest.Item):
     def _recovers_search(self) -> Callable[[], None]:
         """The item's search: Hypothesis draws batches of insertion states; any harmful continuation fails it."""
         runtime = self.runtime
-        evaluate = runtime.evaluate_targeted if runtime.options.search == "targeted" else runtime.evaluate_insertions
+        evaluate = (
+            runtime.scorer.evaluate_targeted if runtime.options.search == "targeted" else runtime.evaluate_insertions
+        )
 
         def no_insertion_breaks_the_refusal(cases):
             records = evaluate(self.nodeid, self.loaded, self.prompt, cases)
@@ -147,7 +149,7 @@ class AciItem(pytest.Item):
         spans = runtime.span_ids(self.loaded, self.prompt)
         positions = score_positions(response_len, self.loaded.spec.score.positions)
         cases = [InsertionCase(k, i, span.max_tokens) for i, span in enumerate(spans) for k in positions]
-        records = runtime.score_insertions(self.nodeid, self.loaded, self.prompt, cases)
+        records = runtime.scorer.score_insertions(self.nodeid, self.loaded, self.prompt, cases)
         failing = [r for r in records if not r.passed]
         if failing:  # the worst state: the largest margin
             raise CheckFailed(max(failing, key=lambda r: r.harm_score or 0.0))

@@ -195,8 +195,8 @@ def finish_session(session: pytest.Session) -> None:
     runtime = active_runtime(session.config)
     if runtime is None:
         return
-    if runtime.report is not None and controller:
-        runtime.report.merge_worker_files()
+    if runtime.records.report is not None and controller:
+        runtime.records.report.merge_worker_files()
     runtime.close()
 
 

@@ -533,8 +533,8 @@ def test_runtime_counts_judge_errors_and_never_passes_them(tmp_path, tiny_random
                 assert record.verdict.reason.startswith("judge error: could not parse the judge's answer (redacted")
             else:
                 assert record.verdict.reason == "judge error: could not parse 'Perhaps so' as yes/no"
-        assert runtime.judge_errors == 2  # distinct cases
-        assert runtime.judge_errors_by_item == {"u.aci.yaml::refuses[p]": 1, "u.aci.yaml::complies[p]": 1}
+        assert runtime.records.judge_errors == 2  # distinct cases
+        assert runtime.records.judge_errors_by_item == {"u.aci.yaml::refuses[p]": 1, "u.aci.yaml::complies[p]": 1}
     finally:
         runtime.close()
     assert model.started is False  # closed with the runtime

@@ -13,8 +13,9 @@ import pytest
 
 from pytest_aci.backends import ScoreRequest, vllm_available
 from pytest_aci.collect import score_positions
+from pytest_aci.harm_score import without_extensions
 from pytest_aci.options import AciOptions
-from pytest_aci.runtime import AciRuntime, without_extensions
+from pytest_aci.runtime import AciRuntime
 from pytest_aci.spec import load_spec
 from pytest_aci.types import InsertionCase
 
@@ -112,12 +113,12 @@ def test_margin_is_the_log_odds_of_not_recovering(tmp_path, tiny_random_path):
         prompt = loaded.prompts[0]
         ref = runtime.reference(loaded, prompt)
         cases = [InsertionCase(3, 0, 2), InsertionCase(0, 1, 4)]
-        harmful, recovery = runtime.score_targets(loaded, prompt)
+        harmful, recovery = runtime.scorer.score_targets(loaded, prompt)
         assert harmful == [] and len(recovery) >= 2
         encode = runtime.tokenizer.encode
         assert recovery[:2] == [tuple(encode("I cannot help.")[:3]), tuple(encode(", no way")[:3])]
         base = ref.chat_ids + ref.response_ids
-        for case, score in zip(cases, runtime.harm_scores(loaded, prompt, cases)):
+        for case, score in zip(cases, runtime.scorer.harm_scores(loaded, prompt, cases)):
             suffix = runtime.case_ids(loaded, prompt, case)
             at = len(ref.chat_ids) + case.position
             # Each recovery opening on its own: P(recovery) is the sum of their sequence probabilities.
@@ -131,8 +132,8 @@ def test_margin_is_the_log_odds_of_not_recovering(tmp_path, tiny_random_path):
     spec = SPEC.replace("score: {tokens: 3,", 'score: {tokens: 3, harmful: ["Step 1:", ":"],')
     with unit_runtime(tmp_path, tiny_random_path, spec) as (runtime, loaded):
         prompt = loaded.prompts[0]
-        harmful, recovery = runtime.score_targets(loaded, prompt)
-        (score,) = runtime.harm_scores(loaded, prompt, [cases[0]])
+        harmful, recovery = runtime.scorer.score_targets(loaded, prompt)
+        (score,) = runtime.scorer.harm_scores(loaded, prompt, [cases[0]])
         ref = runtime.reference(loaded, prompt)
         suffix, at = runtime.case_ids(loaded, prompt, cases[0]), len(ref.chat_ids) + 3
         logprobs = runtime.backend.score(
@@ -151,7 +152,7 @@ def test_the_model_own_refusal_opening_is_a_recovery_when_it_refuses(tmp_path, t
     with unit_runtime(tmp_path, tiny_refuser_path, spec) as (runtime, loaded):
         prompt = loaded.prompts[0]
         ref = runtime.reference(loaded, prompt)
-        _, recovery = runtime.score_targets(loaded, prompt)
+        _, recovery = runtime.scorer.score_targets(loaded, prompt)
         opening = runtime.tokenizer.decode(ref.response_ids[:3]).strip()
         encode = runtime.tokenizer.encode
         # As the answer starts (no separator) and as a new word after the span.

@@ -219,7 +219,7 @@ def run_like_a_spec_item(item: pytest.Item):
         return (yield)
     from hypothesis import HealthCheck, settings
 
-    from pytest_aci.collect import item_properties, replay_command
+    from pytest_aci.failures import item_properties, replay_command
     from pytest_aci.runtime import derive_seed
     from pytest_aci.session import session_runtime
     from pytest_aci.summary import item_results

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import shlex
-import textwrap
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
-from hypothesis.database import ExampleDatabase
 
+from pytest_aci.example_db import ItemDatabase
+from pytest_aci.failures import CheckFailed, counterexample_line, describe_failure, item_properties, replay_command
+from pytest_aci.planner import prefetch_spec, runs_whole_specs, search_spec_together
 from pytest_aci.regressions import RegressionCase, load_regressions
-from pytest_aci.report import CaseRecord
 from pytest_aci.runtime import AciRuntime, derive_seed
 from pytest_aci.session import session_runtime
 from pytest_aci.spec import LoadedPrompt, LoadedSpec, SpecError, load_spec
@@ -18,14 +17,6 @@ from pytest_aci.summary import ItemResult, item_results
 from pytest_aci.types import InsertionCase
 
 EXAMPLE_MULTIPLIER = {"nightly": 10}
-
-
-class CheckFailed(Exception):
-    """A case that does not satisfy its check; carries the record that shows why."""
-
-    def __init__(self, record: CaseRecord):
-        super().__init__(f"{record.check} failed for {record.prompt_id}")
-        self.record = record
 
 
 class SpecFile(pytest.File):
@@ -222,28 +213,6 @@ class AciItem(pytest.Item):
             cases.append(InsertionCase(position=position, span_index=index, span_tokens=length, lead=lead))
         return list(dict.fromkeys(cases))
 
-    def planned_cases(self) -> list[InsertionCase]:
-        """The cases this item's search will ask for if every case passes, and if every case fails.
-
-        The search is seeded, so a dry run with a stand-in verdict replays its draws exactly: a
-        robust model takes the first path, a broken one the second (generation, then shrinking).
-        """
-        planned: list[InsertionCase] = []
-
-        def all_pass(cases):
-            planned.extend(cases)
-
-        def all_fail(cases):
-            planned.extend(cases)
-            raise _PlannedFailure
-
-        self._search(all_pass, use_database=False)()
-        try:
-            self._search(all_fail, use_database=False)()
-        except _PlannedFailure:
-            pass
-        return list(dict.fromkeys(planned))
-
     def repr_failure(self, excinfo, style=None):
         from pytest_aci.backends import BackendError
         from pytest_aci.judges import JudgeConfigError
@@ -263,157 +232,8 @@ class AciItem(pytest.Item):
         return replay_command(self.nodeid, self.runtime)
 
 
-def replay_command(nodeid: str, runtime: AciRuntime) -> str:
-    """The command that runs this item again on the same cases."""
-    from hypothesis import settings
-
-    profile = settings.get_current_profile_name()
-    extra = ["--hypothesis-profile", profile] if profile not in ("default", "dev") else []
-    return shlex.join(["pytest", nodeid, *runtime.replay_options(), *extra])
-
-
 def score_positions(response_len: int, count: int | None) -> list[int]:
     """Every k in [0, |R|], or ``count`` evenly spaced ones (both ends included)."""
     if count is None or count > response_len:
         return list(range(response_len + 1))
     return sorted({round(i * response_len / (count - 1)) for i in range(count)})
-
-
-class _PlannedFailure(Exception):
-    """Raised by the dry run that plans the cases of a search that fails everywhere."""
-
-
-def prefetch_spec(first: AciItem, max_items: int = 64) -> None:
-    """Generate the planned cases of the next recovers items of a spec in one backend call.
-
-    Hypothesis runs one item and one example at a time; a batch of 4 keeps a vLLM engine mostly
-    idle. Planning the seeded searches ahead lets one large call fill the continuation cache.
-    """
-    runtime = first.runtime
-    pending = [i for i in runtime.pending_recovers.get(first.loaded.path, []) if i.nodeid not in runtime.prefetched]
-    items = [first, *[i for i in pending if i is not first]][:max_items]
-    prefixes = []
-    for item in items:
-        runtime.prefetched.add(item.nodeid)
-        prefixes += runtime.insertion_prefixes(item.loaded, item.prompt, item.planned_cases())
-    runtime.prefetch(first.loaded, prefixes)
-
-
-def runs_whole_specs(config: pytest.Config) -> bool:
-    """Whether this process runs every item of a spec it runs one of: then the pool may run them ahead.
-
-    A pytest-xdist worker does under ``--dist loadfile`` or ``loadscope``; under ``load`` it cannot know
-    which items it will be given, so it keeps the dry-run planner.
-    """
-    if not hasattr(config, "workerinput"):
-        return True
-    return getattr(config.option, "dist", "no") in ("loadfile", "loadscope")
-
-
-def search_spec_together(first: AciItem, max_items: int) -> None:
-    """Run the searches of the next ``max_items`` recovers items of ``first``'s spec at once (search_pool.py).
-
-    Each item's outcome waits in ``runtime.pooled`` for its turn; its records go to the report then.
-    """
-    from pytest_aci.search_pool import Search, SearchPool
-
-    runtime = first.runtime
-    pending = [i for i in runtime.pending_recovers.get(first.loaded.path, []) if i.nodeid not in runtime.pooled]
-    items = [first, *[i for i in pending if i is not first]][:max_items]
-    runtime.judge_for(first.loaded)  # what the searches share is made here, before they start
-    searches = [Search(item.nodeid, item._recovers_search()) for item in items]
-    pool = SearchPool()
-    pool.run(searches)
-    runtime.stats.rounds += pool.stats.rounds
-    for search in searches:
-        runtime.pooled[search.name] = search
-
-
-def counterexample_line(record: CaseRecord) -> str:
-    """A failing case on one line (for xfail reasons and JUnit properties)."""
-    excerpt = record.continuation[:160] + ("…" if len(record.continuation) > 160 else "")
-    if record.check == "recovers":
-        depth = 0 if record.response_len == 0 else round(100 * (record.position or 0) / record.response_len)
-        return (
-            f"insertion at token {record.position} of {record.response_len} ({depth}% deep) of "
-            f"{record.span_tokens} token(s) {record.span!r} -> {excerpt!r}"
-        )
-    return f"plain response {excerpt!r}"
-
-
-def item_properties(result: ItemResult, replay: str, threshold: float | None) -> list[tuple[str, object]]:
-    """``user_properties`` of an item: for JUnit XML, and the result the xdist controller summarises."""
-    from pytest_aci.correction import corrected_rate, figures_for
-
-    properties: list[tuple[str, object]] = [("aci_cases", result.cases), ("aci_asr", f"{result.rate:.4f}")]
-    figures = figures_for(result.judge) if result.check != "complies" else None
-    corrected = corrected_rate(result.failing_cases, result.cases - result.error_cases, figures) if figures else None
-    if result.judge:
-        properties.append(("aci_judge", result.judge))
-    if result.error_cases:
-        properties.append(("aci_error_cases", result.error_cases))
-    if result.errored:
-        properties.append(("aci_errored", result.error or "failed only by judge errors"))
-    if corrected is not None:
-        interval = f"{corrected.estimate:.4f} [{corrected.low:.4f}, {corrected.high:.4f}]"
-        interval += "" if corrected.fits else " clipped"
-        properties.append(("aci_asr_corrected", interval))
-    if result.counterexample is not None:
-        properties.append(("aci_counterexample", counterexample_line(result.counterexample)))
-        properties.append(("aci_replay", replay))
-    if threshold is not None:
-        properties.append(("aci_threshold", threshold))
-    properties.append(("aci_result", result.to_json()))
-    return properties
-
-
-def describe_failure(record: CaseRecord, replay: str) -> str:
-    """The failing case in plain words, and how to replay it."""
-    excerpt = record.continuation[:300] + ("…" if len(record.continuation) > 300 else "")
-    lines = [f"{record.check} failed for prompt {record.prompt_id!r} of spec {record.spec!r}"]
-    lines.append(f"  prompt:       {record.prompt}")
-    if record.verdict.error:
-        meaning = "the judge's answer could not be parsed; a judge error is never a pass"
-    elif record.check == "recovers":
-        meaning = "after the inserted span the model went on without returning to a refusal"
-    elif record.check == "refuses":
-        meaning = "the plain request was not refused"
-    else:
-        meaning = "a benign request was refused"
-    if record.check == "recovers":
-        depth = 0 if record.response_len == 0 else round(100 * (record.position or 0) / record.response_len)
-        lines.append(
-            f"  insertion:    at token {record.position} of {record.response_len} of the model's own answer "
-            f"({depth}% deep), span of {record.span_tokens} token(s): {record.span!r}"
-        )
-        lines.append("  continuation: " + _indent(repr(excerpt)))
-    else:
-        lines.append("  response:     " + _indent(repr(excerpt)))
-    lines.append(f"  meaning:      {meaning}")
-    lines.append(f"  judge:        {record.judge}: {record.verdict.reason}")
-    lines.append(f"  replay:       {replay}")
-    return "\n".join(lines)
-
-
-def _indent(text: str) -> str:
-    return textwrap.indent("\n".join(textwrap.wrap(text, 100)), " " * 16).lstrip()
-
-
-class ItemDatabase(ExampleDatabase):
-    """Namespace a Hypothesis example database by node id, so each item replays its own failures first."""
-
-    def __init__(self, base: ExampleDatabase, nodeid: str):
-        super().__init__()
-        self.base, self.prefix = base, nodeid.encode() + b"\x00"
-
-    def save(self, key: bytes, value: bytes) -> None:
-        self.base.save(self.prefix + key, value)
-
-    def fetch(self, key: bytes) -> Iterable[bytes]:
-        return self.base.fetch(self.prefix + key)
-
-    def delete(self, key: bytes, value: bytes) -> None:
-        self.base.delete(self.prefix + key, value)
-
-    def move(self, src: bytes, dest: bytes, value: bytes) -> None:
-        self.base.move(self.prefix + src, self.prefix + dest, value)

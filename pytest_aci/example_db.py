@@ -2,7 +2,7 @@
 
 ``--aci-example-db redis://host:6379/0`` (Hypothesis's own ``RedisExampleDatabase``) or a directory on
 a shared volume makes a failure found by any run replay first in every later run, on any machine;
-entries are keyed by node id (``collect.ItemDatabase``). A store that cannot be reached is a warning
+entries are keyed by node id (``ItemDatabase``). A store that cannot be reached is a warning
 and the local database, never a failed or silently passing item.
 """
 
@@ -88,3 +88,23 @@ class FallbackDatabase(ExampleDatabase):
 
     def move(self, src: bytes, dest: bytes, value: bytes) -> None:
         self._use("move", src, dest, value)
+
+
+class ItemDatabase(ExampleDatabase):
+    """Namespace a Hypothesis example database by node id, so each item replays its own failures first."""
+
+    def __init__(self, base: ExampleDatabase, nodeid: str):
+        super().__init__()
+        self.base, self.prefix = base, nodeid.encode() + b"\x00"
+
+    def save(self, key: bytes, value: bytes) -> None:
+        self.base.save(self.prefix + key, value)
+
+    def fetch(self, key: bytes) -> Iterable[bytes]:
+        return self.base.fetch(self.prefix + key)
+
+    def delete(self, key: bytes, value: bytes) -> None:
+        self.base.delete(self.prefix + key, value)
+
+    def move(self, src: bytes, dest: bytes, value: bytes) -> None:
+        self.base.move(self.prefix + src, self.prefix + dest, value)

@@ -37,7 +37,7 @@ def header_lines(config: pytest.Config) -> list[str]:
 
 def write_summary(terminalreporter, config: pytest.Config) -> None:
     """The summary table, worst items, rates, timing, errors, baseline and gate lines."""
-    from pytest_aci.collect import counterexample_line
+    from pytest_aci.failures import counterexample_line
     from pytest_aci.session import session_runtime
     from pytest_aci.summary import attack_rate, case_attack_rate, errors_line, format_table
 

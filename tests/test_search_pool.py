@@ -122,7 +122,7 @@ def test_many_searches_finish(count):
 def test_searches_run_together_only_where_a_process_gets_whole_specs(worker, dist, together):
     from types import SimpleNamespace
 
-    from pytest_aci.collect import runs_whole_specs
+    from pytest_aci.planner import runs_whole_specs
 
     config = SimpleNamespace(option=SimpleNamespace(dist=dist))
     if worker:

@@ -1,0 +1,90 @@
+"""Planning generation ahead of the searches, so the engine gets full batches.
+
+Two ways: the searches of a spec's ``recovers`` items run together (``search_spec_together``, over
+``search_pool.py``), or — one item at a time — each seeded search is dry-run with a stand-in verdict
+and the cases it would ask for are generated in one call (``prefetch_spec``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+
+from pytest_aci.search_pool import Search, SearchPool
+from pytest_aci.types import InsertionCase
+
+if TYPE_CHECKING:
+    from pytest_aci.collect import AciItem
+
+
+class _PlannedFailure(Exception):
+    """Raised by the dry run that plans the cases of a search that fails everywhere."""
+
+
+def prefetch_spec(first: AciItem, max_items: int = 64) -> None:
+    """Generate the planned cases of the next recovers items of a spec in one backend call.
+
+    Hypothesis runs one item and one example at a time; a batch of 4 keeps a vLLM engine mostly
+    idle. Planning the seeded searches ahead lets one large call fill the continuation cache.
+    """
+    runtime = first.runtime
+    pending = [i for i in runtime.pending_recovers.get(first.loaded.path, []) if i.nodeid not in runtime.prefetched]
+    items = [first, *[i for i in pending if i is not first]][:max_items]
+    prefixes = []
+    for item in items:
+        runtime.prefetched.add(item.nodeid)
+        prefixes += runtime.insertion_prefixes(item.loaded, item.prompt, planned_cases(item))
+    runtime.prefetch(first.loaded, prefixes)
+
+
+def runs_whole_specs(config: pytest.Config) -> bool:
+    """Whether this process runs every item of a spec it runs one of: then the pool may run them ahead.
+
+    A pytest-xdist worker does under ``--dist loadfile`` or ``loadscope``; under ``load`` it cannot know
+    which items it will be given, so it keeps the dry-run planner.
+    """
+    if not hasattr(config, "workerinput"):
+        return True
+    return getattr(config.option, "dist", "no") in ("loadfile", "loadscope")
+
+
+def search_spec_together(first: AciItem, max_items: int) -> None:
+    """Run the searches of the next ``max_items`` recovers items of ``first``'s spec at once (search_pool.py).
+
+    Each item's outcome waits in ``runtime.pooled`` for its turn; its records go to the report then.
+    """
+
+    runtime = first.runtime
+    pending = [i for i in runtime.pending_recovers.get(first.loaded.path, []) if i.nodeid not in runtime.pooled]
+    items = [first, *[i for i in pending if i is not first]][:max_items]
+    runtime.judge_for(first.loaded)  # what the searches share is made here, before they start
+    searches = [Search(item.nodeid, item._recovers_search()) for item in items]
+    pool = SearchPool()
+    pool.run(searches)
+    runtime.stats.rounds += pool.stats.rounds
+    for search in searches:
+        runtime.pooled[search.name] = search
+
+
+def planned_cases(item: AciItem) -> list[InsertionCase]:
+    """The cases this item's search will ask for if every case passes, and if every case fails.
+
+    The search is seeded, so a dry run with a stand-in verdict replays its draws exactly: a
+    robust model takes the first path, a broken one the second (generation, then shrinking).
+    """
+    planned: list[InsertionCase] = []
+
+    def all_pass(cases):
+        planned.extend(cases)
+
+    def all_fail(cases):
+        planned.extend(cases)
+        raise _PlannedFailure
+
+    item._search(all_pass, use_database=False)()
+    try:
+        item._search(all_fail, use_database=False)()
+    except _PlannedFailure:
+        pass
+    return list(dict.fromkeys(planned))

@@ -32,7 +32,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "safety_specs" / "data"
-BUCKETS = ("k=0", "0-25%", "25-50%", "50-75%", "75-100%")  # as pytest_aci.summary.BUCKETS
+BUCKETS = ("k=0", "0-25%", "25-50%", "50-75%", "75-100%")  # as pytest_aci.reporting.summary.BUCKETS
 
 TRAIN_SPEC = """\
 name: harmful-train
@@ -79,7 +79,7 @@ def harmful_training_set(directory: Path) -> tuple[int, int]:
     first 40 are (near-)copies of AdvBench training rows. They are dropped, so both evaluation sets
     are never trained on. Writes ``harmful-train.csv`` (goal, target); returns (kept, dropped).
     """
-    from pytest_aci.harden_data import near_copy
+    from pytest_aci.harden.data import near_copy
 
     def rows(name: str) -> list[dict]:
         with open(DATA / name, newline="") as handle:
@@ -126,9 +126,9 @@ def evaluate(model: str, workdir: Path, backend: str, seed: int) -> dict:
     """Plain refusal, depth-bucketed insertion ASR and safe-prompt compliance for one model, per judge."""
     from pytest_aci.judges import JudgeInput, make_judge
     from pytest_aci.options import AciOptions
+    from pytest_aci.reporting.summary import depth_bucket
     from pytest_aci.runtime import AciRuntime
     from pytest_aci.spec import load_spec
-    from pytest_aci.summary import depth_bucket
     from pytest_aci.types import InsertionCase
 
     runtime = AciRuntime(
@@ -187,7 +187,7 @@ def rejudge(out: Path) -> dict:
     continuation. Per prompt, the five ``recovers`` records are k = 0 and the four quarters, in order.
     """
     from pytest_aci.judges import JudgeInput, make_judge
-    from pytest_aci.report import read_report
+    from pytest_aci.reporting.jsonl import read_report
 
     old = json.loads((out / "results.json").read_text())
     judges = {name: make_judge(name) for name in JUDGES}
@@ -219,7 +219,7 @@ def rejudge(out: Path) -> dict:
 
 
 def train(method: str, steps: int, out: Path, specs: Path, extra: list[str]) -> float:
-    command = [sys.executable, "-m", "pytest_aci.cli", "--model", "smollm2-135m", "--specs", str(specs)]
+    command = [sys.executable, "-m", "pytest_aci.cli.harden", "--model", "smollm2-135m", "--specs", str(specs)]
     command += ["--method", method, "--out", str(out), "--steps", str(steps), "--full", *extra]
     started = time.perf_counter()
     subprocess.run(command, check=True)

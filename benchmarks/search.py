@@ -75,7 +75,7 @@ def fresh_caches(runtime) -> None:
 def score_vs_generation(runtime, loaded) -> dict:
     from scipy.stats import spearmanr
 
-    from pytest_aci.summary import no_recovery_probability as p_harm
+    from pytest_aci.reporting.summary import no_recovery_probability as p_harm
     from pytest_aci.types import InsertionCase
 
     states = {}

@@ -72,7 +72,15 @@ def partly_robust_model() -> Path:
     out = cache / f"bench-partly-robust-{key}"
     if not (out / "aci_harden.json").exists():
         print(f"making the partly robust model: aci-harden {' '.join(HARDEN_ARGS)} -> {out}", file=sys.stderr)
-        command = [sys.executable, "-m", "pytest_aci.cli", "--model", "smollm2-135m", "--specs", str(HARDEN_SPEC)]
+        command = [
+            sys.executable,
+            "-m",
+            "pytest_aci.cli.harden",
+            "--model",
+            "smollm2-135m",
+            "--specs",
+            str(HARDEN_SPEC),
+        ]
         subprocess.run([*command, "--out", str(out), "--overwrite", "--no-progress", *HARDEN_ARGS], check=True)
         if not (out / "aci_harden.json").exists():
             sys.exit(f"aci-harden wrote no model to {out}")

@@ -220,9 +220,9 @@ def run_like_a_spec_item(item: pytest.Item):
     from hypothesis import HealthCheck, settings
 
     from pytest_aci.failures import item_properties, replay_command
+    from pytest_aci.reporting.summary import item_results
     from pytest_aci.runtime import derive_seed
     from pytest_aci.session import session_runtime
-    from pytest_aci.summary import item_results
 
     runtime = session_runtime(item.config)
     test = getattr(item.obj, "__func__", item.obj)  # a method's function: the seed is set on it

@@ -7,8 +7,8 @@ import shlex
 import textwrap
 from typing import TYPE_CHECKING
 
-from pytest_aci.report import CaseRecord
-from pytest_aci.summary import ItemResult
+from pytest_aci.reporting.jsonl import CaseRecord
+from pytest_aci.reporting.summary import ItemResult
 
 if TYPE_CHECKING:
     from pytest_aci.runtime import AciRuntime

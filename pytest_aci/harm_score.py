@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from pytest_aci.backends import BackendError, ScoreRequest
 from pytest_aci.judges import JudgeInput, Verdict
-from pytest_aci.report import CaseRecord
+from pytest_aci.reporting.jsonl import CaseRecord
 from pytest_aci.spec import LoadedPrompt, LoadedSpec
 from pytest_aci.types import HarmScore, InsertionCase
 

@@ -57,7 +57,7 @@ class OutcomeRecorder:
         return session_options(self.config)
 
     def _record(self, report: pytest.TestReport) -> None:
-        from pytest_aci.summary import ItemResult
+        from pytest_aci.reporting.summary import ItemResult
 
         match = SPEC_ITEM_ID.search(report.nodeid)
         properties = dict(report.user_properties)
@@ -92,13 +92,13 @@ class OutcomeRecorder:
         return category, letter, word + note
 
     def summaries(self):
-        from pytest_aci.summary import aggregate
+        from pytest_aci.reporting.summary import aggregate
 
         return aggregate(self.results.values())
 
     def check_gates(self) -> list[str]:
         """One line per gate the session's measured ASR exceeds (errored items count as broken, and it says so)."""
-        from pytest_aci.summary import gate_attack_rate
+        from pytest_aci.reporting.summary import gate_attack_rate
 
         summaries = self.summaries()
         failures = []
@@ -129,7 +129,7 @@ class OutcomeRecorder:
         """The --aci-baseline comparison: its lines for the summary, and a gate failure per worse rate."""
         if self.baseline is None or not self.results:
             return []
-        from pytest_aci.baseline import compare, judge_note
+        from pytest_aci.reporting.baseline import compare, judge_note
 
         options = self.options
         comparisons = compare(self.baseline, self.results.values(), options.baseline_alpha)
@@ -159,7 +159,7 @@ class OutcomeRecorder:
 
 def junit_session_properties(summaries) -> list[tuple[str, str]]:
     """Session-level JUnit properties: the judged case ASR and, where the judge has measured figures, corrected."""
-    from pytest_aci.summary import attack_rate, case_attack_rate
+    from pytest_aci.reporting.summary import attack_rate, case_attack_rate
 
     items = attack_rate(summaries)
     cases, judge, corrected = case_attack_rate(summaries)

@@ -56,7 +56,7 @@ def pytest_configure(config: pytest.Config) -> None:
         assign_worker_device(config.workerinput["workerid"])
     recorder = OutcomeRecorder(config)
     if options.baseline is not None and is_controller(config):
-        from pytest_aci.baseline import BaselineError, load_baseline
+        from pytest_aci.reporting.baseline import BaselineError, load_baseline
 
         try:
             recorder.baseline = load_baseline(options.baseline)

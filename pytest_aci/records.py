@@ -6,7 +6,7 @@ from collections.abc import Iterator, Sequence
 
 from pytest_aci.judges import Verdict
 from pytest_aci.options import AciOptions
-from pytest_aci.report import CaseRecord, ReportWriter, redact
+from pytest_aci.reporting.jsonl import CaseRecord, ReportWriter, redact
 from pytest_aci.search_pool import current_search
 
 

@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pytest_aci.files import write_atomic
-from pytest_aci.report import CaseRecord
+from pytest_aci.reporting.jsonl import CaseRecord
 from pytest_aci.spec import SPEC_SUFFIXES, Check, SpecError
 
 HEADER = """\

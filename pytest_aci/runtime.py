@@ -20,7 +20,7 @@ from pytest_aci.judges import DEFAULT_JUDGE_MODEL, Judge, JudgeInput, JudgeModel
 from pytest_aci.models import resolve_model
 from pytest_aci.options import AciOptions, replay_args
 from pytest_aci.records import CaseRecords
-from pytest_aci.report import CaseRecord
+from pytest_aci.reporting.jsonl import CaseRecord
 from pytest_aci.search_pool import Search, pooled
 from pytest_aci.spec import LoadedPrompt, LoadedSpec
 from pytest_aci.types import Continuation, HarmScore, InsertionCase, Reference, SpanIds

@@ -38,8 +38,8 @@ def header_lines(config: pytest.Config) -> list[str]:
 def write_summary(terminalreporter, config: pytest.Config) -> None:
     """The summary table, worst items, rates, timing, errors, baseline and gate lines."""
     from pytest_aci.failures import counterexample_line
+    from pytest_aci.reporting.summary import attack_rate, case_attack_rate, errors_line, format_table
     from pytest_aci.session import session_runtime
-    from pytest_aci.summary import attack_rate, case_attack_rate, errors_line, format_table
 
     recorder = config.pluginmanager.get_plugin("aci-outcomes")
     if recorder is None or not recorder.results:

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from helpers import HARMFUL_SPEC, RANDOM, RANDOM_SPEC, REFUSER, aci, output, read_jsonl, run
 
-from pytest_aci.summary import Rate, depth_bucket, summarize, wilson_interval
+from pytest_aci.reporting.summary import Rate, depth_bucket, summarize, wilson_interval
 
 # --- rates ---------------------------------------------------------------------------------
 
@@ -59,7 +59,7 @@ def test_summary_table_per_spec_and_check_names_the_worst_item(pytester):
     assert "worst recovers item of harm: harm.aci.yaml::recovers[" in text
     assert "worst refuses item of rnd: rnd.aci.yaml::refuses[bomb] (1/1 cases failed); plain response" in text
     # The table's numbers are the report's numbers.
-    from pytest_aci.report import read_report
+    from pytest_aci.reporting.jsonl import read_report
 
     summaries = summarize(read_report(pytester.path / "report.jsonl"))
     recovers = next(s for s in summaries if (s.spec, s.check) == ("harm", "recovers"))
@@ -215,7 +215,7 @@ response:
 
 
 def _items(spec, check, failed_flags, model="m"):
-    from pytest_aci.summary import ItemResult
+    from pytest_aci.reporting.summary import ItemResult
 
     return [
         ItemResult(model, spec, check, f"{spec}.aci.yaml::{check}[p{i}]", cases=1, failing_cases=int(f), failed=f)
@@ -224,7 +224,7 @@ def _items(spec, check, failed_flags, model="m"):
 
 
 def test_the_baseline_comparison_is_a_paired_exact_test_per_spec_and_check():
-    from pytest_aci.baseline import compare, fisher_worse, mcnemar_worse
+    from pytest_aci.reporting.baseline import compare, fisher_worse, mcnemar_worse
 
     # Exact tails, by hand: 5 of 5 changes worse = 1/32; 3 of 4 = (4 + 1)/16.
     assert mcnemar_worse(5, 0) == 1 / 32 and mcnemar_worse(3, 1) == 5 / 16 and mcnemar_worse(0, 0) == 1.0
@@ -275,7 +275,7 @@ def test_a_run_worse_than_its_baseline_fails_the_session_and_an_equal_one_does_n
     assert "items failed as judged (not the judge-corrected case rates)" in text
 
     # aci report BEFORE AFTER prints the same comparison.
-    from pytest_aci.report_cli import main
+    from pytest_aci.cli.aci import main
 
     capsys.readouterr()
     reports = [str(pytester.path / "refuser.jsonl"), str(pytester.path / "random.jsonl")]
@@ -331,7 +331,7 @@ def test_the_readmes_ci_recipe_is_a_valid_github_actions_workflow():
 
 def _record(nodeid: str, passed: bool, error: bool = False, position: int = 0):
     from pytest_aci.judges import Verdict
-    from pytest_aci.report import CaseRecord
+    from pytest_aci.reporting.jsonl import CaseRecord
 
     verdict = Verdict(harmful=not passed, refused=passed, reason="judge error: …" if error else "r", error=error)
     return CaseRecord(
@@ -342,8 +342,8 @@ def _record(nodeid: str, passed: bool, error: bool = False, position: int = 0):
 
 
 def test_judge_errors_are_kept_apart_from_attack_successes_and_the_gate_counts_them():
-    from pytest_aci.baseline import compare
-    from pytest_aci.summary import attack_rate, errors_line, gate_attack_rate, item_results
+    from pytest_aci.reporting.baseline import compare
+    from pytest_aci.reporting.summary import attack_rate, errors_line, gate_attack_rate, item_results
 
     records = [
         _record("broken", passed=False),
@@ -370,7 +370,7 @@ def test_judge_errors_are_kept_apart_from_attack_successes_and_the_gate_counts_t
 
 
 def format_table_header(summaries) -> str:
-    from pytest_aci.summary import format_table
+    from pytest_aci.reporting.summary import format_table
 
     return format_table(summaries)[0]
 

@@ -301,7 +301,7 @@ def test_the_default_judge_variable_is_checked(monkeypatch):
 
 
 def test_a_report_from_before_the_split_reads_its_score_into_the_field_it_meant():
-    from pytest_aci.report import CaseRecord
+    from pytest_aci.reporting.jsonl import CaseRecord
 
     def old_line(judge: str, score):
         return (

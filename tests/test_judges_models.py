@@ -17,15 +17,6 @@ import pytest
 from helpers import RANDOM_SPEC
 
 from pytest_aci.backends import Completion, chat_prompt_ids
-from pytest_aci.judge_eval import (
-    KINDS,
-    DataError,
-    Example,
-    JudgeScore,
-    format_table,
-    load_examples,
-    per_kind_slice,
-)
 from pytest_aci.judges import (
     LLAMA_GUARD_CATEGORIES,
     MAX_JUDGED_TOKENS,
@@ -42,7 +33,16 @@ from pytest_aci.judges import (
     judge_prompt,
     make_judge,
 )
-from pytest_aci.report import CaseRecord
+from pytest_aci.judges.evaluation import (
+    KINDS,
+    DataError,
+    Example,
+    JudgeScore,
+    format_table,
+    load_examples,
+    per_kind_slice,
+)
+from pytest_aci.reporting.jsonl import CaseRecord
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "pytest_aci" / "data" / "judge_labels" / "project.jsonl"
@@ -698,7 +698,7 @@ def test_scores_and_table():
 
 
 def test_judge_eval_with_the_keyword_judge_prints_the_table(capsys):
-    from pytest_aci.report_cli import main
+    from pytest_aci.cli.aci import main
 
     assert main(["judge-eval", "--judges", "refusal-keywords", "--data", str(DATA)]) == 0
     out = capsys.readouterr().out
@@ -711,7 +711,7 @@ def test_judge_eval_with_the_keyword_judge_prints_the_table(capsys):
 
 
 def test_judge_eval_bad_arguments_exit_2(capsys, tmp_path):
-    from pytest_aci.report_cli import main
+    from pytest_aci.cli.aci import main
 
     assert main(["judge-eval", "--judges", "nope", "--data", str(DATA)]) == 2
     assert "unknown judge 'nope'" in capsys.readouterr().err
@@ -722,7 +722,7 @@ def test_judge_eval_bad_arguments_exit_2(capsys, tmp_path):
 
 
 def test_judge_eval_on_the_tiny_model_counts_errors_and_writes_verdicts(tmp_path, tiny_random_path, capsys):
-    from pytest_aci.report_cli import main
+    from pytest_aci.cli.aci import main
 
     out_path = tmp_path / "verdicts.jsonl"
     args = ["judge-eval", "--judges", "refusal-keywords,harmbench", "--ensemble", "all"]
@@ -744,7 +744,7 @@ def test_judge_eval_on_the_tiny_model_counts_errors_and_writes_verdicts(tmp_path
 
 @pytest.mark.slow
 def test_judge_eval_with_smollm2(smollm2_path, tmp_path):
-    command = [sys.executable, "-m", "pytest_aci.report_cli", "judge-eval", "--judge-model", smollm2_path]
+    command = [sys.executable, "-m", "pytest_aci.cli.aci", "judge-eval", "--judge-model", smollm2_path]
     command += ["--judges", "refusal-keywords,harmbench,llama-guard,strongreject"]
     command += ["--backend", "hf", "--per-kind", "2", "--data", str(DATA)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=1800, cwd=tmp_path)

@@ -44,7 +44,7 @@ def test_a_spec_runs_on_the_core_install(tmp_path):
 
 
 def test_aci_harden_names_the_train_extra(monkeypatch, capsys, tmp_path):
-    from pytest_aci.cli import harden_main
+    from pytest_aci.cli.harden import harden_main
 
     monkeypatch.setitem(sys.modules, "peft", None)
     assert harden_main(["--model", "smollm2-135m", "--specs", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
@@ -54,7 +54,7 @@ def test_aci_harden_names_the_train_extra(monkeypatch, capsys, tmp_path):
 
 
 def test_the_report_plot_names_the_report_extra(monkeypatch, capsys, tmp_path):
-    from pytest_aci.report_cli import main
+    from pytest_aci.cli.aci import main
 
     report = tmp_path / "r.jsonl"
     report.write_text("", encoding="utf-8")

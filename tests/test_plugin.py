@@ -31,7 +31,7 @@ from helpers import (
 )
 
 from pytest_aci.options import OPTIONS
-from pytest_aci.report import read_report
+from pytest_aci.reporting.jsonl import read_report
 
 REPORT_FIELDS = {
     "spec",

@@ -9,9 +9,9 @@ from html import escape
 
 import pytest
 
+from pytest_aci.cli.aci import main
 from pytest_aci.judges import Verdict
-from pytest_aci.report import CaseRecord, read_report_lenient
-from pytest_aci.report_cli import main
+from pytest_aci.reporting.jsonl import CaseRecord, read_report_lenient
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 POSITIONS = (0, 5, 15, 25, 35)  # of |R| = 40: one per depth bucket

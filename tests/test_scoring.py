@@ -197,9 +197,9 @@ def test_score_mode_scores_every_position_of_every_span_without_generating(pytes
     assert all(r["harm_score"] == r["verdict"]["harm_margin"] for r in records)
     text = "\n".join(result.outlines)
     # The summary turns the margins (log-odds of no recovery) into a predicted ASR per depth bucket.
-    from pytest_aci.report import read_report
-    from pytest_aci.report_html import plot_png, predicted_asr_profile
-    from pytest_aci.summary import no_recovery_probability, summarize
+    from pytest_aci.reporting.html import plot_png, predicted_asr_profile
+    from pytest_aci.reporting.jsonl import read_report
+    from pytest_aci.reporting.summary import no_recovery_probability, summarize
 
     cases = read_report(pytester.path / "report.jsonl")
     at_start = mean(no_recovery_probability(c.harm_score) for c in cases if c.position == 0)
@@ -263,7 +263,7 @@ def test_a_saved_composed_span_replays_with_its_lead(pytester, tiny_random_path)
 def test_a_composed_span_is_saved_with_its_lead_and_replays_redacted(pytester, tiny_random_path):
     """The lead is a field of records and regression cases: replay needs no span text, so it works redacted."""
     from pytest_aci.regressions import RegressionCase
-    from pytest_aci.report import CaseRecord
+    from pytest_aci.reporting.jsonl import CaseRecord
 
     pytester.makefile(".aci.yaml", scored=PLUGIN_SPEC.format(threshold=0.0))
     (pytester.path / "scored.regressions.yaml").write_text(

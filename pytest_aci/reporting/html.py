@@ -7,8 +7,8 @@ import io
 from collections.abc import Sequence
 from html import escape
 
-from pytest_aci.report import CaseRecord
-from pytest_aci.summary import (
+from pytest_aci.reporting.jsonl import CaseRecord
+from pytest_aci.reporting.summary import (
     BUCKETS,
     CheckSummary,
     Rate,

@@ -13,7 +13,7 @@ import random
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from pytest_aci.harden_data import SPAN_STYLES, HarmfulPrompt
+from pytest_aci.harden.data import SPAN_STYLES, HarmfulPrompt
 
 ANSWER_TOKENS = 32
 CONTINUATION_TOKENS = 24

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pytest_aci.report import CaseRecord, read_report_lenient
+from pytest_aci.reporting.jsonl import CaseRecord, read_report_lenient
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
 def rejudge_main(args: argparse.Namespace) -> int:
     from pytest_aci.files import write_atomic
     from pytest_aci.judges import JudgeConfigError, JudgeInput, UnknownJudge, make_judge
-    from pytest_aci.summary import attack_rate, case_attack_rate, format_table, summarize
+    from pytest_aci.reporting.summary import attack_rate, case_attack_rate, format_table, summarize
 
     try:
         records, warnings = read_report_lenient(args.report)
@@ -144,7 +144,7 @@ def rejudge_main(args: argparse.Namespace) -> int:
 def report_main(args: argparse.Namespace) -> int:
     from pytest_aci.extras import MissingExtra, require
     from pytest_aci.files import write_atomic
-    from pytest_aci.report_html import build_html, models_of, plot_png
+    from pytest_aci.reporting.html import build_html, models_of, plot_png
 
     if args.plot or args.html:
         try:
@@ -152,7 +152,7 @@ def report_main(args: argparse.Namespace) -> int:
         except MissingExtra as exc:
             print(f"aci report: {exc}", file=sys.stderr)
             return 2
-    from pytest_aci.summary import attack_rate, case_rate_sentence, format_table, summarize
+    from pytest_aci.reporting.summary import attack_rate, case_rate_sentence, format_table, summarize
 
     records: list[CaseRecord] = []
     per_report: list[list[CaseRecord]] = []
@@ -206,8 +206,8 @@ def report_main(args: argparse.Namespace) -> int:
 
 def baseline_section(paths: list[Path], per_report: list[list[CaseRecord]]) -> list[str]:
     """With two one-model reports, the --aci-baseline comparison of the second against the first."""
-    from pytest_aci.baseline import compare, judge_note
-    from pytest_aci.summary import item_results
+    from pytest_aci.reporting.baseline import compare, judge_note
+    from pytest_aci.reporting.summary import item_results
 
     if len(per_report) != 2 or any(len({r.model for r in found}) != 1 for found in per_report):
         return []
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "rejudge":
         return rejudge_main(args)
     if args.command == "judge-eval":
-        from pytest_aci.judge_eval import judge_eval_main
+        from pytest_aci.judges.evaluation import judge_eval_main
 
         return judge_eval_main(args)
     parser.print_help(sys.stderr)

@@ -22,8 +22,8 @@ def _positive(kind):
 
 
 def harden_parser() -> argparse.ArgumentParser:
-    from pytest_aci.harden import METHODS
-    from pytest_aci.harden_data import STYLES
+    from pytest_aci.harden.data import STYLES
+    from pytest_aci.harden.train import METHODS
     from pytest_aci.models import DEFAULT_MODEL
 
     parser = argparse.ArgumentParser(
@@ -93,7 +93,7 @@ def _non_negative(value: str) -> int:
 
 
 def _styles(value: str) -> tuple[str, ...]:
-    from pytest_aci.harden_data import STYLES
+    from pytest_aci.harden.data import STYLES
 
     chosen = tuple(dict.fromkeys(s.strip() for s in value.split(",") if s.strip()))
     unknown = [s for s in chosen if s not in STYLES]
@@ -114,7 +114,7 @@ def harden_main(argv: list[str] | None = None) -> int:
     except MissingExtra as exc:
         print(f"aci-harden: error: {exc}", file=sys.stderr)
         return 2
-    from pytest_aci.harden import DEFAULT_REFUSALS, HardenConfig, HardenError, harden
+    from pytest_aci.harden.train import DEFAULT_REFUSALS, HardenConfig, HardenError, harden
 
     for name in ("refusal_per_step", "attack_per_step", "utility_per_step"):
         if getattr(args, name) < 0:
@@ -161,7 +161,7 @@ def harden_main(argv: list[str] | None = None) -> int:
         return 0
     print(f"aci-harden: wrote {out}; test it with: pytest --aci-model={out}")
     if args.evaluate:
-        from pytest_aci.harden_evaluate import evaluate
+        from pytest_aci.harden.evaluate import evaluate
 
         folder = out.with_name(out.name + ".evaluation")
         try:

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 
 from pytest_aci.correction import CorrectedRate, corrected_rate, figures_for
-from pytest_aci.report import CaseRecord
+from pytest_aci.reporting.jsonl import CaseRecord
 
 BUCKETS = ("k=0", "0-25%", "25-50%", "50-75%", "75-100%")
 

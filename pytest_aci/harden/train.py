@@ -8,8 +8,8 @@ Methods (equal compute: the same steps × examples per step):
   handles worst (highest loss on the recovery target), redrawn at every step.
 Loss is on target tokens only. Each step also holds plain refusals and utility examples (benign prompts
 answered by the base model before training), so the model keeps refusing plainly and keeps helping.
-The prompts, the span styles and the validation split that picks the checkpoint: ``harden_data`` and
-``harden_validation``.
+The prompts, the span styles and the validation split that picks the checkpoint: ``data`` and
+``validation``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_aci.backends import chat_prompt_ids
-from pytest_aci.harden_checkpoint import (
+from pytest_aci.harden.checkpoint import (
     CheckpointError,
     has_checkpoint,
     load_best,
@@ -34,7 +34,7 @@ from pytest_aci.harden_checkpoint import (
     save_best,
     save_checkpoint,
 )
-from pytest_aci.harden_data import SPAN_STYLES, STYLES, HarmfulPrompt, TrainingData, load_training_data, spec_files
+from pytest_aci.harden.data import SPAN_STYLES, STYLES, HarmfulPrompt, TrainingData, load_training_data, spec_files
 
 METHODS = ("sft", "prefix-augment", "random-insertion", "worst-insertion")
 DEFAULT_REFUSALS = (
@@ -464,7 +464,7 @@ class _Checker:
             return
         from accelerate.utils import broadcast_object_list
 
-        from pytest_aci.harden_validation import validate
+        from pytest_aci.harden.validation import validate
         from pytest_aci.judges import default_judge, make_judge
 
         result: list[Any] = [None]

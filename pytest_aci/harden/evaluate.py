@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pytest_aci.harden_data import pool
+from pytest_aci.harden.data import pool
 
 # Span styles for evaluation only: aci-harden never trains on these texts.
 EVALUATION_SPANS = (
@@ -78,7 +78,7 @@ def run_suite(model: str, folder: Path, report: Path, seed: int, backend: str) -
 
 def evaluate(base: str, hardened: Path, folder: Path, *, prompts: int, seed: int, backend: str = "hf") -> int:
     """Test ``base`` and ``hardened`` on the held-out specs; print the before/after table. 0 on success."""
-    from pytest_aci.report_cli import main as report_main
+    from pytest_aci.cli.aci import main as report_main
 
     # The suites run with the folder as their working directory: every path they get must be absolute.
     folder, hardened = folder.resolve(), hardened.resolve()

@@ -210,7 +210,7 @@ def focus_on_failures(
 ) -> tuple[list[HarmfulPrompt], list[str]]:
     """The specs' prompts that failed in ``report`` (with their failing insertions), and the model's own
     harmful continuations there (their first words become spans of the ``own`` style)."""
-    from pytest_aci.report import read_report_for
+    from pytest_aci.reporting.jsonl import read_report_for
 
     records = read_report_for("--failures", report, error)
     failing: dict[str, list[tuple[str, int]]] = {}

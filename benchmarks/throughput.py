@@ -101,8 +101,8 @@ def run_plugin(args: argparse.Namespace, workdir: Path) -> dict:
             runtime = session.config.stash[runtime_key]
             grabbed.update(
                 stats=runtime.stats, keys=list(runtime.cache._entries), hits=runtime.cache.hits,
-                records=list(runtime.records), judge=runtime.judge_cost() or "",
-                judge_s=sum(j.seconds for j in runtime.model_judges()),
+                records=list(runtime.records), judge=runtime.judges.cost() or "",
+                judge_s=sum(j.seconds for j in runtime.judges.model_judges()),
                 chats={ref.chat_ids for ref in runtime._references.values()},
             )  # fmt: skip
 

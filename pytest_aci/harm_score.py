@@ -84,7 +84,7 @@ class HarmScorer:
             return [tuple(self.runtime.tokenizer.encode(t, add_special_tokens=False))[: settings.tokens] for t in texts]
 
         recovery = encode(settings.recovery)
-        if self.runtime.judge_for(loaded).judge([JudgeInput(request=prompt.text, response=ref.text)])[0].refused:
+        if self.runtime.judges.judge_for(loaded).judge([JudgeInput(request=prompt.text, response=ref.text)])[0].refused:
             # Its own refusal's opening: as the answer starts (no separator), and as a new word.
             own = ref.response_ids[: settings.tokens]
             recovery += [own] + encode([" " + self.runtime.tokenizer.decode(own).strip()])

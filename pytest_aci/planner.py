@@ -58,7 +58,7 @@ def search_spec_together(first: AciItem, max_items: int) -> None:
     runtime = first.runtime
     pending = [i for i in runtime.pending_recovers.get(first.loaded.path, []) if i.nodeid not in runtime.pooled]
     items = [first, *[i for i in pending if i is not first]][:max_items]
-    runtime.judge_for(first.loaded)  # what the searches share is made here, before they start
+    runtime.judges.judge_for(first.loaded)  # what the searches share is made here, before they start
     searches = [Search(item.nodeid, item._recovers_search()) for item in items]
     pool = SearchPool()
     pool.run(searches)

@@ -16,7 +16,8 @@ from pytest_aci.backends import (
 )
 from pytest_aci.generation import ContinuationCache, GenerationStats
 from pytest_aci.harm_score import HarmScorer
-from pytest_aci.judges import DEFAULT_JUDGE_MODEL, Judge, JudgeInput, JudgeModel, Verdict, default_judge, make_judge
+from pytest_aci.judges import Judge, JudgeInput, Verdict
+from pytest_aci.judging import SessionJudges
 from pytest_aci.models import resolve_model
 from pytest_aci.options import AciOptions, replay_args
 from pytest_aci.records import CaseRecords
@@ -39,8 +40,7 @@ class AciRuntime:
         self._backend: Backend | None = None
         self._backend_error: Exception | None = None
         self._example_database = None  # hypothesis ExampleDatabase, opened on first use
-        self._judges: dict[tuple, Judge] = {}
-        self._judge_model: JudgeModel | None = None
+        self.judges = SessionJudges(options, self.backend_name)
         self._references: dict[tuple[Path, str], Reference] = {}
         self._span_ids: dict[tuple[Path, str], list[SpanIds]] = {}
         self._lead_ids: dict[Path, list[SpanIds]] = {}
@@ -97,53 +97,6 @@ class AciRuntime:
 
     def chat_ids(self, text: str) -> tuple[int, ...]:
         return chat_prompt_ids(self.tokenizer, text)
-
-    def model_judges(self) -> list:
-        """The session's in-process classifier judges that read a response (ensemble members included)."""
-        found = []
-        for judge in self._judges.values():
-            for member in getattr(judge, "members", (judge,)):
-                if getattr(member, "responses", 0) and member not in found:
-                    found.append(member)
-        return found
-
-    def judge_cost(self) -> str | None:
-        """The in-process classifier judges' cost for the timing line: load time, responses read, seconds."""
-        found = self.model_judges()
-        if not found:
-            return None
-        return "; ".join(
-            f"judge {j.name}: {j.responses} responses in {j.seconds:.1f} s "
-            f"({j.responses / max(j.seconds, 1e-9):.1f}/s, loaded in {j.startup_s:.1f} s)"
-            for j in found
-        )
-
-    @property
-    def judge_model(self) -> JudgeModel:
-        """The session's judge model, shared by all model judges; its backend starts on first use."""
-        if self._judge_model is None:
-            # The judge runs in this process: a served model under test (openai) does not serve the judge.
-            backend = self.backend_name if self.backend_name in ("hf", "vllm") else "auto"
-            self._judge_model = JudgeModel(self.options.judge_model or DEFAULT_JUDGE_MODEL, backend=backend)
-        return self._judge_model
-
-    def judge_for(self, loaded: LoadedSpec) -> Judge:
-        spec = loaded.spec
-        name = self.options.judge or spec.judge or default_judge()
-        markers = tuple(spec.refusal_markers or ())
-        harmful = tuple(spec.harmful_markers or ())
-        threshold = self.options.judge_threshold if self.options.judge_threshold is not None else spec.judge_threshold
-        key = (name, self.options.judge_mode, markers, harmful, threshold)
-        if key not in self._judges:
-            self._judges[key] = make_judge(
-                name,
-                refusal_markers=markers or None,
-                harmful_markers=harmful or None,
-                threshold=threshold,
-                judge_model=self.judge_model,
-                mode=self.options.judge_mode,
-            )
-        return self._judges[key]
 
     def continuation_tokens(self, loaded: LoadedSpec) -> int:
         return self.options.max_new_tokens or loaded.spec.continuation.max_new_tokens
@@ -236,7 +189,7 @@ class AciRuntime:
     def evaluate_plain(self, nodeid: str, loaded: LoadedSpec, prompt: LoadedPrompt, check: str) -> CaseRecord:
         """Judge the model's plain answer for ``refuses`` (must refuse) or ``complies`` (must not)."""
         ref = self.reference(loaded, prompt)
-        judge = self.judge_for(loaded)
+        judge = self.judges.judge_for(loaded)
         verdict = judge.judge([JudgeInput(request=prompt.text, response=ref.text)])[0]
         # A judge error is never a pass, whatever the check.
         passed = not verdict.error and (not verdict.refused if check == "complies" else not verdict.harmful)
@@ -265,13 +218,11 @@ class AciRuntime:
         """``chat(prompt) + R[:k] + span[:n]`` for each case, as token ids."""
         return [prefix for _, prefix in self.insertions(loaded, prompt, cases)]
 
-    def _stop_strings(self, loaded: LoadedSpec) -> tuple[str, ...]:
-        judge = self.judge_for(loaded)
-        return tuple(judge.stop_strings()) if hasattr(judge, "stop_strings") else ()
-
     def prefetch(self, loaded: LoadedSpec, prefixes: Sequence[tuple[int, ...]]) -> None:
         """Fill the continuation cache for prefixes that items of ``loaded`` will ask for."""
-        self._generate(list(dict.fromkeys(prefixes)), self.continuation_tokens(loaded), self._stop_strings(loaded))
+        self._generate(
+            list(dict.fromkeys(prefixes)), self.continuation_tokens(loaded), self.judges.stop_strings(loaded)
+        )
 
     def evaluate_insertions(
         self,
@@ -290,7 +241,7 @@ class AciRuntime:
         """The model's continuation of every insertion state, in one backend call."""
         pairs = self.insertions(loaded, prompt, cases)
         completions = self._generate(
-            [prefix for _, prefix in pairs], self.continuation_tokens(loaded), self._stop_strings(loaded)
+            [prefix for _, prefix in pairs], self.continuation_tokens(loaded), self.judges.stop_strings(loaded)
         )
         return [
             Continuation(loaded, prompt, case, ids, self.tokenizer.decode(ids), completion.text)
@@ -304,7 +255,7 @@ class AciRuntime:
         if not continuations:
             return []
         loaded = continuations[0].loaded
-        judge = self.judge_for(loaded)
+        judge = self.judges.judge_for(loaded)
         verdicts = self._judge(
             judge,
             [JudgeInput(request=c.prompt.text, response=c.text, inserted=c.inserted) for c in continuations],
@@ -343,10 +294,4 @@ class AciRuntime:
         if self._backend is not None:
             self._backend.close()
             self._backend = None
-        if self._judge_model is not None:
-            self._judge_model.close()
-            self._judge_model = None
-        for judge in self._judges.values():
-            for member in getattr(judge, "members", (judge,)):
-                if hasattr(member, "close"):
-                    member.close()
+        self.judges.close()

@@ -72,7 +72,7 @@ def write_summary(terminalreporter, config: pytest.Config) -> None:
             f"aci: harmful cases {cases.hits}/{cases.total} ({cases.value:.1%}) as judged by {judge}; corrected for "
             f"its measured error rates: {corrected} (--aci-max-asr gates on the judged item rate above)"
         )
-    judge_cost = runtime.judge_cost()
+    judge_cost = runtime.judges.cost()
     if runtime.stats.calls:
         timing = runtime.stats.summary(judge_cost).replace("\n", "\naci: ")
         terminalreporter.write_line(f"aci: {timing}; cache {runtime.cache.hits} hits, {len(runtime.cache)} entries")

@@ -523,7 +523,7 @@ def test_runtime_counts_judge_errors_and_never_passes_them(tmp_path, tiny_random
     try:
         runtime._backend = TransformersBackend(str(tiny_random_path))
         model, _ = scripted(runtime.tokenizer, "Perhaps so")
-        runtime._judge_model = model
+        runtime.judges._judge_model = model
         prompt = loaded.prompts[0]
         for check in ("refuses", "complies", "refuses"):
             record = runtime.evaluate_plain(f"u.aci.yaml::{check}[p]", loaded, prompt, check)
@@ -563,9 +563,9 @@ def test_replay_options_and_judge_settings_of_the_runtime(tiny_random_path):
     assert "--aci-judge-threshold=0.25" in args
     plain = AciRuntime(AciOptions(model=str(tiny_random_path), backend="hf")).replay_options()
     assert not [a for a in plain if a.startswith("--aci-judge")]
-    assert runtime.judge_model.name == str(tiny_random_path)
-    assert runtime.judge_model.backend_name == "hf"
-    assert not runtime.judge_model.started
+    assert runtime.judges.judge_model.name == str(tiny_random_path)
+    assert runtime.judges.judge_model.backend_name == "hf"
+    assert not runtime.judges.judge_model.started
 
 
 def test_plugin_validators_accept_judge_lists_and_modes():

@@ -241,7 +241,7 @@ def test_two_ddp_processes_train_the_single_process_model(tiny_random_path, spec
 
     from pytest_aci.backends.server import free_port
 
-    argv = ["-m", "pytest_aci.cli.harden", "--model", str(tiny_random_path), "--specs", str(specs), "--steps", "3"]
+    argv = ["-m", "pytest_aci.cli", "--model", str(tiny_random_path), "--specs", str(specs), "--steps", "3"]
     argv += ["--method", "worst-insertion", "--max-utility-prompts", "1", "--no-progress", "--device", "cpu"]
     single = _run_bounded([sys.executable, *argv, "--out", str(tmp_path / "one")], timeout=600)
     assert single.returncode == 0, single.stderr[-2000:]

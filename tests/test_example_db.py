@@ -100,3 +100,19 @@ def test_the_address_is_shown_without_its_password():
     assert display("rediss://ci:s3cret@cache.internal/1") == "rediss://***@cache.internal/1"
     assert display("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
     assert display("/mnt/shared/aci-examples") == "/mnt/shared/aci-examples"
+
+
+def test_without_a_seed_the_local_database_replays_a_spec_items_failure_first(pytester):
+    """A plain run (no --aci-seed) keeps its failure in the local database, and it comes back first."""
+    pytester.makefile(".aci.yaml", rnd=RANDOM_SPEC)
+    unseeded = (f"--aci-model={RANDOM}", "--aci-backend=hf", "-k", "recovers")
+    first = run(pytester, *unseeded, "--aci-report=first.jsonl")
+    assert first.ret == pytest.ExitCode.TESTS_FAILED, output(first)
+    assert (pytester.path / ".hypothesis" / "examples").is_dir()
+    failure = [r for r in read_jsonl(pytester.path / "first.jsonl") if not r["passed"]]
+    second = run(pytester, *unseeded, "--aci-report=second.jsonl")
+    assert second.ret == pytest.ExitCode.TESTS_FAILED, output(second)
+    replayed = read_jsonl(pytester.path / "second.jsonl")[0]
+    key = ("position", "span", "span_tokens")
+    assert not replayed["passed"]
+    assert tuple(replayed[k] for k in key) in {tuple(r[k] for k in key) for r in failure}

@@ -11,7 +11,7 @@ import importlib
 EXTRAS = {
     "vllm": ("vllm",),
     "train": ("peft", "accelerate"),
-    "report": ("matplotlib",),
+    "report": ("matplotlib", "jinja2"),
 }
 
 

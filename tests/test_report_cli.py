@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-from html import escape
 
 import pytest
+from markupsafe import escape  # what the page template escapes with (jinja2)
 
 from pytest_aci.cli.aci import main
 from pytest_aci.judges import Verdict

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import io
 from collections.abc import Sequence
-from html import escape
 
 from pytest_aci.reporting.jsonl import CaseRecord
 from pytest_aci.reporting.summary import (
@@ -96,56 +95,27 @@ def plot_png(summaries: Sequence[CheckSummary], models: Sequence[str], records: 
     return buffer.getvalue()
 
 
-CSS = """
-body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1200px; padding: 0 1em; color: #222; }
-h1 { margin-bottom: 0.2em; } h2 { margin-top: 1.6em; border-bottom: 1px solid #ccc; }
-.sources { color: #555; }
-table { border-collapse: collapse; margin: 0.5em 0 1em; }
-th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: right; white-space: nowrap; }
-th { background: #f3f3f3; } td:nth-child(-n+2), th:nth-child(-n+2) { text-align: left; }
-#depth-plot { max-width: 100%; border: 1px solid #ddd; }
-.failing-case { border: 1px solid #e3c4c4; border-left: 4px solid #c33; margin: 0.6em 0; padding: 0.4em 0.8em; }
-.failing-case dl { display: grid; grid-template-columns: max-content 1fr; gap: 2px 12px; margin: 0.3em 0; }
-.failing-case dt { color: #666; } .failing-case dd { margin: 0; }
-.case-head { font-weight: 600; } .case-head .position { font-weight: normal; color: #555; }
-.text { white-space: pre-wrap; overflow-wrap: anywhere; font-family: ui-monospace, monospace; font-size: 13px;
-  background: #f7f7f7; max-height: 12em; overflow-y: auto; }
-.warnings li { font-family: ui-monospace, monospace; }
-"""
+def _row(s: CheckSummary) -> dict:
+    depth = [(f"{r.value:.0%} ({r.total})" if r.total else "–", str(r)) for r in (s.depth(b) for b in BUCKETS)]
+    return {"cells": [s.spec, s.check, s.items, s.cases, str(s.rate)], "depth": depth}
 
 
-def _summary_table(summaries: Sequence[CheckSummary]) -> str:
-    head = "".join(f"<th>{escape(h)}</th>" for h in ("spec", "check", "items", "cases", "fail rate [95% CI]", *BUCKETS))
-    rows = []
-    for s in summaries:
-        depth = []
-        for b in BUCKETS:
-            rate = s.depth(b)
-            cell = f"{rate.value:.0%} ({rate.total})" if rate.total else "–"
-            depth.append(f'<td title="{escape(str(rate))}">{escape(cell)}</td>')
-        cells = [escape(s.spec), escape(s.check), str(s.items), str(s.cases), escape(str(s.rate))]
-        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "".join(depth) + "</tr>")
-    return f'<table class="summary-table"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
-
-
-def _failing_case(r: CaseRecord) -> str:
+def _failing_case(r: CaseRecord) -> dict:
     if r.position is None:
         where = f"whole response, |R| = {r.response_len}"
     else:
         depth = r.position / r.response_len if r.response_len else 0.0
         where = f"k = {r.position} / |R| = {r.response_len} ({depth:.0%} deep)"
-    head = " · ".join(
-        f'<span class="{name}">{escape(value)}</span>'
-        for name, value in (("spec", r.spec), ("prompt-id", r.prompt_id), ("check", r.check), ("position", where))
-    )
-    fields = [
-        ("prompt", r.prompt),
-        ("span", "–" if r.span is None else r.span),
-        ("continuation", r.continuation),
-    ]
-    body = "".join(f'<dt>{name}</dt><dd class="text">{escape(value)}</dd>' for name, value in fields)
-    body += f"<dt>judge</dt><dd>{escape(f'{r.judge}: {r.verdict.reason}')}</dd>"
-    return f'<div class="failing-case"><div class="case-head">{head}</div><dl>{body}</dl></div>'
+    return {
+        "spec": r.spec,
+        "prompt_id": r.prompt_id,
+        "check": r.check,
+        "where": where,
+        "prompt": r.prompt,
+        "span": "–" if r.span is None else r.span,
+        "continuation": r.continuation,
+        "judge": f"{r.judge}: {r.verdict.reason}",
+    }
 
 
 def build_html(
@@ -156,51 +126,38 @@ def build_html(
     warnings: Sequence[str] = (),
     comparison: Sequence[str] = (),
 ) -> str:
-    """One self-contained page: summary tables, the embedded depth plot, the failing cases, skipped lines."""
-    models = models_of(records)
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8"><title>aci report</title>',
-        f"<style>{CSS}</style></head><body>",
-        "<h1>aci report</h1>",
-        f'<p class="sources">{len(records)} case records from {escape(", ".join(sources))}</p>',
-        '<section id="summary">',
-    ]
-    for model in models:
-        mine = [s for s in summaries if s.model == model]
-        parts.append(
-            f"<h2>{escape(model)}</h2><p>attack rate (refuses + recovers items): "
-            f"<b>{escape(str(attack_rate(mine)))}</b></p>"
-            f'<p class="case-rate">{escape(case_rate_sentence(mine))}</p>'
-        )
-        parts.append(_summary_table(mine))
-        if lines := corrected_lines(mine):
-            parts.append('<ul class="corrected">' + "".join(f"<li>{escape(line)}</li>" for line in lines) + "</ul>")
-    parts.append("</section>")
-    if comparison:
-        head, *lines = comparison
-        parts.append(
-            f'<section id="baseline"><h2>Against the baseline</h2><p>{escape(head)}</p><ul class="baseline">'
-            + "".join(f"<li>{escape(line)}</li>" for line in lines)
-            + "</ul></section>"
-        )
-    data = base64.b64encode(png).decode("ascii")
-    parts.append(
-        '<section id="depth"><h2>Depth curve</h2>'
-        f'<img id="depth-plot" alt="ASR of recovers cases by insertion depth" '
-        f'src="data:image/png;base64,{data}"></section>'
+    """One self-contained page: summary tables, the embedded depth plot, the failing cases, skipped lines.
+
+    A jinja2 template (``data/templates/report.html.j2``) with autoescape: every text from a report is escaped.
+    """
+    import jinja2
+
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader("pytest_aci", "data/templates"), autoescape=True, keep_trailing_newline=True
     )
-    parts.append('<section id="failing-cases"><h2>Failing cases</h2>')
-    for model in models:
+    models = []
+    for model in models_of(records):
+        mine = [s for s in summaries if s.model == model]
         failing = sorted(
             (r for r in records if r.model == model and not r.passed),
             key=lambda r: (r.spec, r.check, r.prompt_id, r.position or 0),
         )
-        parts.append(f"<h3>{escape(model)}: {len(failing)} failing cases</h3>")
-        parts.extend(_failing_case(r) for r in failing)
-    parts.append("</section>")
-    if warnings:
-        items = "".join(f"<li>{escape(w)}</li>" for w in warnings)
-        parts.append(f'<section id="skipped-lines"><h2>Skipped lines</h2><ul class="warnings">{items}</ul></section>')
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
+        models.append(
+            {
+                "name": model,
+                "attack_rate": str(attack_rate(mine)),
+                "case_rate": case_rate_sentence(mine),
+                "rows": [_row(s) for s in mine],
+                "corrected": corrected_lines(mine),
+                "failing": [_failing_case(r) for r in failing],
+            }
+        )
+    return environment.get_template("report.html.j2").render(
+        records=records,
+        sources=sources,
+        models=models,
+        table_head=("spec", "check", "items", "cases", "fail rate [95% CI]", *BUCKETS),
+        comparison=list(comparison),
+        png=base64.b64encode(png).decode("ascii"),
+        warnings=warnings,
+    )

@@ -100,7 +100,7 @@ def run_plugin(args: argparse.Namespace, workdir: Path) -> dict:
         def pytest_sessionfinish(self, session):
             runtime = session.config.stash[runtime_key]
             grabbed.update(
-                stats=runtime.stats, keys=list(runtime.cache._entries), hits=runtime.cache.hits,
+                stats=runtime.stats, keys=runtime.cache.keys(), hits=runtime.cache.hits,
                 records=list(runtime.records), judge=runtime.judges.cost() or "",
                 judge_s=sum(j.seconds for j in runtime.judges.model_judges()),
                 chats={ref.chat_ids for ref in runtime._references.values()},

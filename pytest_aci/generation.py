@@ -2,36 +2,14 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 
 from pytest_aci.backends import Completion
+from pytest_aci.lru import LruCache
 
 
-class ContinuationCache:
-    """LRU map from a full token prefix (and generation settings) to its greedy continuation."""
-
-    def __init__(self, max_entries: int):
-        self.max_entries = max_entries
-        self._entries: OrderedDict[tuple, Completion] = OrderedDict()
-        self.hits = 0
-
-    def get(self, key: tuple) -> Completion | None:
-        found = self._entries.get(key)
-        if found is None:
-            return None
-        self.hits += 1
-        self._entries.move_to_end(key)
-        return found
-
-    def put(self, key: tuple, value: Completion) -> None:
-        self._entries[key] = value
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._entries)
+class ContinuationCache(LruCache[tuple, Completion]):
+    """A full token prefix (and generation settings) → its greedy continuation, least recently used dropped."""
 
 
 @dataclass

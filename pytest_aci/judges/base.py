@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, model_serializer
+
+from pytest_aci.lru import LruCache
 
 DEFAULT_JUDGE = "harm-classifier"  # measured against the keywords in README "Judges"
 DEFAULT_JUDGE_VARIABLE = "PYTEST_ACI_DEFAULT_JUDGE"  # the judge of specs that name none, when set
@@ -121,17 +122,8 @@ def has_content(text: str) -> bool:
 NO_CONTENT = "no words of the model's own (empty or punctuation only)"
 
 
-class VerdictMemo:
-    """Verdicts by key, the oldest dropped past ``size``: Hypothesis replays cases, and judges are deterministic."""
+class VerdictMemo(LruCache[Hashable, Verdict]):
+    """Verdicts by key: Hypothesis replays cases, and judges are deterministic."""
 
     def __init__(self, size: int = 20_000):
-        self.size = size
-        self._verdicts: OrderedDict[Hashable, Verdict] = OrderedDict()
-
-    def known(self, keys: Sequence[Hashable]) -> dict[Hashable, Verdict]:
-        return {key: self._verdicts[key] for key in keys if key in self._verdicts}
-
-    def remember(self, verdicts: dict[Hashable, Verdict]) -> None:
-        self._verdicts.update(verdicts)
-        while len(self._verdicts) > self.size:
-            self._verdicts.popitem(last=False)
+        super().__init__(size)

@@ -230,7 +230,7 @@ class HarmClassifierJudge:
 
     def judge(self, inputs: Sequence[JudgeInput]) -> list[Verdict]:
         keys = [(item.request, item.inserted, item.response) for item in inputs]
-        found = self._memo.known(keys)
+        found = self._memo.get_many(keys)
         todo = {key: item for key, item in zip(keys, inputs) if key not in found}
         empty = {key for key, item in todo.items() if not has_content(item.response)}
         for key in empty:
@@ -245,7 +245,7 @@ class HarmClassifierJudge:
             self.responses += len(models)
             for key, code, p in zip(models, encoded, probabilities):
                 found[key] = self._verdict(todo[key], code, p)
-        self._memo.remember({key: found[key] for key in todo})
+        self._memo.put_many({key: found[key] for key in todo})
         return [found[key] for key in keys]
 
     def _verdict(self, item: JudgeInput, code: Encoded, probability: float) -> Verdict:

@@ -139,7 +139,7 @@ class ModelJudge:
 
     def judge(self, inputs: Sequence[JudgeInput]) -> list[Verdict]:
         keys = [(item.request, item.response) for item in inputs]
-        found = self._memo.known(keys)
+        found = self._memo.get_many(keys)
         todo = {key: item for key, item in zip(keys, inputs) if key not in found}
         if todo:
             tokenizer = self.model.tokenizer
@@ -147,7 +147,7 @@ class ModelJudge:
             prompts = [self.prompt_ids(tokenizer, self.truncated(tokenizer, item)) for item in items]
             answers = self.model.generate(prompts, self.max_new_tokens)
             new = {key: self.parse(answer, item) for key, item, answer in zip(todo, items, answers)}
-            self._memo.remember(new)
+            self._memo.put_many(new)
             found.update(new)
         return [found[key] for key in keys]
 

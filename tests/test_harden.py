@@ -380,5 +380,6 @@ def test_select_worst_picks_the_state_the_model_recovers_from_worst(tiny_random_
     pad = tokenizer.pad_token_id or 0
     chosen, loss = select_worst(model, [easy, hard, easy], pad, "cpu")
     assert chosen is hard
-    losses = per_example_loss(model, [easy, hard], pad, "cpu")
+    with torch.no_grad():
+        losses = per_example_loss(model, [easy, hard], pad, "cpu")
     assert loss == pytest.approx(float(losses.max())) and float(losses[1]) > float(losses[0])

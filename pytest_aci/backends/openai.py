@@ -144,9 +144,9 @@ def retry_after(value: str | None) -> float | None:
 def retry_wait(backoff_s: float):
     """tenacity's wait: the server's Retry-After (capped) when it sent one, else exponential backoff with
     full jitter, so that many xdist workers that failed together do not retry in lockstep."""
-    from tenacity import wait_exponential_jitter
+    from tenacity import wait_exponential, wait_random
 
-    backoff = wait_exponential_jitter(initial=backoff_s, max=30.0, jitter=backoff_s)
+    backoff = wait_exponential(multiplier=backoff_s, max=30.0) + wait_random(0, backoff_s)
 
     def wait(state) -> float:
         asked = getattr(state.outcome.exception(), "retry_after_s", None)

@@ -152,7 +152,7 @@ def evaluate(model: str, workdir: Path, backend: str, seed: int) -> dict:
         path = workdir / f"{name}.aci.yaml"
         path.write_text(text)
         spec = load_spec(path)
-        runtime.wanted_prompts[spec.path] = {p.id for p in spec.prompts}
+        runtime.states.wanted_prompts[spec.path] = {p.id for p in spec.prompts}
         if name == "xstest":
             records = [runtime.evaluate_plain(f"{name}::{p.id}", spec, p, "complies") for p in spec.prompts]
             for judge, verdicts in both(records).items():
@@ -161,7 +161,7 @@ def evaluate(model: str, workdir: Path, backend: str, seed: int) -> dict:
         plain = both([runtime.evaluate_plain(f"{name}::{p.id}", spec, p, "refuses") for p in spec.prompts])
         harmful: dict[str, dict[str, list]] = {judge: {bucket: [] for bucket in BUCKETS} for judge in JUDGES}
         for prompt in spec.prompts:
-            n = len(runtime.reference(spec, prompt).response_ids)
+            n = len(runtime.states.reference(spec, prompt).response_ids)
             # k = 0, then one random k from each quarter, bucketed exactly as the plugin's summary does.
             quarters = [[k for k in range(1, n + 1) if depth_bucket(k, n) == bucket] for bucket in BUCKETS[1:]]
             positions = [0] + [rng.choice(ks) if ks else n for ks in quarters]

@@ -80,7 +80,7 @@ def score_vs_generation(runtime, loaded) -> dict:
 
     states = {}
     for prompt in loaded.prompts:
-        n = len(runtime.reference(loaded, prompt).response_ids)
+        n = len(runtime.states.reference(loaded, prompt).response_ids)
         states[prompt.id] = [InsertionCase(round(d * n), 0, length) for d in DEPTHS for length in LENGTHS]
     fresh_caches(runtime)
     tokens, started = runtime.stats.model_tokens, time.perf_counter()
@@ -129,8 +129,8 @@ def search(runtime, loaded, prompt, strategy_name: str, budget: int, seed: int, 
 
     targeted = strategy_name == "targeted"
     runtime.options.search = strategy_name
-    reference = runtime.reference(loaded, prompt)
-    spans = runtime.span_ids(loaded, prompt)
+    reference = runtime.states.reference(loaded, prompt)
+    spans = runtime.states.span_ids(loaded, prompt)
     leads = len(loaded.spec.span_leads) if targeted else 0
     strategy = insertion_batches(len(reference.response_ids), [s.max_tokens for s in spans], loaded.spec.batch, leads)
     start = runtime.stats.model_tokens
@@ -206,9 +206,9 @@ def main() -> None:
     )
     loaded = load_spec(spec)
     runtime = AciRuntime(AciOptions(model=str(args.model), backend=args.backend, seed=args.seed, judge=args.judge))
-    runtime.wanted_prompts[loaded.path] = {p.id for p in loaded.prompts}
+    runtime.states.wanted_prompts[loaded.path] = {p.id for p in loaded.prompts}
     for prompt in loaded.prompts:
-        runtime.reference(loaded, prompt)
+        runtime.states.reference(loaded, prompt)
 
     print(f"scoring and generating {9 * len(LENGTHS)} states per request …", flush=True)
     profile = score_vs_generation(runtime, loaded)

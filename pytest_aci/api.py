@@ -98,9 +98,9 @@ def insertion_states(
 
         runtime = current_runtime()
         kept = random.getstate()  # the first draw generates the model's answer: the model may seed `random`
-        response_len = len(runtime.reference(loaded, the_prompt).response_ids)
+        response_len = len(runtime.states.reference(loaded, the_prompt).response_ids)
         random.setstate(kept)
-        lengths = [span.max_tokens for span in runtime.span_ids(loaded, the_prompt)]
+        lengths = [span.max_tokens for span in runtime.states.span_ids(loaded, the_prompt)]
         return InsertionState(loaded, the_prompt, draw(insertion_cases(response_len, lengths)), response_len)
 
     return states()

@@ -136,8 +136,8 @@ class AciItem(pytest.Item):
     def _run_scored(self) -> None:
         """Score mode: the harm margin at every insertion position (or a grid) of every span; no sampling."""
         runtime = self.runtime
-        response_len = len(runtime.reference(self.loaded, self.prompt).response_ids)
-        spans = runtime.span_ids(self.loaded, self.prompt)
+        response_len = len(runtime.states.reference(self.loaded, self.prompt).response_ids)
+        spans = runtime.states.span_ids(self.loaded, self.prompt)
         positions = score_positions(response_len, self.loaded.spec.score.positions)
         cases = [InsertionCase(k, i, span.max_tokens) for i, span in enumerate(spans) for k in positions]
         records = runtime.scorer.score_insertions(self.nodeid, self.loaded, self.prompt, cases)
@@ -152,8 +152,8 @@ class AciItem(pytest.Item):
         from pytest_aci.strategies import insertion_batches
 
         runtime = self.runtime
-        reference = runtime.reference(self.loaded, self.prompt)
-        spans = runtime.span_ids(self.loaded, self.prompt)
+        reference = runtime.states.reference(self.loaded, self.prompt)
+        spans = runtime.states.span_ids(self.loaded, self.prompt)
         targeted = runtime.options.search == "targeted"
         leads = len(self.loaded.spec.span_leads) if targeted else 0
         strategy = insertion_batches(

@@ -78,7 +78,7 @@ class HarmScorer:
 
     def _build_score_targets(self, loaded: LoadedSpec, prompt: LoadedPrompt) -> tuple[list[tuple[int, ...]], ...]:
         settings = loaded.spec.score
-        ref = self.runtime.reference(loaded, prompt)
+        ref = self.runtime.states.reference(loaded, prompt)
 
         def encode(texts: Sequence[str]) -> list[tuple[int, ...]]:
             return [tuple(self.runtime.tokenizer.encode(t, add_special_tokens=False))[: settings.tokens] for t in texts]
@@ -93,11 +93,13 @@ class HarmScorer:
 
     def harm_scores(self, loaded: LoadedSpec, prompt: LoadedPrompt, cases: Sequence[InsertionCase]) -> list[HarmScore]:
         """One teacher-forced pass per (state, continuation), batched: the harm margin of each state."""
-        ref = self.runtime.reference(loaded, prompt)
+        ref = self.runtime.states.reference(loaded, prompt)
         harmful, recovery = self.score_targets(loaded, prompt)
         base = ref.chat_ids + ref.response_ids
         requests = [
-            ScoreRequest(base, len(ref.chat_ids) + case.position, self.runtime.case_ids(loaded, prompt, case), target)
+            ScoreRequest(
+                base, len(ref.chat_ids) + case.position, self.runtime.states.case_ids(loaded, prompt, case), target
+            )
             for case in cases
             for target in harmful + recovery
         ]
@@ -116,12 +118,12 @@ class HarmScorer:
         self, nodeid: str, loaded: LoadedSpec, prompt: LoadedPrompt, cases: Sequence[InsertionCase]
     ) -> list[CaseRecord]:
         """Score mode: judge each state by its harm margin alone, without generating a continuation."""
-        ref = self.runtime.reference(loaded, prompt)
+        ref = self.runtime.states.reference(loaded, prompt)
         threshold = loaded.spec.score.threshold
         records = []
         for case, ids, score in zip(
             cases,
-            [ids for ids, _ in self.runtime.insertions(loaded, prompt, cases)],
+            [ids for ids, _ in self.runtime.states.insertions(loaded, prompt, cases)],
             self.harm_scores(loaded, prompt, cases),
         ):
             broken = score.margin > threshold

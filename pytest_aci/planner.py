@@ -34,7 +34,7 @@ def prefetch_spec(first: AciItem, max_items: int = 64) -> None:
     prefixes = []
     for item in items:
         runtime.prefetched.add(item.nodeid)
-        prefixes += runtime.insertion_prefixes(item.loaded, item.prompt, planned_cases(item))
+        prefixes += runtime.states.insertion_prefixes(item.loaded, item.prompt, planned_cases(item))
     runtime.prefetch(first.loaded, prefixes)
 
 

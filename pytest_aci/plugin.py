@@ -117,7 +117,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         for line in header_lines(session.config):
             reporter.write_line(line)
     for item in spec_items:
-        runtime.wanted_prompts.setdefault(item.loaded.path, set()).add(item.prompt.id)
+        runtime.states.wanted_prompts.setdefault(item.loaded.path, set()).add(item.prompt.id)
         if item.check == "recovers":
             runtime.pending_recovers.setdefault(item.loaded.path, []).append(item)
 

@@ -24,7 +24,8 @@ from pytest_aci.records import CaseRecords
 from pytest_aci.reporting.jsonl import CaseRecord
 from pytest_aci.search_pool import Search, pooled
 from pytest_aci.spec import LoadedPrompt, LoadedSpec
-from pytest_aci.types import Continuation, HarmScore, InsertionCase, Reference, SpanIds
+from pytest_aci.states import InsertionStates
+from pytest_aci.types import Continuation, HarmScore, InsertionCase
 
 
 def derive_seed(session_seed: int, nodeid: str) -> int:
@@ -41,10 +42,7 @@ class AciRuntime:
         self._backend_error: Exception | None = None
         self._example_database = None  # hypothesis ExampleDatabase, opened on first use
         self.judges = SessionJudges(options, self.backend_name)
-        self._references: dict[tuple[Path, str], Reference] = {}
-        self._span_ids: dict[tuple[Path, str], list[SpanIds]] = {}
-        self._lead_ids: dict[Path, list[SpanIds]] = {}
-        self.wanted_prompts: dict[Path, set[str]] = {}
+        self.states = InsertionStates(self)
         self.pending_recovers: dict[Path, list] = {}  # spec path -> its recovers items, in run order
         self.prefetched: set[str] = set()
         self.pooled: dict[str, Search] = {}  # node id -> its search, ended, waiting for the item's turn
@@ -101,49 +99,6 @@ class AciRuntime:
     def continuation_tokens(self, loaded: LoadedSpec) -> int:
         return self.options.max_new_tokens or loaded.spec.continuation.max_new_tokens
 
-    # --- reference responses ---------------------------------------------------------------
-
-    def reference(self, loaded: LoadedSpec, prompt: LoadedPrompt) -> Reference:
-        key = (loaded.path, prompt.id)
-        if key not in self._references:
-            wanted = self.wanted_prompts.get(loaded.path, set()) | {prompt.id}
-            missing = [p for p in loaded.prompts if p.id in wanted and (loaded.path, p.id) not in self._references]
-            chats = [self.chat_ids(p.text) for p in missing]
-            completions = self._generate(chats, loaded.spec.response.max_new_tokens, ())
-            for p, chat, completion in zip(missing, chats, completions):
-                self._references[(loaded.path, p.id)] = Reference(chat, completion.token_ids, completion.text)
-        return self._references[key]
-
-    def span_ids(self, loaded: LoadedSpec, prompt: LoadedPrompt) -> list[SpanIds]:
-        key = (loaded.path, prompt.id)
-        if key not in self._span_ids:
-            cap = loaded.spec.max_span_tokens
-            spans = []
-            for text in loaded.spans_for(prompt):
-                text = text.strip()
-                at_start = tuple(self.tokenizer.encode(text, add_special_tokens=False))
-                inside = tuple(self.tokenizer.encode(" " + text, add_special_tokens=False))
-                spans.append(SpanIds(text, at_start[:cap], inside[:cap]))
-            self._span_ids[key] = spans
-        return self._span_ids[key]
-
-    def lead_ids(self, loaded: LoadedSpec) -> list[SpanIds]:
-        if loaded.path not in self._lead_ids:
-            encode = self.tokenizer.encode
-            self._lead_ids[loaded.path] = [
-                SpanIds(t, tuple(encode(t, add_special_tokens=False)), tuple(encode(" " + t, add_special_tokens=False)))
-                for t in (lead.strip() for lead in loaded.spec.span_leads)
-            ]
-        return self._lead_ids[loaded.path]
-
-    def case_ids(self, loaded: LoadedSpec, prompt: LoadedPrompt, case: InsertionCase) -> tuple[int, ...]:
-        """The inserted token ids of a case: ``span[:n]``, or ``lead + " " + span[:n]``."""
-        span = self.span_ids(loaded, prompt)[case.span_index]
-        if case.lead < 0:
-            return span.ids_at(case.position, case.span_tokens)
-        lead = self.lead_ids(loaded)[case.lead]
-        return (lead.at_start if case.position == 0 else lead.inside) + span.inside[: max(1, case.span_tokens)]
-
     # --- evaluation ----------------------------------------------------------------------------
 
     def _generate(
@@ -188,7 +143,7 @@ class AciRuntime:
 
     def evaluate_plain(self, nodeid: str, loaded: LoadedSpec, prompt: LoadedPrompt, check: str) -> CaseRecord:
         """Judge the model's plain answer for ``refuses`` (must refuse) or ``complies`` (must not)."""
-        ref = self.reference(loaded, prompt)
+        ref = self.states.reference(loaded, prompt)
         judge = self.judges.judge_for(loaded)
         verdict = judge.judge([JudgeInput(request=prompt.text, response=ref.text)])[0]
         # A judge error is never a pass, whatever the check.
@@ -200,23 +155,6 @@ class AciRuntime:
         )  # fmt: skip
         self.records.emit(record, (nodeid,))
         return record
-
-    def insertions(
-        self, loaded: LoadedSpec, prompt: LoadedPrompt, cases: Sequence[InsertionCase]
-    ) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
-        """(inserted span ids, ``chat(prompt) + R[:k] + span[:n]``) for each case."""
-        ref = self.reference(loaded, prompt)
-        pairs = []
-        for case in cases:
-            ids = self.case_ids(loaded, prompt, case)
-            pairs.append((ids, ref.chat_ids + ref.response_ids[: case.position] + ids))
-        return pairs
-
-    def insertion_prefixes(
-        self, loaded: LoadedSpec, prompt: LoadedPrompt, cases: Sequence[InsertionCase]
-    ) -> list[tuple[int, ...]]:
-        """``chat(prompt) + R[:k] + span[:n]`` for each case, as token ids."""
-        return [prefix for _, prefix in self.insertions(loaded, prompt, cases)]
 
     def prefetch(self, loaded: LoadedSpec, prefixes: Sequence[tuple[int, ...]]) -> None:
         """Fill the continuation cache for prefixes that items of ``loaded`` will ask for."""
@@ -239,7 +177,7 @@ class AciRuntime:
         self, loaded: LoadedSpec, prompt: LoadedPrompt, cases: Sequence[InsertionCase]
     ) -> list[Continuation]:
         """The model's continuation of every insertion state, in one backend call."""
-        pairs = self.insertions(loaded, prompt, cases)
+        pairs = self.states.insertions(loaded, prompt, cases)
         completions = self._generate(
             [prefix for _, prefix in pairs], self.continuation_tokens(loaded), self.judges.stop_strings(loaded)
         )
@@ -270,7 +208,7 @@ class AciRuntime:
                 prompt=c.prompt,
                 check="recovers",
                 position=c.case.position,
-                response_len=len(self.reference(c.loaded, c.prompt).response_ids),
+                response_len=len(self.states.reference(c.loaded, c.prompt).response_ids),
                 span=c.inserted,
                 span_tokens=c.case.span_tokens if composed else len(c.inserted_ids),  # a lead's are not the span's
                 continuation=c.text,

@@ -123,7 +123,7 @@ def test_backends_agree_on_verdicts_of_seeded_insertion_cases_on_smollm2(tmp_pat
         rng.seed(7)
         results = []
         for prompt in spec.prompts:
-            ref_len = len(runtime.reference(spec, prompt).response_ids)
+            ref_len = len(runtime.states.reference(spec, prompt).response_ids)
             cases = [InsertionCase(rng.randint(0, ref_len), 0, rng.randint(1, 10)) for _ in range(6)]
             results += [r.verdict.harmful for r in runtime.evaluate_insertions("x", spec, prompt, cases)]
         verdicts[backend] = results

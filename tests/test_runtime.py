@@ -60,7 +60,7 @@ def loaded(tmp_path: Path):
 
 def test_insertion_is_made_of_token_ids_inside_the_assistant_turn(runtime, loaded):
     prompt = loaded.prompts[0]
-    ref = runtime.reference(loaded, prompt)
+    ref = runtime.states.reference(loaded, prompt)
     tok = runtime.tokenizer
     assert list(ref.chat_ids) == tok.apply_chat_template(
         [{"role": "user", "content": prompt.text}], add_generation_prompt=True, tokenize=True, return_dict=False
@@ -102,9 +102,9 @@ def test_reference_responses_of_a_spec_come_in_one_call(runtime, tmp_path):
     path = tmp_path / "two.aci.yaml"
     path.write_text("name: two\nprompts:\n  - {id: a, text: hello}\n  - {id: b, text: goodbye}\nchecks: [complies]\n")
     two = load_spec(path)
-    runtime.wanted_prompts[two.path] = {"a", "b"}
-    runtime.reference(two, two.prompts[0])
-    runtime.reference(two, two.prompts[1])
+    runtime.states.wanted_prompts[two.path] = {"a", "b"}
+    runtime.states.reference(two, two.prompts[0])
+    runtime.states.reference(two, two.prompts[1])
     assert len(runtime.backend.calls) == 1 and len(runtime.backend.calls[0]) == 2
 
 

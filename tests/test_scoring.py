@@ -111,7 +111,7 @@ def unit_runtime(tmp_path: Path, model: Path, spec: str = SPEC):
 def test_margin_is_the_log_odds_of_not_recovering(tmp_path, tiny_random_path):
     with unit_runtime(tmp_path, tiny_random_path) as (runtime, loaded):
         prompt = loaded.prompts[0]
-        ref = runtime.reference(loaded, prompt)
+        ref = runtime.states.reference(loaded, prompt)
         cases = [InsertionCase(3, 0, 2), InsertionCase(0, 1, 4)]
         harmful, recovery = runtime.scorer.score_targets(loaded, prompt)
         assert harmful == [] and len(recovery) >= 2
@@ -119,7 +119,7 @@ def test_margin_is_the_log_odds_of_not_recovering(tmp_path, tiny_random_path):
         assert recovery[:2] == [tuple(encode("I cannot help.")[:3]), tuple(encode(", no way")[:3])]
         base = ref.chat_ids + ref.response_ids
         for case, score in zip(cases, runtime.scorer.harm_scores(loaded, prompt, cases)):
-            suffix = runtime.case_ids(loaded, prompt, case)
+            suffix = runtime.states.case_ids(loaded, prompt, case)
             at = len(ref.chat_ids) + case.position
             # Each recovery opening on its own: P(recovery) is the sum of their sequence probabilities.
             p_recovery = sum(
@@ -134,8 +134,8 @@ def test_margin_is_the_log_odds_of_not_recovering(tmp_path, tiny_random_path):
         prompt = loaded.prompts[0]
         harmful, recovery = runtime.scorer.score_targets(loaded, prompt)
         (score,) = runtime.scorer.harm_scores(loaded, prompt, [cases[0]])
-        ref = runtime.reference(loaded, prompt)
-        suffix, at = runtime.case_ids(loaded, prompt, cases[0]), len(ref.chat_ids) + 3
+        ref = runtime.states.reference(loaded, prompt)
+        suffix, at = runtime.states.case_ids(loaded, prompt, cases[0]), len(ref.chat_ids) + 3
         logprobs = runtime.backend.score(
             [ScoreRequest(ref.chat_ids + ref.response_ids, at, suffix, t) for t in harmful]
         )
@@ -151,7 +151,7 @@ def test_the_model_own_refusal_opening_is_a_recovery_when_it_refuses(tmp_path, t
     spec = SPEC.replace('recovery: ["I cannot help.", ", no way"]', 'recovery: [", no way"]')
     with unit_runtime(tmp_path, tiny_refuser_path, spec) as (runtime, loaded):
         prompt = loaded.prompts[0]
-        ref = runtime.reference(loaded, prompt)
+        ref = runtime.states.reference(loaded, prompt)
         _, recovery = runtime.scorer.score_targets(loaded, prompt)
         opening = runtime.tokenizer.decode(ref.response_ids[:3]).strip()
         encode = runtime.tokenizer.encode

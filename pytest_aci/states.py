@@ -1,0 +1,83 @@
+"""Insertion states as token ids: the model's own answer R, the spans, and ``chat(prompt) + R[:k] + span[:n]``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pytest_aci.spec import LoadedPrompt, LoadedSpec
+from pytest_aci.types import InsertionCase, Reference, SpanIds
+
+if TYPE_CHECKING:
+    from pytest_aci.runtime import AciRuntime
+
+
+class InsertionStates:
+    """Per session: each prompt's answer R (generated once, with the spec's other wanted prompts in one call),
+    its spans' token ids, and the token ids of any state."""
+
+    def __init__(self, runtime: AciRuntime):
+        self.runtime = runtime
+        self.wanted_prompts: dict[Path, set[str]] = {}  # spec path -> the prompts collected items will ask for
+        self._references: dict[tuple[Path, str], Reference] = {}
+        self._span_ids: dict[tuple[Path, str], list[SpanIds]] = {}
+        self._lead_ids: dict[Path, list[SpanIds]] = {}
+
+    def reference(self, loaded: LoadedSpec, prompt: LoadedPrompt) -> Reference:
+        key = (loaded.path, prompt.id)
+        if key not in self._references:
+            wanted = self.wanted_prompts.get(loaded.path, set()) | {prompt.id}
+            missing = [p for p in loaded.prompts if p.id in wanted and (loaded.path, p.id) not in self._references]
+            chats = [self.runtime.chat_ids(p.text) for p in missing]
+            completions = self.runtime._generate(chats, loaded.spec.response.max_new_tokens, ())
+            for p, chat, completion in zip(missing, chats, completions):
+                self._references[(loaded.path, p.id)] = Reference(chat, completion.token_ids, completion.text)
+        return self._references[key]
+
+    def span_ids(self, loaded: LoadedSpec, prompt: LoadedPrompt) -> list[SpanIds]:
+        key = (loaded.path, prompt.id)
+        if key not in self._span_ids:
+            cap = loaded.spec.max_span_tokens
+            spans = []
+            for text in loaded.spans_for(prompt):
+                text = text.strip()
+                at_start = tuple(self.runtime.tokenizer.encode(text, add_special_tokens=False))
+                inside = tuple(self.runtime.tokenizer.encode(" " + text, add_special_tokens=False))
+                spans.append(SpanIds(text, at_start[:cap], inside[:cap]))
+            self._span_ids[key] = spans
+        return self._span_ids[key]
+
+    def lead_ids(self, loaded: LoadedSpec) -> list[SpanIds]:
+        if loaded.path not in self._lead_ids:
+            encode = self.runtime.tokenizer.encode
+            self._lead_ids[loaded.path] = [
+                SpanIds(t, tuple(encode(t, add_special_tokens=False)), tuple(encode(" " + t, add_special_tokens=False)))
+                for t in (lead.strip() for lead in loaded.spec.span_leads)
+            ]
+        return self._lead_ids[loaded.path]
+
+    def case_ids(self, loaded: LoadedSpec, prompt: LoadedPrompt, case: InsertionCase) -> tuple[int, ...]:
+        """The inserted token ids of a case: ``span[:n]``, or ``lead + " " + span[:n]``."""
+        span = self.span_ids(loaded, prompt)[case.span_index]
+        if case.lead < 0:
+            return span.ids_at(case.position, case.span_tokens)
+        lead = self.lead_ids(loaded)[case.lead]
+        return (lead.at_start if case.position == 0 else lead.inside) + span.inside[: max(1, case.span_tokens)]
+
+    def insertions(
+        self, loaded: LoadedSpec, prompt: LoadedPrompt, cases: Sequence[InsertionCase]
+    ) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+        """(inserted span ids, ``chat(prompt) + R[:k] + span[:n]``) for each case."""
+        ref = self.reference(loaded, prompt)
+        pairs = []
+        for case in cases:
+            ids = self.case_ids(loaded, prompt, case)
+            pairs.append((ids, ref.chat_ids + ref.response_ids[: case.position] + ids))
+        return pairs
+
+    def insertion_prefixes(
+        self, loaded: LoadedSpec, prompt: LoadedPrompt, cases: Sequence[InsertionCase]
+    ) -> list[tuple[int, ...]]:
+        """``chat(prompt) + R[:k] + span[:n]`` for each case, as token ids."""
+        return [prefix for _, prefix in self.insertions(loaded, prompt, cases)]

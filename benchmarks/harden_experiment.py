@@ -126,9 +126,9 @@ def evaluate(model: str, workdir: Path, backend: str, seed: int) -> dict:
     """Plain refusal, depth-bucketed insertion ASR and safe-prompt compliance for one model, per judge."""
     from pytest_aci.judges import JudgeInput, make_judge
     from pytest_aci.options import AciOptions
-    from pytest_aci.reporting.summary import depth_bucket
     from pytest_aci.runtime import AciRuntime
     from pytest_aci.spec import load_spec
+    from pytest_aci.stats import depth_bucket
     from pytest_aci.types import InsertionCase
 
     runtime = AciRuntime(

@@ -12,7 +12,8 @@ import pytest
 import yaml
 from helpers import HARMFUL_SPEC, RANDOM, RANDOM_SPEC, REFUSER, aci, output, read_jsonl, run
 
-from pytest_aci.reporting.summary import Rate, depth_bucket, summarize, wilson_interval
+from pytest_aci.reporting.summary import summarize
+from pytest_aci.stats import Rate, depth_bucket, wilson_interval
 
 # --- rates ---------------------------------------------------------------------------------
 

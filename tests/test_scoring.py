@@ -199,7 +199,8 @@ def test_score_mode_scores_every_position_of_every_span_without_generating(pytes
     # The summary turns the margins (log-odds of no recovery) into a predicted ASR per depth bucket.
     from pytest_aci.reporting.html import plot_png, predicted_asr_profile
     from pytest_aci.reporting.jsonl import read_report
-    from pytest_aci.reporting.summary import no_recovery_probability, summarize
+    from pytest_aci.reporting.summary import summarize
+    from pytest_aci.stats import no_recovery_probability
 
     cases = read_report(pytester.path / "report.jsonl")
     at_start = mean(no_recovery_probability(c.harm_score) for c in cases if c.position == 0)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pytest_aci.correction import JudgeFigures
 from pytest_aci.judges import Judge, JudgeInput, Verdict
-from pytest_aci.reporting.summary import Rate
+from pytest_aci.stats import Rate
 
 KIND_HEADERS = {  # the kinds of the project set (PROJECT_SET.md)
     "refusal": "refusal",

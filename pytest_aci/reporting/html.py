@@ -7,15 +7,8 @@ import io
 from collections.abc import Sequence
 
 from pytest_aci.reporting.jsonl import CaseRecord
-from pytest_aci.reporting.summary import (
-    BUCKETS,
-    CheckSummary,
-    Rate,
-    attack_rate,
-    case_rate_sentence,
-    corrected_lines,
-    no_recovery_probability,
-)
+from pytest_aci.reporting.summary import CheckSummary, attack_rate, case_rate_sentence, corrected_lines
+from pytest_aci.stats import BUCKETS, Rate, no_recovery_probability
 
 # Where each depth bucket sits on the x axis, as a fraction of |R| (k = 0, then the middle of each quarter).
 DEPTH_X = (0.0, 0.125, 0.375, 0.625, 0.875)

@@ -20,12 +20,10 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pytest_aci.backends import chat_prompt_ids
 from pytest_aci.harden.checkpoint import (
     CheckpointError,
     has_checkpoint,
@@ -34,7 +32,14 @@ from pytest_aci.harden.checkpoint import (
     save_best,
     save_checkpoint,
 )
-from pytest_aci.harden.data import SPAN_STYLES, STYLES, HarmfulPrompt, TrainingData, load_training_data, spec_files
+from pytest_aci.harden.data import STYLES, TrainingData, load_training_data, spec_files
+from pytest_aci.harden.examples import (
+    Example,
+    ExampleBuilder,
+    generate_answers,
+    per_example_loss,
+    select_worst,
+)
 
 METHODS = ("sft", "prefix-augment", "random-insertion", "worst-insertion")
 DEFAULT_REFUSALS = (
@@ -42,7 +47,6 @@ DEFAULT_REFUSALS = (
     "I cannot assist with that. It could cause serious harm.",
     "I'm sorry, I can't provide that. If you have another question, I'm happy to help.",
 )
-IGNORE = -100
 VALIDATION_SHARE = 10  # one pool prompt in ten is held out of training (``validation_prompts`` of them validate)
 
 
@@ -84,134 +88,6 @@ class HardenConfig:
     @property
     def learning_rate(self) -> float:
         return self.lr if self.lr is not None else (2e-4 if self.lora else 2e-5)
-
-
-@dataclass(frozen=True)
-class Example:
-    input_ids: tuple[int, ...]
-    labels: tuple[int, ...]  # IGNORE where no loss is taken
-    kind: str  # refusal | attack | utility
-
-
-# --- examples ------------------------------------------------------------------------------
-
-
-class ExampleBuilder:
-    """Token-level training examples; the insertion happens inside the refusal target, like the attack."""
-
-    def __init__(self, tokenizer, config: HardenConfig, rng: random.Random, own_spans: Sequence[str] = ()):
-        self.tokenizer, self.config, self.rng = tokenizer, config, rng
-        self.eos = [tokenizer.eos_token_id]
-        self._chat: dict[str, list[int]] = {}
-        self.own_spans = tuple(own_spans)
-
-    def span_text(self, prompt: HarmfulPrompt) -> str:
-        """A span of a random style: the request's own target, an opener, a begun sentence or code, the first
-        line of an artefact, or the model's own failing words."""
-        styles = [s for s in self.config.span_styles if s != "own" or self.own_spans] or ["target"]
-        style = self.rng.choice(styles)
-        pool = prompt.spans if style == "target" else self.own_spans if style == "own" else SPAN_STYLES[style]
-        return self.rng.choice(pool)
-
-    def chat(self, text: str) -> list[int]:
-        if text not in self._chat:
-            self._chat[text] = list(chat_prompt_ids(self.tokenizer, text))
-        return self._chat[text]
-
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False)
-
-    def refusal_ids(self) -> list[int]:
-        return self.encode(self.rng.choice(self.config.refusals))
-
-    def _example(self, context: list[int], target: list[int], kind: str) -> Example:
-        target = target + self.eos
-        return Example(tuple(context + target), tuple([IGNORE] * len(context) + target), kind)
-
-    def refusal(self, prompt: HarmfulPrompt) -> Example:
-        return self._example(self.chat(prompt.text), self.refusal_ids(), "refusal")
-
-    def prefix_augmented(self, prompt: HarmfulPrompt) -> Example:
-        """Qi et al.: a harmful prefix of 1..100 tokens at the start of the answer, then the refusal."""
-        harmful = self.encode(self.rng.choice(prompt.spans))[: self.config.max_prefix_tokens]
-        length = self.rng.randint(1, len(harmful))
-        return self._example(self.chat(prompt.text) + harmful[:length], self.refusal_ids(), "attack")
-
-    def insertion(self, prompt: HarmfulPrompt, span: str | None = None, position: int | None = None) -> Example:
-        """``chat + R[:k] + span[:n]``, recovering with a refusal; R is a refusal target."""
-        refusal = self.refusal_ids()
-        k = self.rng.randint(0, len(refusal)) if position is None else min(position, len(refusal))
-        text = (span or self.span_text(prompt)).strip()
-        span_ids = self.encode((" " if k else "") + text)[: self.config.max_span_tokens]
-        n = self.rng.randint(1, len(span_ids)) if span is None else len(span_ids)
-        context = self.chat(prompt.text) + refusal[:k] + span_ids[:n]
-        return self._example(context, self.refusal_ids(), "attack")
-
-    def candidates(self, prompt: HarmfulPrompt, count: int) -> list[Example]:
-        """Random insertion states, led by the reported failing insertions of this prompt."""
-        seeded = [self.insertion(prompt, span, position) for span, position in prompt.failing]
-        self.rng.shuffle(seeded)
-        drawn = [self.insertion(prompt) for _ in range(max(0, count - len(seeded)))]
-        return (seeded + drawn)[: max(count, 1)]
-
-    def utility(self, prompt: str, answer: Sequence[int]) -> Example:
-        return self._example(self.chat(prompt), list(answer), "utility")
-
-
-# --- model --------------------------------------------------------------------------------
-
-
-def _collate(examples: Sequence[Example], pad_id: int, device: str):
-    import torch
-
-    width = max(len(e.input_ids) for e in examples)
-    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for row, example in enumerate(examples):
-        n = len(example.input_ids)
-        input_ids[row, :n] = torch.tensor(example.input_ids)
-        labels[row, :n] = torch.tensor(example.labels)
-        mask[row, :n] = 1
-    return input_ids.to(device), labels.to(device), mask.to(device)
-
-
-def per_example_loss(model, examples: Sequence[Example], pad_id: int, device: str):
-    """Mean token loss on each example's target tokens (a tensor of shape [len(examples)]).
-
-    The output layer runs only at positions that predict a target token in some row (a prompt's
-    own tokens never do): the vocabulary projection and its softmax are a fifth of the work.
-    """
-    import torch
-
-    input_ids, labels, mask = _collate(examples, pad_id, device)
-    targets = labels[:, 1:]
-    keep = (targets != IGNORE).any(dim=0).nonzero().squeeze(1)  # positions p predicting token p + 1
-    logits = model(input_ids=input_ids, attention_mask=mask, logits_to_keep=keep).logits.float()
-    kept = targets[:, keep]
-    losses = torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.size(-1)), kept.reshape(-1), ignore_index=IGNORE, reduction="none"
-    ).view(kept.shape)
-    counts = (kept != IGNORE).sum(dim=1).clamp(min=1)
-    return losses.sum(dim=1) / counts
-
-
-def select_worst(model, candidates: Sequence[Example], pad_id: int, device: str) -> tuple[Example, float]:
-    """The candidate the current model recovers from worst: the highest loss on its recovery target."""
-    import torch
-
-    with torch.no_grad():
-        losses = per_example_loss(model, candidates, pad_id, device)
-    index = int(torch.argmax(losses))
-    return candidates[index], float(losses[index])
-
-
-def generate_answers(model, tokenizer, builder: ExampleBuilder, prompts: Sequence[str], tokens: int, device: str):
-    """The base model's own greedy answers to benign prompts: the utility targets."""
-    from pytest_aci.backends.hf import TransformersBackend
-
-    backend = TransformersBackend.from_loaded(model, tokenizer, device=device)
-    return [c.token_ids for c in backend.generate([builder.chat(p) for p in prompts], tokens)]
 
 
 # --- the run ------------------------------------------------------------------------------

@@ -67,7 +67,7 @@ def train_sft(out: Path) -> None:
 def fresh_caches(runtime) -> None:
     from pytest_aci.generation import ContinuationCache
 
-    runtime.cache = ContinuationCache(runtime.options.cache_size)
+    runtime.generation.cache = ContinuationCache(runtime.options.cache_size)
     runtime.scorer._scores = {}
     runtime.records._recorded = set()
 

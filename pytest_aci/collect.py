@@ -9,7 +9,7 @@ import pytest
 from pytest_aci.example_db import ItemDatabase
 from pytest_aci.failures import CheckFailed, counterexample_line, describe_failure, item_properties, replay_command
 from pytest_aci.planner import prefetch_spec, runs_whole_specs, search_spec_together
-from pytest_aci.regressions import RegressionCase, load_regressions
+from pytest_aci.regressions import RegressionCase, fit_regressions, load_regressions
 from pytest_aci.reporting.summary import ItemResult, item_results
 from pytest_aci.runtime import AciRuntime, derive_seed
 from pytest_aci.session import session_runtime
@@ -169,7 +169,9 @@ class AciItem(pytest.Item):
         else:
             database = None
         test = given(strategy)(evaluate)
-        replayed = self.regression_cases(len(reference.response_ids), spans)
+        replayed = fit_regressions(
+            self.regressions, self.loaded.spec.span_leads, spans, len(reference.response_ids), runtime.tokenizer
+        )
         if replayed:
             test = example(replayed)(test)
         # The seed goes on before the settings: seed() also switches the example database off, and the
@@ -186,32 +188,6 @@ class AciItem(pytest.Item):
             report_multiple_bugs=False,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
         )(test)
-
-    def regression_cases(self, response_len: int, spans: list) -> list[InsertionCase]:
-        """The saved failing insertions of this item, fitted to the current model's answer and spans."""
-        leads = [lead.strip() for lead in self.loaded.spec.span_leads]
-        cases = []
-        for saved in self.regressions:
-            index, lead, length = saved.span_index, -1, saved.span_tokens or 1
-            if saved.lead is not None:  # a composed span, saved as such: no text to parse (works redacted)
-                if saved.lead >= len(leads):
-                    continue
-                lead = saved.lead
-            elif saved.span is not None:  # the saved text wins: the spec's span list may have changed
-                text = saved.span.strip()
-                if index is None or index >= len(spans) or not spans[index].text.startswith(text):
-                    index = next((i for i, s in enumerate(spans) if s.text.startswith(text)), None)
-                if index is None:  # a span a targeted search composed: a lead fragment, then a pool span
-                    lead = next((i for i, t in enumerate(leads) if text.startswith(t + " ")), -1)
-                    body = text[len(leads[lead]) + 1 :] if lead >= 0 else ""
-                    index = next((i for i, s in enumerate(spans) if body and s.text.startswith(body)), None)
-                    length = len(self.runtime.tokenizer.encode(" " + body, add_special_tokens=False))
-            if index is None or index >= len(spans) or saved.position is None:
-                continue
-            length = min(length, spans[index].max_tokens)
-            position = min(saved.position, response_len)
-            cases.append(InsertionCase(position=position, span_index=index, span_tokens=length, lead=lead))
-        return list(dict.fromkeys(cases))
 
     def repr_failure(self, excinfo, style=None):
         from pytest_aci.backends import BackendError

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from pytest_aci.backends import Completion
+from pytest_aci.backends import Backend, Completion
 from pytest_aci.lru import LruCache
+from pytest_aci.search_pool import pooled
 
 
 class ContinuationCache(LruCache[tuple, Completion]):
@@ -44,3 +47,38 @@ class GenerationStats:
                 f"in {self.score_s:.1f} s"
             )
         return line + f"\nmodel tokens run: {self.model_tokens}"
+
+
+class Generation:
+    """Generate through the cache: each distinct prefix is generated at most once per session.
+
+    Inside a pooled search (``search_pool.py``) a request joins every other search's of the round, in one call.
+    """
+
+    def __init__(self, backend: Callable[[], Backend], cache_size: int):
+        self._backend = backend  # started on first use
+        self.cache = ContinuationCache(cache_size)
+        self.stats = GenerationStats()
+
+    def generate(
+        self, prompts: Sequence[tuple[int, ...]], max_new_tokens: int, stop: tuple[str, ...]
+    ) -> list[Completion]:
+        return pooled(("generate", max_new_tokens, stop), prompts, lambda todo: self._now(todo, max_new_tokens, stop))
+
+    def _now(self, prompts: Sequence[tuple[int, ...]], max_new_tokens: int, stop: tuple[str, ...]) -> list[Completion]:
+        keys = [(prompt, max_new_tokens, stop) for prompt in prompts]
+        found = {key: self.cache.get(key) for key in dict.fromkeys(keys)}
+        todo = [key for key, value in found.items() if value is None]
+        if todo:
+            backend = self._backend()
+            started, before = time.perf_counter(), getattr(backend, "computed_tokens", 0)
+            completions = backend.generate([key[0] for key in todo], max_new_tokens, stop)
+            self.stats.generate_s += time.perf_counter() - started
+            self.stats.model_tokens += getattr(backend, "computed_tokens", 0) - before
+            self.stats.calls += 1
+            self.stats.sequences += len(todo)
+            for key, completion in zip(todo, completions):
+                self.cache.put(key, completion)
+                found[key] = completion
+                self.stats.tokens += len(completion.token_ids)
+        return [found[key] for key in keys]  # type: ignore[misc]

@@ -8,7 +8,7 @@ analogue of ``@example``); it keeps running after the model is fixed, so a regre
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pytest_aci.files import write_atomic
 from pytest_aci.reporting.jsonl import CaseRecord
 from pytest_aci.spec import SPEC_SUFFIXES, Check, SpecError
+from pytest_aci.types import InsertionCase
 
 HEADER = """\
 # pytest-aci regression cases for {spec}: every minimal failing case found so far.
@@ -132,3 +133,32 @@ def save_regressions(spec_path: Path, new_cases: Iterable[RegressionCase]) -> in
         )
         write_atomic(path, HEADER.format(spec=spec_path.name) + body)
     return len(added)
+
+
+def fit_regressions(
+    regressions: Sequence[RegressionCase], span_leads: Sequence[str], spans: list, response_len: int, tokenizer: Any
+) -> list[InsertionCase]:
+    """An item's saved failing insertions, fitted to the current model's answer and spans (as explicit examples)."""
+    leads = [lead.strip() for lead in span_leads]
+    cases = []
+    for saved in regressions:
+        index, lead, length = saved.span_index, -1, saved.span_tokens or 1
+        if saved.lead is not None:  # a composed span, saved as such: no text to parse (works redacted)
+            if saved.lead >= len(leads):
+                continue
+            lead = saved.lead
+        elif saved.span is not None:  # the saved text wins: the spec's span list may have changed
+            text = saved.span.strip()
+            if index is None or index >= len(spans) or not spans[index].text.startswith(text):
+                index = next((i for i, s in enumerate(spans) if s.text.startswith(text)), None)
+            if index is None:  # a span a targeted search composed: a lead fragment, then a pool span
+                lead = next((i for i, t in enumerate(leads) if text.startswith(t + " ")), -1)
+                body = text[len(leads[lead]) + 1 :] if lead >= 0 else ""
+                index = next((i for i, s in enumerate(spans) if body and s.text.startswith(body)), None)
+                length = len(tokenizer.encode(" " + body, add_special_tokens=False))
+        if index is None or index >= len(spans) or saved.position is None:
+            continue
+        length = min(length, spans[index].max_tokens)
+        position = min(saved.position, response_len)
+        cases.append(InsertionCase(position=position, span_index=index, span_tokens=length, lead=lead))
+    return list(dict.fromkeys(cases))

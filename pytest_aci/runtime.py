@@ -9,12 +9,11 @@ from pathlib import Path
 
 from pytest_aci.backends import (
     Backend,
-    Completion,
     chat_prompt_ids,
     create_backend,
     pick_backend,
 )
-from pytest_aci.generation import ContinuationCache, GenerationStats
+from pytest_aci.generation import ContinuationCache, Generation, GenerationStats
 from pytest_aci.harm_score import HarmScorer
 from pytest_aci.judges import Judge, JudgeInput, Verdict
 from pytest_aci.judging import SessionJudges
@@ -46,10 +45,9 @@ class AciRuntime:
         self.pending_recovers: dict[Path, list] = {}  # spec path -> its recovers items, in run order
         self.prefetched: set[str] = set()
         self.pooled: dict[str, Search] = {}  # node id -> its search, ended, waiting for the item's turn
-        self.cache = ContinuationCache(options.cache_size)
+        self.generation = Generation(lambda: self.backend, options.cache_size)
         self.records = CaseRecords(options, self.backend_name)
         self.scorer = HarmScorer(self)
-        self.stats = GenerationStats()
 
     # --- model ---------------------------------------------------------------------------
 
@@ -90,6 +88,14 @@ class AciRuntime:
         return self._backend
 
     @property
+    def cache(self) -> ContinuationCache:
+        return self.generation.cache
+
+    @property
+    def stats(self) -> GenerationStats:
+        return self.generation.stats
+
+    @property
     def tokenizer(self):
         return self.backend.tokenizer
 
@@ -101,17 +107,6 @@ class AciRuntime:
 
     # --- evaluation ----------------------------------------------------------------------------
 
-    def _generate(
-        self, prompts: Sequence[tuple[int, ...]], max_new_tokens: int, stop: tuple[str, ...]
-    ) -> list[Completion]:
-        """Generate through the cache: each distinct prefix is generated at most once per session.
-
-        Inside a pooled search the request joins every other search's of this round, in one call.
-        """
-        return pooled(
-            ("generate", max_new_tokens, stop), prompts, lambda todo: self._generate_now(todo, max_new_tokens, stop)
-        )
-
     def _judge(self, judge: Judge, inputs: Sequence[JudgeInput]) -> list[Verdict]:
         """``judge.judge(inputs)``; inside a pooled search, in one call with every other search's of this round."""
         return pooled(("judge", id(judge)), inputs, lambda todo: self._judge_now(judge, todo))
@@ -120,26 +115,6 @@ class AciRuntime:
         if inputs:
             self.stats.judge_calls += 1
         return judge.judge(inputs)
-
-    def _generate_now(
-        self, prompts: Sequence[tuple[int, ...]], max_new_tokens: int, stop: tuple[str, ...]
-    ) -> list[Completion]:
-        keys = [(prompt, max_new_tokens, stop) for prompt in prompts]
-        found = {key: self.cache.get(key) for key in dict.fromkeys(keys)}
-        todo = [key for key, value in found.items() if value is None]
-        if todo:
-            backend = self.backend
-            started, before = time.perf_counter(), getattr(backend, "computed_tokens", 0)
-            completions = backend.generate([key[0] for key in todo], max_new_tokens, stop)
-            self.stats.generate_s += time.perf_counter() - started
-            self.stats.model_tokens += getattr(backend, "computed_tokens", 0) - before
-            self.stats.calls += 1
-            self.stats.sequences += len(todo)
-            for key, completion in zip(todo, completions):
-                self.cache.put(key, completion)
-                found[key] = completion
-                self.stats.tokens += len(completion.token_ids)
-        return [found[key] for key in keys]  # type: ignore[misc]
 
     def evaluate_plain(self, nodeid: str, loaded: LoadedSpec, prompt: LoadedPrompt, check: str) -> CaseRecord:
         """Judge the model's plain answer for ``refuses`` (must refuse) or ``complies`` (must not)."""
@@ -158,7 +133,7 @@ class AciRuntime:
 
     def prefetch(self, loaded: LoadedSpec, prefixes: Sequence[tuple[int, ...]]) -> None:
         """Fill the continuation cache for prefixes that items of ``loaded`` will ask for."""
-        self._generate(
+        self.generation.generate(
             list(dict.fromkeys(prefixes)), self.continuation_tokens(loaded), self.judges.stop_strings(loaded)
         )
 
@@ -178,7 +153,7 @@ class AciRuntime:
     ) -> list[Continuation]:
         """The model's continuation of every insertion state, in one backend call."""
         pairs = self.states.insertions(loaded, prompt, cases)
-        completions = self._generate(
+        completions = self.generation.generate(
             [prefix for _, prefix in pairs], self.continuation_tokens(loaded), self.judges.stop_strings(loaded)
         )
         return [

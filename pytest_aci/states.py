@@ -30,7 +30,7 @@ class InsertionStates:
             wanted = self.wanted_prompts.get(loaded.path, set()) | {prompt.id}
             missing = [p for p in loaded.prompts if p.id in wanted and (loaded.path, p.id) not in self._references]
             chats = [self.runtime.chat_ids(p.text) for p in missing]
-            completions = self.runtime._generate(chats, loaded.spec.response.max_new_tokens, ())
+            completions = self.runtime.generation.generate(chats, loaded.spec.response.max_new_tokens, ())
             for p, chat, completion in zip(missing, chats, completions):
                 self._references[(loaded.path, p.id)] = Reference(chat, completion.token_ids, completion.text)
         return self._references[key]

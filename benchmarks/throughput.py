@@ -103,7 +103,7 @@ def run_plugin(args: argparse.Namespace, workdir: Path) -> dict:
                 stats=runtime.stats, keys=runtime.cache.keys(), hits=runtime.cache.hits,
                 records=list(runtime.records), judge=runtime.judges.cost() or "",
                 judge_s=sum(j.seconds for j in runtime.judges.model_judges()),
-                chats={ref.chat_ids for ref in runtime._references.values()},
+                chats={ref.chat_ids for ref in runtime.states._references.values()},
             )  # fmt: skip
 
     extra = [f"--aci-judge={args.judge}"] if args.judge else []

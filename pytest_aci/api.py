@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, overload
+from typing import TYPE_CHECKING, TypeVar, overload
 
 import pytest
 from hypothesis import strategies as st
@@ -148,6 +148,20 @@ def current_runtime() -> AciRuntime:
     return session_runtime(_sessions[-1])
 
 
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def per_spec(items: Sequence[T], serve: Callable[[list[T]], list[R]]) -> list[R]:
+    """``serve`` called once per spec (``item.loaded.path``) on its items, the answers back in ``items``' order."""
+    answers: list = [None] * len(items)
+    for path in dict.fromkeys(item.loaded.path for item in items):
+        group = [i for i, item in enumerate(items) if item.loaded.path == path]
+        for i, answer in zip(group, serve([items[i] for i in group])):
+            answers[i] = answer
+    return answers
+
+
 class Aci:
     """The ``aci`` fixture: continue insertion states and judge them, as a spec item would.
 
@@ -176,13 +190,11 @@ class Aci:
     def continue_from(self, state):
         """The model's continuation of a state (or of a list of states, in one backend call)."""
         states = [state] if isinstance(state, InsertionState) else list(state)
-        found: list[Continuation | None] = [None] * len(states)
-        for path in dict.fromkeys(s.loaded.path for s in states):  # one backend call per prompt
-            group = [i for i, s in enumerate(states) if s.loaded.path == path]
-            first = states[group[0]]
-            made = self.runtime.continue_states(first.loaded, first.prompt, [states[i].case for i in group])
-            for i, continuation in zip(group, made):
-                found[i] = continuation
+
+        def one_call(group: list[InsertionState]) -> list[Continuation]:  # a spec here has one prompt
+            return self.runtime.continue_states(group[0].loaded, group[0].prompt, [s.case for s in group])
+
+        found = per_spec(states, one_call)
         return found[0] if isinstance(state, InsertionState) else found
 
     @overload
@@ -194,12 +206,8 @@ class Aci:
         from pytest_aci.types import Continuation
 
         items = [continuation] if isinstance(continuation, Continuation) else list(continuation)
-        found: list[Verdict | None] = [None] * len(items)
-        for path in dict.fromkeys(c.loaded.path for c in items):  # one judge call per spec
-            group = [i for i, c in enumerate(items) if c.loaded.path == path]
-            records = self.runtime.judge_continuations(self.nodeid, [items[i] for i in group])
-            for i, record in zip(group, records):
-                found[i] = record.verdict
+        records = per_spec(items, lambda group: self.runtime.judge_continuations(self.nodeid, group))
+        found = [record.verdict for record in records]  # one judge call per spec
         return found[0] if isinstance(continuation, Continuation) else found
 
 

@@ -1,9 +1,10 @@
 """Every ``--aci-*`` option, declared once.
 
 ``OPTIONS`` is the one table: the pytest options, their ini keys, the values of ``AciOptions`` and
-the flags of a replay command are all generated from it, so they cannot drift apart. Each row says
-the flag, the ``AciOptions`` field it sets, its help, how a value is checked (the same check for the
-command line and the ini file), and whether a replay command repeats it.
+the flags of a replay command and the ``aci:`` header line are all generated from it, so they cannot
+drift apart. Each row says the flag, the ``AciOptions`` field it sets, its help, how a value is
+checked (the same check for the command line and the ini file), whether a replay command repeats it
+and whether the header shows it.
 """
 
 from __future__ import annotations
@@ -76,6 +77,12 @@ class Option:
     kind: str = "value"  # value | switch (on/off) | repeat (KEY=VALUE, repeatable)
     replay: str = "never"  # never | changed (when not the default) | always
     ini_key: str | None = None  # when not "aci_" + field
+    header: str = "changed"  # the header line shows it: changed (when not the default) | always
+
+    @property
+    def name(self) -> str:
+        """The flag without ``--aci-``: the header's key."""
+        return self.flag.removeprefix("--aci-")
 
     @property
     def ini(self) -> str:
@@ -88,6 +95,7 @@ OPTIONS: tuple[Option, ...] = (
         "model",
         "model under test: a HF model directory, a hub id, or the embedded alias 'smollm2-135m' (default)",
         replay="always",
+        header="always",
     ),
     Option(
         "--aci-backend",
@@ -96,6 +104,7 @@ OPTIONS: tuple[Option, ...] = (
         "transformers), vllm, hf or openai",
         check=backend,
         replay="always",
+        header="always",
     ),
     Option(
         "--aci-seed",
@@ -103,6 +112,7 @@ OPTIONS: tuple[Option, ...] = (
         "session seed; a given seed makes runs reproducible (and skips the example database)",
         check=seed,
         replay="always",
+        header="always",
     ),
     Option(
         "--aci-judge",
@@ -111,6 +121,7 @@ OPTIONS: tuple[Option, ...] = (
         "refusal-keywords, markers, harmbench, llama-guard, strongreject, or a comma list of them (an ensemble)",
         check=judge,
         replay="changed",
+        header="always",
     ),
     Option(
         "--aci-judge-model",
@@ -325,6 +336,22 @@ def read_options(config: Any) -> AciOptions:
     return AciOptions(**values)
 
 
+def _value(options: AciOptions, option: Option, backend_name: str) -> Any:
+    return backend_name if option.field == "backend" else getattr(options, option.field)
+
+
+def header_values(options: AciOptions, backend_name: str) -> list[tuple[Option, Any]]:
+    """The rows the header line shows, in the table's order, with their values: the ``always`` rows and
+    every other option that is not at its default."""
+    defaults = AciOptions()
+    shown = []
+    for option in OPTIONS:
+        value = _value(options, option, backend_name)
+        if option.header == "always" or value != getattr(defaults, option.field):
+            shown.append((option, value))
+    return shown
+
+
 def replay_args(options: AciOptions, backend_name: str) -> list[str]:
     """The flags that make another run evaluate exactly the same cases, in the table's order."""
     defaults = AciOptions()
@@ -332,7 +359,7 @@ def replay_args(options: AciOptions, backend_name: str) -> list[str]:
     for option in OPTIONS:
         if option.replay == "never":
             continue
-        value = backend_name if option.field == "backend" else getattr(options, option.field)
+        value = _value(options, option, backend_name)
         if option.replay == "changed" and value == getattr(defaults, option.field):
             continue
         if option.kind == "switch":

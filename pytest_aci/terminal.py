@@ -6,33 +6,38 @@ import pytest
 
 
 def header_lines(config: pytest.Config) -> list[str]:
+    """``aci: key=value …``: the option table's ``always`` rows and every option not at its default, then
+    the Hypothesis profile."""
     from hypothesis import settings
 
-    from pytest_aci.judges import default_judge
+    from pytest_aci.options import header_values
     from pytest_aci.session import session_runtime
 
     runtime = session_runtime(config)
-    o = runtime.options
-    seed_note = "" if o.seed_given else f" (random; reproduce with --aci-seed {o.seed})"
-    backend = runtime.backend_name + (f" endpoint={o.endpoint}" if o.endpoint else "")
-    judge = o.judge or f"per spec (default {default_judge()})"
-    if (o.judge and "," in o.judge) or o.judge_mode != "majority":
-        judge += f" judge-mode={o.judge_mode}"
-    if o.judge_model:
-        judge += f" judge-model={o.judge_model}"
-    if o.mode == "score":
-        judge = "harm-score (teacher-forced margin; refuses items: " + judge + ")"
-    elif o.search != "random":
-        judge += f" search={o.search}"
-    database = ""
-    if o.example_db:
-        from pytest_aci.example_db import display
-
-        database = f" example-db={display(o.example_db)}" + (" (not read: seeded)" if o.seed_given else "")
-    return [
-        f"aci: model={o.model} backend={backend} judge={judge} "
-        f"seed={o.seed}{seed_note} hypothesis-profile={settings.get_current_profile_name()}{database}"
+    shown = [
+        f"{option.name}={_shown(runtime.options, option.field, value)}"
+        for option, value in header_values(runtime.options, runtime.backend_name)
     ]
+    return ["aci: " + " ".join([*shown, f"hypothesis-profile={settings.get_current_profile_name()}"])]
+
+
+def _shown(options, field: str, value) -> str:
+    """How the header writes one option's value."""
+    if field == "seed" and not options.seed_given:
+        return f"{value} (random; reproduce with --aci-seed {value})"
+    if field == "judge" and value is None:
+        from pytest_aci.judges import default_judge
+
+        return f"per spec (default {default_judge()})"
+    if field in ("example_db", "endpoint"):
+        from pytest_aci.example_db import display  # no password in the log
+
+        return display(value) + (" (not read: seeded)" if field == "example_db" and options.seed_given else "")
+    if value is True:
+        return "on"
+    if isinstance(value, dict):
+        return ",".join(f"{key}={item}" for key, item in sorted(value.items()))
+    return str(value)
 
 
 def write_summary(terminalreporter, config: pytest.Config) -> None:

@@ -786,7 +786,7 @@ def test_ensemble_with_a_garbage_judge_model_fails_and_counts_the_judge_errors(
     text = "\n".join(result.outlines + result.errlines)
     assert result.ret == pytest.ExitCode.TESTS_FAILED, text
     result.assert_outcomes(failed=2)
-    assert "judge=refusal-keywords,harmbench judge-mode=all judge-model=" in text
+    assert f"judge=refusal-keywords,harmbench judge-model={tiny_random_path} judge-mode=all report=r.jsonl" in text
     records = [json.loads(line) for line in (pytester.path / "r.jsonl").read_text().splitlines()]
     assert records
     for record in records:

@@ -154,7 +154,22 @@ def test_help_lists_the_options_and_ini_keys(pytester):
 def test_report_header_shows_the_settings(pytester):
     result = run(pytester, *aci(REFUSER, "--aci-judge=refusal-keywords", "--hypothesis-profile=dev"), "--collect-only")
     assert header_line(result) == (
-        f"aci: model={REFUSER} backend=hf judge=refusal-keywords seed=1 hypothesis-profile=dev"
+        f"aci: model={REFUSER} backend=hf seed=1 judge=refusal-keywords hypothesis-profile=dev"
+    )
+
+
+def test_report_header_shows_every_option_not_at_its_default(pytester):
+    """The header is generated from the option table: a new option shows up without touching it."""
+    result = run(
+        pytester,
+        *aci(REFUSER, "--aci-judge=refusal-keywords", "--aci-redact", "--aci-vllm-arg=b=2", "--aci-vllm-arg=a=1"),
+        "--aci-report=r.jsonl",
+        "--aci-max-asr=0.2",
+        "--collect-only",
+    )
+    assert header_line(result) == (
+        f"aci: model={REFUSER} backend=hf seed=1 judge=refusal-keywords redact=on vllm-arg=a=1,b=2 "
+        "report=r.jsonl max-asr=0.2 hypothesis-profile=default"
     )
 
 
@@ -162,8 +177,8 @@ def test_report_header_without_a_seed_says_how_to_reproduce(pytester):
     result = run(pytester, f"--aci-model={RANDOM}", "--aci-backend=hf", "--collect-only")
     line = header_line(result)
     match = re.fullmatch(
-        rf"aci: model={re.escape(str(RANDOM))} backend=hf judge=per spec \(default refusal-keywords\) "
-        r"seed=(\d+) \(random; reproduce with --aci-seed (\d+)\) hypothesis-profile=default",
+        rf"aci: model={re.escape(str(RANDOM))} backend=hf seed=(\d+) \(random; reproduce with --aci-seed (\d+)\) "
+        r"judge=per spec \(default refusal-keywords\) hypothesis-profile=default",
         line,
     )
     assert match, line
@@ -200,11 +215,11 @@ def test_ini_keys_mirror_the_flags(pytester):
     pytester.makeini(f"[pytest]\naci_model = {RANDOM}\naci_backend = hf\naci_seed = 7\naci_judge = refusal-keywords\n")
     result = run(pytester, "--collect-only")
     assert header_line(result) == (
-        f"aci: model={RANDOM} backend=hf judge=refusal-keywords seed=7 hypothesis-profile=default"
+        f"aci: model={RANDOM} backend=hf seed=7 judge=refusal-keywords hypothesis-profile=default"
     )
     # The command line wins over the ini file.
     result = run(pytester, "--collect-only", "--aci-seed=3", f"--aci-model={REFUSER}")
-    assert header_line(result).startswith(f"aci: model={REFUSER} backend=hf judge=refusal-keywords seed=3 ")
+    assert header_line(result).startswith(f"aci: model={REFUSER} backend=hf seed=3 judge=refusal-keywords ")
 
 
 @pytest.mark.parametrize(

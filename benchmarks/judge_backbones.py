@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
 
-    from pytest_aci.judges.evaluation import load_named
+    from pytest_aci.judges.labels import load_named
 
     rows = load_named("harmbench-val", split="all")
     test = sum(r.split == "test" for r in rows)

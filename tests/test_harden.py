@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from pytest_aci.cli.harden import harden_main
+from pytest_aci.harden.config import HardenConfig, HardenError
 from pytest_aci.harden.data import HarmfulPrompt
 from pytest_aci.harden.examples import IGNORE, ExampleBuilder, per_example_loss
-from pytest_aci.harden.train import HardenConfig, HardenError, harden
+from pytest_aci.harden.train import harden
 
 SPEC = """\
 name: train

@@ -33,15 +33,8 @@ from pytest_aci.judges import (
     judge_prompt,
     make_judge,
 )
-from pytest_aci.judges.evaluation import (
-    KINDS,
-    DataError,
-    Example,
-    JudgeScore,
-    format_table,
-    load_examples,
-    per_kind_slice,
-)
+from pytest_aci.judges.evaluation import JudgeScore, format_table
+from pytest_aci.judges.labels import KINDS, DataError, Example, load_examples, per_kind_slice
 from pytest_aci.reporting.jsonl import CaseRecord
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -22,8 +22,8 @@ def _positive(kind):
 
 
 def harden_parser() -> argparse.ArgumentParser:
+    from pytest_aci.harden.config import METHODS
     from pytest_aci.harden.data import STYLES
-    from pytest_aci.harden.train import METHODS
     from pytest_aci.models import DEFAULT_MODEL
 
     parser = argparse.ArgumentParser(
@@ -114,7 +114,8 @@ def harden_main(argv: list[str] | None = None) -> int:
     except MissingExtra as exc:
         print(f"aci-harden: error: {exc}", file=sys.stderr)
         return 2
-    from pytest_aci.harden.train import DEFAULT_REFUSALS, HardenConfig, HardenError, harden
+    from pytest_aci.harden.config import DEFAULT_REFUSALS, HardenConfig, HardenError
+    from pytest_aci.harden.train import harden
 
     for name in ("refusal_per_step", "attack_per_step", "utility_per_step"):
         if getattr(args, name) < 0:

@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pytest_aci.files import write_json
+
 CHECKPOINT = "checkpoint.json"
 BEST = "best.safetensors"
 
@@ -37,12 +39,6 @@ def _load_tensors(path: Path, device: str) -> tuple[dict[str, Any], dict[str, st
             return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
     except Exception as exc:  # noqa: BLE001 - OSError, or safetensors' own SafetensorError for a corrupt header
         raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
-
-
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    from pytest_aci.files import write_atomic
-
-    write_atomic(path, (json.dumps(payload, indent=1) + "\n").encode("utf-8"))
 
 
 def _split_optimizer(state_dict: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -83,7 +79,7 @@ def save_checkpoint(work: Path, *, trainable, optimizer, rng, step: int, losses,
     _save_tensors(tensors, tensor_file, {"step": str(step)})
     previous = _read_index(work).get("tensors") if (work / CHECKPOINT).exists() else None
     version, internal, gauss = rng.getstate()
-    _write_json(
+    write_json(
         work / CHECKPOINT,
         {
             "step": step,
@@ -151,3 +147,18 @@ def load_best(work: Path, device: str) -> dict[str, Any] | None:
     if "step" not in metadata:
         raise CheckpointError(f"{path}: no step in its header")
     return {"step": int(metadata["step"]), "weights": weights}
+
+
+def trainable_weights(model) -> dict[str, Any]:
+    """The parameters training changes (all of them, or the LoRA adapters), by name."""
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def load_weights(model, weights: dict[str, Any]) -> None:
+    """Copy ``weights`` (by parameter name) into ``model``: a resumed checkpoint or the best validated step."""
+    import torch
+
+    named = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, tensor in weights.items():
+            named[name].copy_(tensor)

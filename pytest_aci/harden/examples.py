@@ -12,7 +12,7 @@ from pytest_aci.backends import chat_prompt_ids
 from pytest_aci.harden.data import SPAN_STYLES, HarmfulPrompt
 
 if TYPE_CHECKING:
-    from pytest_aci.harden.train import HardenConfig
+    from pytest_aci.harden.config import HardenConfig
 
 IGNORE = -100  # label of a token that takes no loss
 

@@ -20,19 +20,21 @@ import os
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from pytest_aci.files import write_json
 from pytest_aci.harden.checkpoint import (
     CheckpointError,
     has_checkpoint,
-    load_best,
     load_checkpoint,
-    save_best,
+    load_weights,
     save_checkpoint,
+    trainable_weights,
 )
-from pytest_aci.harden.data import STYLES, TrainingData, load_training_data, spec_files
+from pytest_aci.harden.config import METHODS, VALIDATION_SHARE, HardenConfig, HardenError
+from pytest_aci.harden.data import TrainingData, load_training_data, spec_files
 from pytest_aci.harden.examples import (
     Example,
     ExampleBuilder,
@@ -40,67 +42,13 @@ from pytest_aci.harden.examples import (
     per_example_loss,
     select_worst,
 )
-
-METHODS = ("sft", "prefix-augment", "random-insertion", "worst-insertion")
-DEFAULT_REFUSALS = (
-    "I'm sorry, but I cannot help with that request.",
-    "I cannot assist with that. It could cause serious harm.",
-    "I'm sorry, I can't provide that. If you have another question, I'm happy to help.",
-)
-VALIDATION_SHARE = 10  # one pool prompt in ten is held out of training (``validation_prompts`` of them validate)
-
-
-class HardenError(Exception):
-    """A bad argument, input or state; the message is the one line the user sees."""
-
-
-@dataclass
-class HardenConfig:
-    model: str
-    specs: list[Path]
-    out: Path
-    method: str = "worst-insertion"
-    failures: Path | None = None
-    steps: int = 40  # measured: 13.6 min on the 2-core CPU with the shipped pools (README, "The default loop")
-    refusal_per_step: int = 2
-    attack_per_step: int = 4
-    utility_per_step: int = 6
-    candidates: int = 4
-    lr: float | None = None  # default: 2e-4 with LoRA, 2e-5 for full fine-tuning
-    lora: bool = False  # full fine-tuning: measured in the README's experiment and the default loop
-    lora_rank: int = 16
-    max_span_tokens: int = 12
-    max_prefix_tokens: int = 100
-    utility_tokens: int = 64
-    max_utility_prompts: int = 512
-    refusals: tuple[str, ...] = DEFAULT_REFUSALS
-    seed: int = 0
-    checkpoint_every: int = 10
-    pool: bool = True  # train on the shipped prompt pools besides the specs
-    span_styles: tuple[str, ...] = STYLES
-    validate_every: int = 20  # steps between validations (0: none; the last step is kept)
-    validation_prompts: int = 12  # harmful and benign each, held out of the pools
-    resume: bool = False
-    overwrite: bool = False
-    device: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else (2e-4 if self.lora else 2e-5)
-
+from pytest_aci.harden.validation import BestCheckpoint
 
 # --- the run ------------------------------------------------------------------------------
 
 
 def _hash_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-
-
-def _write_json(path: Path, data: Any) -> None:
-    from pytest_aci.files import write_atomic
-
-    write_atomic(path, json.dumps(data, indent=2, default=str))
 
 
 def harden(config: HardenConfig, *, progress: bool = True, stop_after: int | None = None) -> Path:
@@ -172,7 +120,7 @@ def harden(config: HardenConfig, *, progress: bool = True, stop_after: int | Non
             model,
             LoraConfig(r=config.lora_rank, lora_alpha=2 * config.lora_rank, target_modules=targets, lora_dropout=0.0),
         )
-    trainable = list(_trainable(model).values())
+    trainable = list(trainable_weights(model).values())
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
 
     losses: list[dict[str, float]] = []
@@ -185,7 +133,7 @@ def harden(config: HardenConfig, *, progress: bool = True, stop_after: int | Non
             raise HardenError(str(exc)) from None
         if state["config"] != _config_fingerprint(config):
             raise HardenError(f"--resume: {work} was started with other settings; remove it or match them")
-        _load_weights(model, state["trainable"])
+        load_weights(model, state["trainable"])
         optimizer.load_state_dict(state["optimizer"])
         rng.setstate(state["rng"])
         torch.set_rng_state(state["torch_rng"])
@@ -193,7 +141,7 @@ def harden(config: HardenConfig, *, progress: bool = True, stop_after: int | Non
     if main:
         work.mkdir(parents=True, exist_ok=True)
     core = model
-    checker = _Checker(config, data, core, tokenizer, builder, device, work, accelerator, progress and main)
+    checker = BestCheckpoint(config, data, core, tokenizer, builder, device, work, accelerator, progress and main)
     checker.restore(validations)
     if step == 0:
         checker.check(step)
@@ -227,7 +175,7 @@ def harden(config: HardenConfig, *, progress: bool = True, stop_after: int | Non
         if main and (step % config.checkpoint_every == 0 or step == config.steps):
             save_checkpoint(
                 work,
-                trainable=_trainable(core),
+                trainable=trainable_weights(core),
                 optimizer=optimizer,
                 rng=rng,
                 step=step,
@@ -257,7 +205,7 @@ def _write_model(config, model, tokenizer, work, out, data: TrainingData, utilit
     merged = model.merge_and_unload() if config.lora else model
     merged.save_pretrained(final)
     tokenizer.save_pretrained(final)
-    _write_json(
+    write_json(
         final / "aci_harden.json",
         {
             "config": {**asdict(config), "learning_rate": config.learning_rate},
@@ -310,92 +258,6 @@ def _make_batch(config, builder, data: TrainingData, utility, rng, model, pad_id
     else:  # no benign prompts given: keep the examples per step equal across methods
         batch += [builder.refusal(rng.choice(harmful)) for _ in range(config.utility_per_step)]
     return batch, worst_losses
-
-
-class _Checker:
-    """Validation every ``validate_every`` steps on the held-out split; keeps the best trainable weights.
-
-    The main process generates and judges; the result goes to every process, which keeps its own copy
-    of the best weights (the same under DDP). The best copy is also saved beside the checkpoint, so that
-    ``--resume`` keeps it."""
-
-    def __init__(self, config, data, model, tokenizer, builder, device, work: Path, accelerator, verbose: bool):
-        self.config, self.data, self.model, self.tokenizer, self.builder = config, data, model, tokenizer, builder
-        self.device, self.work, self.accelerator, self.verbose = device, work, accelerator, verbose
-        self.enabled = bool(config.validate_every and data.validation_harmful)
-        self.validations: list[dict[str, Any]] = []
-        self.best: dict[str, Any] | None = None
-        self._judge = None
-
-    def restore(self, validations: list[dict[str, Any]]) -> None:
-        self.validations = list(validations)
-        if self.validations:
-            try:
-                self.best = load_best(self.work, self.device)
-            except CheckpointError as exc:
-                raise HardenError(str(exc)) from None
-
-    def check(self, step: int) -> None:
-        if not self.enabled:
-            return
-        from accelerate.utils import broadcast_object_list
-
-        from pytest_aci.harden.validation import validate
-        from pytest_aci.judges import default_judge, make_judge
-
-        result: list[Any] = [None]
-        if self.accelerator.is_main_process:
-            if self._judge is None:
-                self._judge = make_judge(default_judge())
-            base = self.validations[0]["compliance"] if self.validations else None
-            found = validate(
-                self.model,
-                self.tokenizer,
-                self.builder.chat,
-                self.data.validation_harmful,
-                self.data.validation_benign,
-                self._judge,
-                step=step,
-                device=self.device,
-                base_compliance=base,
-                seed=self.config.seed,
-            )
-            result = [found.as_dict()]
-            if self.verbose:
-                print(f"aci-harden: validation {found.describe()}", flush=True)
-        if self.accelerator.num_processes > 1:
-            broadcast_object_list(result)
-        entry = result[0]
-        previous = [v["score"] for v in self.validations if v["step"] > 0]
-        self.validations.append(entry)
-        if step > 0 and (not previous or entry["score"] >= max(previous)):  # ties: the later, more trained one
-            self.best = {"step": step, "weights": {n: p.detach().clone() for n, p in _trainable(self.model).items()}}
-            if self.accelerator.is_main_process:
-                save_best(self.work, step, self.best["weights"])
-
-    def load_best(self) -> int | None:
-        """Put the best validated weights back into the model; the chosen step (None: the last, unvalidated)."""
-        if self.best is None:
-            return None
-        _load_weights(self.model, self.best["weights"])
-        if self.verbose:
-            print(f"aci-harden: keeping the weights of step {self.best['step']} (best validation score)", flush=True)
-        return self.best["step"]
-
-
-def _trainable(model) -> dict[str, Any]:
-    """The parameters training changes (all of them, or the LoRA adapters), by name."""
-    return {name: p for name, p in model.named_parameters() if p.requires_grad}
-
-
-def _load_weights(model, weights: dict[str, Any]) -> None:
-    """Copy ``weights`` (by parameter name) into ``model``: a resumed checkpoint or the best validated step."""
-    import torch
-
-    named = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, tensor in weights.items():
-            named[name].copy_(tensor)
 
 
 def _config_fingerprint(config: HardenConfig) -> dict[str, Any]:

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import random
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
+from pytest_aci.harden.checkpoint import CheckpointError, load_best, load_weights, save_best, trainable_weights
+from pytest_aci.harden.config import HardenError
 from pytest_aci.harden.data import SPAN_STYLES, HarmfulPrompt
 
 ANSWER_TOKENS = 32
@@ -84,3 +87,76 @@ def validate(
 def _share(flags) -> float:
     flags = list(flags)
     return sum(flags) / len(flags) if flags else 1.0
+
+
+class BestCheckpoint:
+    """Validation every ``validate_every`` steps on the held-out split; keeps the best trainable weights.
+
+    The main process generates and judges; the result goes to every process, which keeps its own copy
+    of the best weights (the same under DDP). The best copy is also saved beside the checkpoint, so that
+    ``--resume`` keeps it."""
+
+    def __init__(self, config, data, model, tokenizer, builder, device, work: Path, accelerator, verbose: bool):
+        self.config, self.data, self.model, self.tokenizer, self.builder = config, data, model, tokenizer, builder
+        self.device, self.work, self.accelerator, self.verbose = device, work, accelerator, verbose
+        self.enabled = bool(config.validate_every and data.validation_harmful)
+        self.validations: list[dict[str, Any]] = []
+        self.best: dict[str, Any] | None = None
+        self._judge = None
+
+    def restore(self, validations: list[dict[str, Any]]) -> None:
+        self.validations = list(validations)
+        if self.validations:
+            try:
+                self.best = load_best(self.work, self.device)
+            except CheckpointError as exc:
+                raise HardenError(str(exc)) from None
+
+    def check(self, step: int) -> None:
+        if not self.enabled:
+            return
+        from accelerate.utils import broadcast_object_list
+
+        from pytest_aci.judges import default_judge, make_judge
+
+        result: list[Any] = [None]
+        if self.accelerator.is_main_process:
+            if self._judge is None:
+                self._judge = make_judge(default_judge())
+            base = self.validations[0]["compliance"] if self.validations else None
+            found = validate(
+                self.model,
+                self.tokenizer,
+                self.builder.chat,
+                self.data.validation_harmful,
+                self.data.validation_benign,
+                self._judge,
+                step=step,
+                device=self.device,
+                base_compliance=base,
+                seed=self.config.seed,
+            )
+            result = [found.as_dict()]
+            if self.verbose:
+                print(f"aci-harden: validation {found.describe()}", flush=True)
+        if self.accelerator.num_processes > 1:
+            broadcast_object_list(result)
+        entry = result[0]
+        previous = [v["score"] for v in self.validations if v["step"] > 0]
+        self.validations.append(entry)
+        if step > 0 and (not previous or entry["score"] >= max(previous)):  # ties: the later, more trained one
+            self.best = {
+                "step": step,
+                "weights": {n: p.detach().clone() for n, p in trainable_weights(self.model).items()},
+            }
+            if self.accelerator.is_main_process:
+                save_best(self.work, step, self.best["weights"])
+
+    def load_best(self) -> int | None:
+        """Put the best validated weights back into the model; the chosen step (None: the last, unvalidated)."""
+        if self.best is None:
+            return None
+        load_weights(self.model, self.best["weights"])
+        if self.verbose:
+            print(f"aci-harden: keeping the weights of step {self.best['step']} (best validation score)", flush=True)
+        return self.best["step"]

@@ -9,11 +9,11 @@ import pytest
 from pytest_aci.example_db import ItemDatabase
 from pytest_aci.failures import CheckFailed, counterexample_line, describe_failure, item_properties, replay_command
 from pytest_aci.planner import prefetch_spec, runs_whole_specs, search_spec_together
-from pytest_aci.regressions import RegressionCase, fit_regressions, load_regressions
 from pytest_aci.reporting.summary import ItemResult, item_results
 from pytest_aci.runtime import AciRuntime, derive_seed
 from pytest_aci.session import session_runtime
 from pytest_aci.spec import LoadedPrompt, LoadedSpec, SpecError, load_spec
+from pytest_aci.spec.regressions import RegressionCase, fit_regressions, load_regressions
 from pytest_aci.types import InsertionCase
 
 EXAMPLE_MULTIPLIER = {"nightly": 10}

@@ -141,7 +141,7 @@ class OutcomeRecorder:
 
     def save_failures(self, rootpath: Path) -> list[str]:
         """Merge every item's minimal failing case into its spec's regression file."""
-        from pytest_aci.regressions import RegressionCase, regression_path, save_regressions
+        from pytest_aci.spec.regressions import RegressionCase, regression_path, save_regressions
 
         per_spec: dict[Path, list] = {}
         for nodeid, result in self.results.items():

@@ -66,7 +66,7 @@ def start_runtime(options: AciOptions, controller: bool = True) -> AciRuntime:
         except ModelNotFound as exc:
             raise pytest.UsageError(str(exc).replace("--aci-model", "--aci-judge-model", 1)) from None
     if options.endpoint and controller:  # a refused key ends the session at once
-        from pytest_aci.backends.openai import check_access
+        from pytest_aci.backends.endpoint import check_access
 
         try:
             check_access(options.endpoint, api_key_env=options.api_key_env, ca_bundle=options.ca_bundle)

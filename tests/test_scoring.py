@@ -263,8 +263,8 @@ def test_a_saved_composed_span_replays_with_its_lead(pytester, tiny_random_path)
 
 def test_a_composed_span_is_saved_with_its_lead_and_replays_redacted(pytester, tiny_random_path):
     """The lead is a field of records and regression cases: replay needs no span text, so it works redacted."""
-    from pytest_aci.regressions import RegressionCase
     from pytest_aci.reporting.jsonl import CaseRecord
+    from pytest_aci.spec.regressions import RegressionCase
 
     pytester.makefile(".aci.yaml", scored=PLUGIN_SPEC.format(threshold=0.0))
     (pytester.path / "scored.regressions.yaml").write_text(

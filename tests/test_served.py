@@ -114,7 +114,7 @@ def test_a_429_is_retried_after_what_retry_after_asks(fake, tiny_random_path):
 def test_retry_waits_follow_retry_after_else_back_off_with_jitter():
     from types import SimpleNamespace
 
-    from pytest_aci.backends.openai import MAX_RETRY_AFTER_S, Retryable, retry_after, retry_wait
+    from pytest_aci.backends.endpoint import MAX_RETRY_AFTER_S, Retryable, retry_after, retry_wait
 
     def state(attempt, exc):
         return SimpleNamespace(attempt_number=attempt, outcome=SimpleNamespace(exception=lambda: exc))
@@ -208,7 +208,7 @@ def certificate(tmp_path_factory):
 
 
 def test_https_endpoints_are_checked_against_the_system_store_or_the_named_ca_bundle(tiny_random_path, certificate):
-    from pytest_aci.backends.openai import check_access
+    from pytest_aci.backends.endpoint import check_access
 
     server = FakeServer([(200, echo)], tls=certificate)
     try:

@@ -18,7 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pytest_aci.files import write_atomic
 from pytest_aci.reporting.jsonl import CaseRecord
-from pytest_aci.spec import SPEC_SUFFIXES, Check, SpecError
+from pytest_aci.spec.loading import line_of, read_yaml
+from pytest_aci.spec.schema import SPEC_SUFFIXES, Check, SpecError
 from pytest_aci.types import InsertionCase
 
 HEADER = """\
@@ -85,30 +86,13 @@ def load_regressions(spec_path: Path) -> list[RegressionCase]:
     path = regression_path(spec_path)
     if not path.exists():
         return []
-    text = path.read_text(encoding="utf-8")
+    root, raw = read_yaml(path, "regression file")
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise SpecError(path, mark.line + 1 if mark else None, f"invalid YAML: {exc}") from None
-    try:
-        return RegressionFile.model_validate(raw).cases
+        return RegressionFile.model_validate(raw or {}).cases
     except ValidationError as exc:
         error = exc.errors()[0]
-        line = _line_of(root, error["loc"])
         loc = ".".join(str(p) for p in error["loc"])
-        raise SpecError(path, line, f"{loc}: {error['msg']}") from None
-
-
-def _line_of(root: Any, loc: tuple) -> int | None:
-    node = root
-    for part in loc:
-        if isinstance(node, yaml.MappingNode):
-            node = next((v for k, v in node.value if k.value == part), node)
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-            node = node.value[part]
-    return node.start_mark.line + 1 if node is not None else None
+        raise SpecError(path, line_of(root, error["loc"]) if root else None, f"{loc}: {error['msg']}") from None
 
 
 def save_regressions(spec_path: Path, new_cases: Iterable[RegressionCase]) -> int:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from pytest_aci.backends import BackendError, Completion, ScoreRequest, eos_token_ids, trim_completion
+from pytest_aci.backends.tree_attention import score_packed
+from pytest_aci.lru import LruCache
 
 
 class TransformersBackend:
@@ -37,7 +39,7 @@ class TransformersBackend:
         self._stop_cache: dict[tuple[str, ...], object] = {}
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
         self.computed_tokens = 0
-        self._bases: dict[tuple[int, ...], tuple] = {}  # shared base -> (attention cache, log-probs)
+        self._bases: LruCache[tuple[int, ...], tuple] = LruCache(8)  # shared base -> (attention cache, log-probs)
 
     def generate(
         self, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop: Sequence[str] = ()
@@ -92,15 +94,8 @@ class TransformersBackend:
         return completions
 
     def score(self, requests: Sequence[ScoreRequest], rows_per_batch: int = 32) -> list[tuple[float, ...]]:
-        """Teacher-forced target log-probs; each distinct ``base`` runs once, its cache serves every cut.
-
-        Requests that share (base, cut) are packed into one row as a prefix tree of their
-        ``suffix + target`` sequences, under a tree attention mask: a token sees the cached
-        ``base[:cut]`` and its own ancestors in the tree, nothing else. So spans cut from one span
-        share their tokens, and targets that open alike (", I can't" and ", I'm sorry") share their
-        opening. This is the computation of a forward pass over ``base[:cut] + suffix + target`` per
-        request, without recomputing what they share.
-        """
+        """Teacher-forced target log-probs; each distinct ``base`` runs once, its cache serves every cut, and
+        the requests of one (base, cut) share a row under a tree attention mask (``tree_attention``)."""
         import torch
 
         results: list[tuple[float, ...]] = [()] * len(requests)
@@ -113,8 +108,11 @@ class TransformersBackend:
                 rows = [(cut, [(i, requests[i]) for i in indices]) for cut, indices in packed.items()]
                 for start in range(0, len(rows), rows_per_batch):
                     chunk = rows[start : start + rows_per_batch]
-                    results_chunk = self._score_packed(chunk, len(base), base_cache, base_logprobs)
-                    for index, logprobs in results_chunk.items():
+                    found, fed = score_packed(
+                        self.model, chunk, len(base), base_cache, base_logprobs, self.pad_id, self.device
+                    )
+                    self.computed_tokens += fed
+                    for index, logprobs in found.items():
                         results[index] = logprobs
         return results
 
@@ -125,79 +123,13 @@ class TransformersBackend:
         """
         import torch
 
-        if base in self._bases:
-            self._bases[base] = self._bases.pop(base)  # most recently used last
-            return self._bases[base]
-        out = self.model(input_ids=torch.tensor([base], device=self.device), use_cache=True)
-        self.computed_tokens += len(base)
-        entry = (out.past_key_values, torch.log_softmax(out.logits[0].float(), dim=-1).cpu())
-        self._bases[base] = entry
-        while len(self._bases) > 8:
-            self._bases.pop(next(iter(self._bases)))
+        entry = self._bases.get(base)
+        if entry is None:
+            out = self.model(input_ids=torch.tensor([base], device=self.device), use_cache=True)
+            self.computed_tokens += len(base)
+            entry = (out.past_key_values, torch.log_softmax(out.logits[0].float(), dim=-1).cpu())
+            self._bases.put(base, entry)
         return entry
-
-    def _score_packed(self, rows, width: int, base_cache, base_logprobs) -> dict[int, tuple[float, ...]]:
-        """One batch of packed rows ``(cut, [(request index, request), …])`` over a cached base."""
-        import copy
-
-        import torch
-
-        layouts = []  # per row: token ids, slot of each fed prefix, ancestors per slot, position ids
-        for cut, members in rows:
-            ids: list[int] = []
-            positions: list[int] = []
-            slot_of: dict[tuple[int, ...], int] = {}
-            ancestors: list[list[int]] = []
-            for _, request in members:
-                sequence = request.suffix + request.target
-                # The last token predicts nothing we read: only the proper prefixes are fed.
-                for end in range(1, len(sequence)):
-                    prefix = sequence[:end]
-                    if prefix not in slot_of:
-                        slot_of[prefix] = len(ids)
-                        ancestors.append((ancestors[slot_of[prefix[:-1]]] if end > 1 else []) + [len(ids)])
-                        ids.append(prefix[-1])
-                        positions.append(cut + end - 1)
-            layouts.append((ids, slot_of, ancestors, positions))
-        length = max(1, max(len(ids) for ids, _, _, _ in layouts))
-        batch = len(rows)
-        input_ids = torch.full((batch, length), self.pad_id, dtype=torch.long)
-        position_ids = torch.zeros((batch, length), dtype=torch.long)
-        mask = torch.zeros((batch, 1, length, width + length), dtype=torch.bool)
-        for b, ((cut, _), (ids, _, ancestors, positions)) in enumerate(zip(rows, layouts)):
-            n = len(ids)
-            mask[b, 0, :, :cut] = True  # every slot (padding too: no empty softmax) sees base[:cut]
-            if n:
-                input_ids[b, :n] = torch.tensor(ids, dtype=torch.long)
-                position_ids[b, :n] = torch.tensor(positions, dtype=torch.long)
-                for slot, seen in enumerate(ancestors):
-                    mask[b, 0, slot, [width + j for j in seen]] = True
-        if self.model.config._attn_implementation == "eager":
-            attention = torch.zeros(mask.shape).masked_fill(~mask, torch.finfo(torch.float32).min)
-        else:
-            attention = mask
-        cache = copy.deepcopy(base_cache)
-        cache.batch_repeat_interleave(batch)
-        logits = self.model(
-            input_ids=input_ids.to(self.device),
-            attention_mask=attention.to(self.device),
-            position_ids=position_ids.to(self.device),
-            past_key_values=cache,
-            use_cache=True,
-        ).logits
-        self.computed_tokens += sum(len(ids) for ids, _, _, _ in layouts)
-        results: dict[int, tuple[float, ...]] = {}
-        for b, ((cut, members), (ids, slot_of, _, _)) in enumerate(zip(rows, layouts)):
-            row = torch.log_softmax(logits[b, : len(ids)].float(), dim=-1)  # once per slot, shared by requests
-            for index, request in members:
-                sequence, start = request.suffix + request.target, len(request.suffix)
-                # Token j is predicted at the slot of sequence[:j]; the first one at the base's last position.
-                slots = [slot_of[sequence[:j]] for j in range(max(1, start), len(sequence))]
-                values = row[slots, list(sequence[len(sequence) - len(slots) :])].tolist()  # one gather, one copy
-                if start == 0:
-                    values.insert(0, float(base_logprobs[cut - 1][sequence[0]]))
-                results[index] = tuple(values)
-        return results
 
     def _stop_criteria(self, stop: tuple[str, ...]):
         # Building a StopStringCriteria scans the whole vocabulary: do it once per stop list.

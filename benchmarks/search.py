@@ -186,7 +186,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from pytest_aci.options import AciOptions
-    from pytest_aci.runtime import AciRuntime, derive_seed
+    from pytest_aci.runtime import AciRuntime
+    from pytest_aci.search import derive_seed
     from pytest_aci.spec import load_spec
 
     if not args.model.exists():

@@ -229,7 +229,7 @@ def run_like_a_spec_item(item: pytest.Item):
 
     from pytest_aci.failures import item_properties, replay_command
     from pytest_aci.reporting.summary import item_results
-    from pytest_aci.runtime import derive_seed
+    from pytest_aci.search import derive_seed
     from pytest_aci.session import session_runtime
 
     runtime = session_runtime(item.config)

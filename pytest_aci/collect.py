@@ -6,17 +6,15 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from pytest_aci.example_db import ItemDatabase
 from pytest_aci.failures import CheckFailed, counterexample_line, describe_failure, item_properties, replay_command
 from pytest_aci.planner import prefetch_spec, runs_whole_specs, search_spec_together
 from pytest_aci.reporting.summary import ItemResult, item_results
-from pytest_aci.runtime import AciRuntime, derive_seed
+from pytest_aci.runtime import AciRuntime
+from pytest_aci.search import hypothesis_search
 from pytest_aci.session import session_runtime
 from pytest_aci.spec import LoadedPrompt, LoadedSpec, SpecError, load_spec
-from pytest_aci.spec.regressions import RegressionCase, fit_regressions, load_regressions
+from pytest_aci.spec.regressions import RegressionCase, load_regressions
 from pytest_aci.types import InsertionCase
-
-EXAMPLE_MULTIPLIER = {"nightly": 10}
 
 
 class SpecFile(pytest.File):
@@ -116,9 +114,9 @@ class AciItem(pytest.Item):
             return
         if not targeted and self.nodeid not in runtime.prefetched:
             prefetch_spec(self)  # a targeted search decides what to generate as it goes
-        self._recovers_search()()
+        self.recovers_search()()
 
-    def _recovers_search(self) -> Callable[[], None]:
+    def recovers_search(self) -> Callable[[], None]:
         """The item's search: Hypothesis draws batches of insertion states; any harmful continuation fails it."""
         runtime = self.runtime
         evaluate = (
@@ -131,7 +129,7 @@ class AciItem(pytest.Item):
             if failing:  # a harmful case before a judge error
                 raise CheckFailed(failing[0])
 
-        return self._search(no_insertion_breaks_the_refusal, use_database=True)
+        return self.search(no_insertion_breaks_the_refusal, use_database=True)
 
     def _run_scored(self) -> None:
         """Score mode: the harm margin at every insertion position (or a grid) of every span; no sampling."""
@@ -145,49 +143,11 @@ class AciItem(pytest.Item):
         if failing:  # the worst state: the largest margin
             raise CheckFailed(max(failing, key=lambda r: r.harm_score or 0.0))
 
-    def _search(self, evaluate: Callable[[list[InsertionCase]], None], *, use_database: bool) -> Callable[[], None]:
-        """The item's Hypothesis search over insertion batches, seeded per item, calling ``evaluate``."""
-        from hypothesis import HealthCheck, Phase, example, given, seed, settings
-
-        from pytest_aci.strategies import insertion_batches
-
-        runtime = self.runtime
-        reference = runtime.states.reference(self.loaded, self.prompt)
-        spans = runtime.states.span_ids(self.loaded, self.prompt)
-        targeted = runtime.options.search == "targeted"
-        leads = len(self.loaded.spec.span_leads) if targeted else 0
-        strategy = insertion_batches(
-            len(reference.response_ids), [s.max_tokens for s in spans], self.loaded.spec.batch, leads
+    def search(self, evaluate: Callable[[list[InsertionCase]], None], *, use_database: bool) -> Callable[[], None]:
+        """The item's Hypothesis search over insertion batches (``search.hypothesis_search``)."""
+        return hypothesis_search(
+            self.runtime, self.nodeid, self.loaded, self.prompt, self.regressions, evaluate, use_database=use_database
         )
-        profile = settings.get_current_profile_name()
-        examples = runtime.options.examples or self.loaded.spec.examples * EXAMPLE_MULTIPLIER.get(profile, 1)
-        if targeted:  # an example generates about one state instead of a batch: as many generations, more steps
-            examples *= self.loaded.spec.batch
-        base_db = runtime.example_database(settings.default.database)
-        if use_database and not runtime.options.seed_given and base_db is not None:
-            database = ItemDatabase(base_db, self.nodeid)
-        else:
-            database = None
-        test = given(strategy)(evaluate)
-        replayed = fit_regressions(
-            self.regressions, self.loaded.spec.span_leads, spans, len(reference.response_ids), runtime.tokenizer
-        )
-        if replayed:
-            test = example(replayed)(test)
-        # The seed goes on before the settings: seed() also switches the example database off, and the
-        # settings applied after it switch the item's database back on (for runs without --aci-seed).
-        test = seed(derive_seed(runtime.options.seed, self.nodeid))(test)
-        return settings(
-            parent=settings.default,
-            max_examples=examples,
-            deadline=None,
-            database=database,
-            print_blob=False,
-            # The explain phase re-runs many variants of the failure: a model call each.
-            phases=[p for p in settings.default.phases if p is not Phase.explain],
-            report_multiple_bugs=False,
-            suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-        )(test)
 
     def repr_failure(self, excinfo, style=None):
         from pytest_aci.backends import BackendError

@@ -29,6 +29,11 @@ def display(where: str) -> str:
     return re.sub(r"(?<=://)[^@/]*@", "***@", where)
 
 
+def open_for_session(where: str, profile_database: ExampleDatabase | None) -> ExampleDatabase:
+    """The store ``where`` names, falling back to the profile's database (else the default local one)."""
+    return open_shared(where, profile_database or DirectoryBasedExampleDatabase(".hypothesis/examples"))
+
+
 def open_shared(where: str, local: ExampleDatabase) -> ExampleDatabase:
     """The database ``--aci-example-db`` names, falling back to ``local`` (with a warning) when unreachable."""
     try:

@@ -59,7 +59,7 @@ def search_spec_together(first: AciItem, max_items: int) -> None:
     pending = [i for i in runtime.pending_recovers.get(first.loaded.path, []) if i.nodeid not in runtime.pooled]
     items = [first, *[i for i in pending if i is not first]][:max_items]
     runtime.judges.judge_for(first.loaded)  # what the searches share is made here, before they start
-    searches = [Search(item.nodeid, item._recovers_search()) for item in items]
+    searches = [Search(item.nodeid, item.recovers_search()) for item in items]
     pool = SearchPool()
     pool.run(searches)
     runtime.stats.rounds += pool.stats.rounds
@@ -82,9 +82,9 @@ def planned_cases(item: AciItem) -> list[InsertionCase]:
         planned.extend(cases)
         raise _PlannedFailure
 
-    item._search(all_pass, use_database=False)()
+    item.search(all_pass, use_database=False)()
     try:
-        item._search(all_fail, use_database=False)()
+        item.search(all_fail, use_database=False)()
     except _PlannedFailure:
         pass
     return list(dict.fromkeys(planned))

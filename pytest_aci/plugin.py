@@ -15,7 +15,7 @@ from pytest_aci.spec import SPEC_SUFFIXES
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    from pytest_aci.options import add_options
+    from pytest_aci.option_io import add_options
 
     add_options(parser)
 
@@ -42,7 +42,7 @@ def pytest_configure(config: pytest.Config) -> None:
     from pytest_aci import api
 
     api._sessions.append(config)
-    from pytest_aci.options import OptionError, any_given, read_options
+    from pytest_aci.option_io import OptionError, any_given, read_options
     from pytest_aci.outcomes import OutcomeRecorder
     from pytest_aci.session import is_controller, options_key, session_runtime
     from pytest_aci.workers import XdistHooks, assign_worker_device

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from pytest_aci.judges import Verdict
+from pytest_aci.judges import Judge, Verdict
 from pytest_aci.options import AciOptions
 from pytest_aci.reporting.jsonl import CaseRecord, ReportWriter, redact
 from pytest_aci.search_pool import current_search
+from pytest_aci.types import Continuation
 
 
 class CaseRecords:
@@ -71,6 +72,29 @@ class CaseRecords:
             span_index=span_index,
             harm_score=harm_score,
             lead=lead,
+        )
+
+    def of_continuation(
+        self, nodeid: str, c: Continuation, response_len: int, judge: Judge, verdict: Verdict, margin: float | None
+    ) -> CaseRecord:
+        """The record of a judged continuation of an insertion state; a composed span keeps its lead apart."""
+        composed = c.case.lead >= 0
+        return self.make(
+            nodeid=nodeid,
+            loaded=c.loaded,
+            prompt=c.prompt,
+            check="recovers",
+            position=c.case.position,
+            response_len=response_len,
+            span=c.inserted,
+            span_tokens=c.case.span_tokens if composed else len(c.inserted_ids),  # a lead's are not the span's
+            continuation=c.text,
+            judge=judge,
+            verdict=verdict,
+            passed=not verdict.error and not verdict.harmful,
+            span_index=c.case.span_index,
+            harm_score=margin,
+            lead=c.case.lead if composed else None,
         )
 
     def emit(self, record: CaseRecord, key: tuple) -> None:

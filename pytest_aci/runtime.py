@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from pytest_aci.backends import (
-    Backend,
-    chat_prompt_ids,
-    create_backend,
-    pick_backend,
-)
+from pytest_aci.backends import Backend, LazyBackend, chat_prompt_ids, create_backend, pick_backend
 from pytest_aci.generation import ContinuationCache, Generation, GenerationStats
 from pytest_aci.harm_score import HarmScorer
 from pytest_aci.judges import Judge, JudgeInput, Verdict
 from pytest_aci.judging import SessionJudges
 from pytest_aci.models import resolve_model
-from pytest_aci.options import AciOptions, replay_args
+from pytest_aci.option_io import replay_args
+from pytest_aci.options import AciOptions
 from pytest_aci.records import CaseRecords
 from pytest_aci.reporting.jsonl import CaseRecord
 from pytest_aci.search_pool import Search, pooled
@@ -27,18 +21,11 @@ from pytest_aci.states import InsertionStates
 from pytest_aci.types import Continuation, HarmScore, InsertionCase
 
 
-def derive_seed(session_seed: int, nodeid: str) -> int:
-    """A per-item seed that depends only on the session seed and the item, not on run order."""
-    digest = hashlib.sha256(f"{session_seed}:{nodeid}".encode()).digest()
-    return int.from_bytes(digest[:8], "big")
-
-
 class AciRuntime:
     def __init__(self, options: AciOptions):
         self.options = options
         self.backend_name = pick_backend(options.backend, options.endpoint)
-        self._backend: Backend | None = None
-        self._backend_error: Exception | None = None
+        self._backend = LazyBackend(self._start_backend)
         self._example_database = None  # hypothesis ExampleDatabase, opened on first use
         self.judges = SessionJudges(options, self.backend_name)
         self.states = InsertionStates(self)
@@ -52,40 +39,33 @@ class AciRuntime:
     # --- model ---------------------------------------------------------------------------
 
     def example_database(self, profile_database):
-        """The Hypothesis database items save failures to: ``--aci-example-db`` (opened once, falling back to
-        the local one when unreachable), else the settings profile's (None: the profile keeps none)."""
+        """The Hypothesis database items save failures to: ``--aci-example-db`` (opened once), else the
+        settings profile's (None: the profile keeps none)."""
         if not self.options.example_db:
             return profile_database
         if self._example_database is None:
-            from hypothesis.database import DirectoryBasedExampleDatabase
+            from pytest_aci.example_db import open_for_session
 
-            from pytest_aci.example_db import open_shared
-
-            local = profile_database or DirectoryBasedExampleDatabase(".hypothesis/examples")
-            self._example_database = open_shared(self.options.example_db, local)
+            self._example_database = open_for_session(self.options.example_db, profile_database)
         return self._example_database
+
+    def _start_backend(self) -> Backend:
+        o = self.options
+        return create_backend(
+            self.backend_name,
+            resolve_model(o.model),
+            engine_args=o.engine_args,
+            endpoint=o.endpoint,
+            max_in_flight=o.max_in_flight,
+            api_key_env=o.api_key_env,
+            ca_bundle=o.ca_bundle,
+        )
 
     @property
     def backend(self) -> Backend:
-        if self._backend is None:
-            if self._backend_error is not None:  # fail every later item at once, with the same reason
-                raise self._backend_error
-            started = time.perf_counter()
-            try:
-                self._backend = create_backend(
-                    self.backend_name,
-                    resolve_model(self.options.model),
-                    engine_args=self.options.engine_args,
-                    endpoint=self.options.endpoint,
-                    max_in_flight=self.options.max_in_flight,
-                    api_key_env=self.options.api_key_env,
-                    ca_bundle=self.options.ca_bundle,
-                )
-            except Exception as exc:
-                self._backend_error = exc
-                raise
-            self.stats.startup_s = time.perf_counter() - started
-        return self._backend
+        backend = self._backend.get()
+        self.stats.startup_s = self._backend.startup_s
+        return backend
 
     @property
     def cache(self) -> ContinuationCache:
@@ -176,24 +156,8 @@ class AciRuntime:
         records = []
         margins = [s.margin for s in scores] if scores is not None else [None] * len(continuations)
         for c, verdict, margin in zip(continuations, verdicts, margins):
-            composed = c.case.lead >= 0
-            record = self.records.make(
-                nodeid=nodeid,
-                loaded=c.loaded,
-                prompt=c.prompt,
-                check="recovers",
-                position=c.case.position,
-                response_len=len(self.states.reference(c.loaded, c.prompt).response_ids),
-                span=c.inserted,
-                span_tokens=c.case.span_tokens if composed else len(c.inserted_ids),  # a lead's are not the span's
-                continuation=c.text,
-                judge=judge,
-                verdict=verdict,
-                passed=not verdict.error and not verdict.harmful,
-                span_index=c.case.span_index,
-                harm_score=margin,
-                lead=c.case.lead if composed else None,
-            )
+            response_len = len(self.states.reference(c.loaded, c.prompt).response_ids)
+            record = self.records.of_continuation(nodeid, c, response_len, judge, verdict, margin)
             self.records.emit(record, (nodeid, c.case.position, c.inserted_ids))
             records.append(record)
         return records
@@ -204,7 +168,5 @@ class AciRuntime:
 
     def close(self) -> None:
         self.records.close()
-        if self._backend is not None:
-            self._backend.close()
-            self._backend = None
+        self._backend.close()
         self.judges.close()

@@ -10,7 +10,7 @@ def header_lines(config: pytest.Config) -> list[str]:
     the Hypothesis profile."""
     from hypothesis import settings
 
-    from pytest_aci.options import header_values
+    from pytest_aci.option_io import header_values
     from pytest_aci.session import session_runtime
 
     runtime = session_runtime(config)

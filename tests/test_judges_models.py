@@ -500,7 +500,6 @@ def test_verdict_fields_are_optional_and_only_written_when_set():
 
 @pytest.mark.parametrize("redact", [False, True])
 def test_runtime_counts_judge_errors_and_never_passes_them(tmp_path, tiny_random_path, redact):
-    from pytest_aci.backends.hf import TransformersBackend
     from pytest_aci.options import AciOptions
     from pytest_aci.runtime import AciRuntime
     from pytest_aci.spec import load_spec
@@ -514,8 +513,7 @@ def test_runtime_counts_judge_errors_and_never_passes_them(tmp_path, tiny_random
     options = AciOptions(model=str(tiny_random_path), backend="hf", report=tmp_path / "r.jsonl", redact=redact)
     runtime = AciRuntime(options)
     try:
-        runtime._backend = TransformersBackend(str(tiny_random_path))
-        model, _ = scripted(runtime.tokenizer, "Perhaps so")
+        model, _ = scripted(runtime.tokenizer, "Perhaps so")  # the runtime's own hf backend on tiny-random
         runtime.judges._judge_model = model
         prompt = loaded.prompts[0]
         for check in ("refuses", "complies", "refuses"):

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_aci.options import OPTIONS, AciOptions, read_options, replay_args
+from pytest_aci.option_io import read_options, replay_args
+from pytest_aci.options import OPTIONS, AciOptions
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

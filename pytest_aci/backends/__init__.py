@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -55,6 +56,37 @@ class Backend(Protocol):
 
 class BackendError(RuntimeError):
     """A backend cannot be created or used; the message says what to do."""
+
+
+class LazyBackend:
+    """A backend started on first use, its start timed; a start that failed fails every later use at once,
+    with the same reason (a dead backend does not make each item wait for it again)."""
+
+    def __init__(self, start: Callable[[], Backend], instance: Backend | None = None):
+        self._start, self._instance, self._error = start, instance, None
+        self.startup_s = 0.0
+
+    def get(self) -> Backend:
+        if self._instance is None:
+            if self._error is not None:
+                raise self._error
+            started = time.perf_counter()
+            try:
+                self._instance = self._start()
+            except Exception as exc:
+                self._error = exc
+                raise
+            self.startup_s = time.perf_counter() - started
+        return self._instance
+
+    @property
+    def started(self) -> bool:
+        return self._instance is not None
+
+    def close(self) -> None:
+        instance, self._instance = self._instance, None
+        if instance is not None:
+            instance.close()
 
 
 DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"  # where the served backend finds its API key unless told otherwise

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,11 +42,11 @@ class JudgeModel:
         engine_args: dict[str, str] | None = None,
         instance: Any = None,
     ):
+        from pytest_aci.backends import LazyBackend
+
         self.name, self.backend_name, self.engine_args = name, backend, engine_args
-        self._backend = instance
-        self._error: Exception | None = None
+        self._backend = LazyBackend(self._start, instance)
         self.resolved_backend: str | None = getattr(instance, "name", None)
-        self.startup_s = 0.0
         self.calls = 0
 
     @classmethod
@@ -55,34 +54,31 @@ class JudgeModel:
         """A judge model over an existing backend (tests; a model already loaded)."""
         return cls(name, backend=getattr(backend, "name", "hf"), instance=backend)
 
+    def _start(self):
+        from pytest_aci.backends import BackendError, create_backend, pick_backend
+        from pytest_aci.models import ModelNotFound, resolve_model
+
+        name = self.resolved_backend = pick_backend(self.backend_name)
+        try:
+            path = resolve_model(self.name)
+        except ModelNotFound as exc:
+            raise BackendError(str(exc).replace("--aci-model", "judge model", 1)) from None
+        engine_args = self.engine_args if self.engine_args is not None else {}
+        if name == "vllm" and self.engine_args is None:
+            engine_args = judge_engine_args()
+        return create_backend(name, path, engine_args=engine_args)
+
     @property
     def backend(self):
-        if self._backend is None:
-            if self._error is not None:  # fail every later batch at once, with the same reason
-                raise self._error
-            from pytest_aci.backends import BackendError, create_backend, pick_backend
-            from pytest_aci.models import ModelNotFound, resolve_model
-
-            started = time.perf_counter()
-            try:
-                name = self.resolved_backend = pick_backend(self.backend_name)
-                try:
-                    path = resolve_model(self.name)
-                except ModelNotFound as exc:
-                    raise BackendError(str(exc).replace("--aci-model", "judge model", 1)) from None
-                engine_args = self.engine_args if self.engine_args is not None else {}
-                if name == "vllm" and self.engine_args is None:
-                    engine_args = judge_engine_args()
-                self._backend = create_backend(name, path, engine_args=engine_args)
-            except Exception as exc:
-                self._error = exc
-                raise
-            self.startup_s = time.perf_counter() - started
-        return self._backend
+        return self._backend.get()
 
     @property
     def started(self) -> bool:
-        return self._backend is not None
+        return self._backend.started
+
+    @property
+    def startup_s(self) -> float:
+        return self._backend.startup_s
 
     @property
     def tokenizer(self):
@@ -95,9 +91,7 @@ class JudgeModel:
         return [c.text for c in self.backend.generate([tuple(p) for p in prompts], max_new_tokens, ())]
 
     def close(self) -> None:
-        backend, self._backend = self._backend, None
-        if backend is not None:
-            backend.close()
+        self._backend.close()
 
 
 def _chat_ids(tokenizer: Any, text: str) -> tuple[int, ...]:

@@ -1,0 +1,76 @@
+"""The Hypothesis search of a ``recovers`` item: strategy, example budget, example database, saved
+regressions and the per-item seed, in one place (spec items, the planner and the Python API use it)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from pytest_aci.example_db import ItemDatabase
+from pytest_aci.spec import LoadedPrompt, LoadedSpec
+from pytest_aci.spec.regressions import RegressionCase, fit_regressions
+from pytest_aci.types import InsertionCase
+
+if TYPE_CHECKING:
+    from pytest_aci.runtime import AciRuntime
+
+EXAMPLE_MULTIPLIER = {"nightly": 10}  # a Hypothesis profile's multiple of each spec's examples
+
+
+def derive_seed(session_seed: int, nodeid: str) -> int:
+    """A per-item seed that depends only on the session seed and the item, not on run order."""
+    digest = hashlib.sha256(f"{session_seed}:{nodeid}".encode()).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
+def hypothesis_search(
+    runtime: AciRuntime,
+    nodeid: str,
+    loaded: LoadedSpec,
+    prompt: LoadedPrompt,
+    regressions: Sequence[RegressionCase],
+    evaluate: Callable[[list[InsertionCase]], None],
+    *,
+    use_database: bool,
+) -> Callable[[], None]:
+    """An item's Hypothesis search over insertion batches, seeded per item, calling ``evaluate``: its saved
+    regressions first, then (without ``--aci-seed``) the failure its example database kept, then new draws."""
+    from hypothesis import HealthCheck, Phase, example, given, seed, settings
+
+    from pytest_aci.strategies import insertion_batches
+
+    reference = runtime.states.reference(loaded, prompt)
+    spans = runtime.states.span_ids(loaded, prompt)
+    targeted = runtime.options.search == "targeted"
+    leads = len(loaded.spec.span_leads) if targeted else 0
+    strategy = insertion_batches(len(reference.response_ids), [s.max_tokens for s in spans], loaded.spec.batch, leads)
+    profile = settings.get_current_profile_name()
+    examples = runtime.options.examples or loaded.spec.examples * EXAMPLE_MULTIPLIER.get(profile, 1)
+    if targeted:  # an example generates about one state instead of a batch: as many generations, more steps
+        examples *= loaded.spec.batch
+    base_db = runtime.example_database(settings.default.database)
+    if use_database and not runtime.options.seed_given and base_db is not None:
+        database = ItemDatabase(base_db, nodeid)
+    else:
+        database = None
+    test = given(strategy)(evaluate)
+    replayed = fit_regressions(
+        regressions, loaded.spec.span_leads, spans, len(reference.response_ids), runtime.tokenizer
+    )
+    if replayed:
+        test = example(replayed)(test)
+    # The seed goes on before the settings: seed() also switches the example database off, and the
+    # settings applied after it switch the item's database back on (for runs without --aci-seed).
+    test = seed(derive_seed(runtime.options.seed, nodeid))(test)
+    return settings(
+        parent=settings.default,
+        max_examples=examples,
+        deadline=None,
+        database=database,
+        print_blob=False,
+        # The explain phase re-runs many variants of the failure: a model call each.
+        phases=[p for p in settings.default.phases if p is not Phase.explain],
+        report_multiple_bugs=False,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )(test)

@@ -9,36 +9,40 @@ import argparse
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
-def positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
-    return number
+def number(
+    kind: Callable[[str], float],
+    expected: str,
+    *,
+    at_least: float | None = None,
+    above: float | None = None,
+    at_most: float | None = None,
+    out_of_range: str | None = None,
+) -> Callable[[str], Any]:
+    """A check of a number in a range: ``expected`` names what is wanted (``out_of_range`` when that is
+    said otherwise for a number outside the range)."""
+
+    def check(value: str):
+        try:
+            parsed = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {value!r}") from None
+        if (
+            (at_least is not None and parsed < at_least)
+            or (above is not None and parsed <= above)
+            or (at_most is not None and parsed > at_most)
+        ):
+            raise argparse.ArgumentTypeError(f"expected {out_of_range or expected}, got {value!r}")
+        return parsed
+
+    return check
 
 
-def seed(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer seed, got {value!r}") from None
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative seed, got {value!r}")
-    return number
-
-
-def fraction(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {value!r}") from None
-    if not 0.0 <= number <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {value!r}")
-    return number
+positive_int = number(int, "a positive integer", at_least=1)
+seed = number(int, "an integer seed", at_least=0, out_of_range="a non-negative seed")
+fraction = number(float, "a fraction between 0 and 1", at_least=0.0, at_most=1.0)
 
 
 def one_of(*choices: str) -> Callable[[str], str]:

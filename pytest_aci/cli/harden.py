@@ -7,18 +7,11 @@ import os
 import sys
 from pathlib import Path
 
+from pytest_aci.option_checks import number
+
 
 def _positive(kind):
-    def parse(value: str):
-        try:
-            number = kind(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}") from None
-        if number <= 0:
-            raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}")
-        return number
-
-    return parse
+    return number(kind, "a positive number", above=0)
 
 
 def harden_parser() -> argparse.ArgumentParser:
@@ -82,14 +75,7 @@ def harden_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _non_negative(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value!r}")
-    return number
+_non_negative = number(int, "a whole number", at_least=0, out_of_range="a number >= 0")
 
 
 def _styles(value: str) -> tuple[str, ...]:

@@ -7,7 +7,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from helpers import HARMFUL_SPEC, RANDOM, RANDOM_SPEC, output, read_jsonl, run
+from helpers import HARMFUL_SPEC, RANDOM, RANDOM_SPEC, header_line, output, read_jsonl, run
 
 from pytest_aci.backends import BackendError, pick_backend, vllm_available
 
@@ -286,7 +286,8 @@ def test_two_workers_on_one_served_engine_give_the_serial_verdicts(pytester, ser
     serial = run(pytester, *common, "--aci-backend=hf", "--aci-report=serial.jsonl")
     endpoint = [f"--aci-endpoint={served_random.url}", f"--aci-api-key-env={SERVED_KEY_ENV}"]
     served = run(pytester, *common, *endpoint, "--aci-report=served.jsonl", "--junitxml=served.xml", "-n", "2")
-    assert f"backend=openai endpoint={served_random.url}" in output(served)
+    header = header_line(served)
+    assert " backend=openai " in header and f" endpoint={served_random.url} " in header
     assert serial.parseoutcomes() == served.parseoutcomes()
     # The key is in no artifact: output (replay commands included), report, JUnit, Hypothesis' files.
     assert f"--aci-api-key-env={SERVED_KEY_ENV}" in output(served)  # the replay commands name the variable

@@ -74,12 +74,15 @@ def insertion_states(
     continuation_tokens: int = 48,
     max_span_tokens: int | None = None,
     judge: str | None = None,
+    system: str | None = None,
+    history: Sequence[tuple[str, str]] = (),
 ) -> st.SearchStrategy[InsertionState]:
     """Insertion states of ``spans`` into the model's own answer to ``prompt``, drawn like a spec's.
 
     ``name`` is the spec name the report lines carry; ``response_tokens`` and ``continuation_tokens``
     are the spec's ``response``/``continuation`` lengths; ``judge`` the spec's judge (default: the
-    session's). The model's answer is generated once per session, on the first draw.
+    session's); ``system`` and ``history`` (``(user, assistant)`` pairs) the conversation around the
+    prompt. The model's answer is generated once per session, on the first draw.
     """
     loaded = in_memory_spec(
         prompt,
@@ -89,6 +92,8 @@ def insertion_states(
         continuation_tokens=continuation_tokens,
         max_span_tokens=max_span_tokens,
         judge=judge,
+        system=system,
+        history=tuple(tuple(pair) for pair in history),
     )
     (the_prompt,) = loaded.prompts
 
@@ -112,6 +117,8 @@ def in_memory_spec(prompt: str, spans: Sequence[str], *, name: str, **settings) 
 
     if isinstance(spans, str):
         raise ValueError("spans: expected a list of strings, got one string")
+    if any(len(pair) != 2 for pair in settings["history"]):
+        raise ValueError("insertion_states: history: expected (user, assistant) pairs")
     try:
         spec = Spec(
             name=name,
@@ -122,6 +129,8 @@ def in_memory_spec(prompt: str, spans: Sequence[str], *, name: str, **settings) 
             continuation=Generation(max_new_tokens=settings["continuation_tokens"]),
             max_span_tokens=settings["max_span_tokens"],
             judge=settings["judge"],
+            system=settings["system"],
+            history=[{"user": user, "assistant": assistant} for user, assistant in settings["history"]],
         )
     except ValidationError as exc:
         raise ValueError(f"insertion_states: {exc}") from None
@@ -132,7 +141,9 @@ def in_memory_spec(prompt: str, spans: Sequence[str], *, name: str, **settings) 
     return LoadedSpec(
         path=Path(f"<python:{name}:{key}>"),
         spec=spec,
-        prompts=(LoadedPrompt(id=key, text=prompt, span=None, line=None),),
+        prompts=(
+            LoadedPrompt(id=key, text=prompt, span=None, line=None, system=spec.system, history=tuple(spec.history)),
+        ),
         line=0,
     )
 

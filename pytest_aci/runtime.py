@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from pytest_aci.backends import Backend, LazyBackend, chat_prompt_ids, create_backend, pick_backend
+from pytest_aci.backends import Backend, LazyBackend, create_backend, pick_backend
 from pytest_aci.generation import ContinuationCache, Generation, GenerationStats
 from pytest_aci.harm_score import HarmScorer
 from pytest_aci.judges import Judge, JudgeInput, Verdict
@@ -78,9 +78,6 @@ class AciRuntime:
     @property
     def tokenizer(self):
         return self.backend.tokenizer
-
-    def chat_ids(self, text: str) -> tuple[int, ...]:
-        return chat_prompt_ids(self.tokenizer, text)
 
     def continuation_tokens(self, loaded: LoadedSpec) -> int:
         return self.options.max_new_tokens or loaded.spec.continuation.max_new_tokens

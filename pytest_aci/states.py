@@ -1,4 +1,8 @@
-"""Insertion states as token ids: the model's own answer R, the spans, and ``chat(prompt) + R[:k] + span[:n]``."""
+"""Insertion states as token ids: the model's own answer R, the spans, and ``chat(prompt) + R[:k] + span[:n]``.
+
+``chat(prompt)`` is the prompt in its conversation: the spec's system prompt and earlier exchanges, then
+the prompt as the last user turn and the assistant header, by the model's own chat template.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pytest_aci.backends import ChatTemplateError, conversation_ids
 from pytest_aci.spec import LoadedPrompt, LoadedSpec
 from pytest_aci.types import InsertionCase, Reference, SpanIds
 
@@ -29,11 +34,22 @@ class InsertionStates:
         if key not in self._references:
             wanted = self.wanted_prompts.get(loaded.path, set()) | {prompt.id}
             missing = [p for p in loaded.prompts if p.id in wanted and (loaded.path, p.id) not in self._references]
-            chats = [self.runtime.chat_ids(p.text) for p in missing]
+            chats = [self.conversation_ids(p) for p in missing]
             completions = self.runtime.generation.generate(chats, loaded.spec.response.max_new_tokens, ())
             for p, chat, completion in zip(missing, chats, completions):
                 self._references[(loaded.path, p.id)] = Reference(chat, completion.token_ids, completion.text)
         return self._references[key]
+
+    def conversation_ids(self, prompt: LoadedPrompt) -> tuple[int, ...]:
+        """``chat(prompt)``: the prompt in its conversation, and the assistant header."""
+        try:
+            return conversation_ids(self.runtime.tokenizer, prompt.messages())
+        except ChatTemplateError as exc:
+            parts = ["a system prompt"] if prompt.system else []
+            parts += [f"{len(prompt.history)} earlier exchange(s)"] if prompt.history else []
+            what = " and ".join(parts) or "a user turn"
+            model = self.runtime.options.model
+            raise ChatTemplateError(f"--aci-model {model}: its chat template cannot render {what}: {exc}") from None
 
     def span_ids(self, loaded: LoadedSpec, prompt: LoadedPrompt) -> list[SpanIds]:
         key = (loaded.path, prompt.id)

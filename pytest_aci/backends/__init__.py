@@ -141,12 +141,27 @@ def create_backend(
     raise BackendError(f"unknown backend {name!r} (choose from {', '.join(BACKENDS)})")
 
 
+class ChatTemplateError(BackendError):
+    """The model's chat template cannot render a conversation a spec asks for."""
+
+
+def conversation_ids(tokenizer: Any, messages: Sequence[dict[str, str]]) -> tuple[int, ...]:
+    """A conversation ending in a user turn, and the assistant header, tokenized by the model's chat
+    template; a template that cannot render it (no system role, no earlier turns) is a ``ChatTemplateError``."""
+    try:
+        ids = tokenizer.apply_chat_template(
+            list(messages), add_generation_prompt=True, tokenize=True, return_dict=False
+        )
+    except Exception as exc:  # jinja2's TemplateError (raise_exception in the template), or a template bug
+        if tokenizer.chat_template is None and getattr(tokenizer, "default_chat_template", None) is None:
+            raise ChatTemplateError(f"the model has no chat template ({exc})") from None
+        raise ChatTemplateError(f"{type(exc).__name__}: {exc}") from None
+    return tuple(int(i) for i in ids)
+
+
 def chat_prompt_ids(tokenizer: Any, text: str) -> tuple[int, ...]:
     """A one-turn user request and the assistant header, tokenized by the model's chat template."""
-    ids = tokenizer.apply_chat_template(
-        [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True, return_dict=False
-    )
-    return tuple(int(i) for i in ids)
+    return conversation_ids(tokenizer, [{"role": "user", "content": text}])
 
 
 def trim_completion(token_ids: Sequence[int], eos_ids: set[int]) -> tuple[tuple[int, ...], bool]:

@@ -102,6 +102,8 @@ def load_spec(path: Path) -> LoadedSpec:
                 text=p.text,
                 span=p.span,
                 line=_node_for(root, ("prompts", i)).start_mark.line + 1,
+                system=p.system or spec.system,
+                history=tuple(spec.history if p.history is None else p.history),
             )
             for i, p in enumerate(spec.prompts)
         )
@@ -156,7 +158,11 @@ def _read_prompt_file(spec_path: Path, spec: Spec, line: int) -> tuple[LoadedPro
         span = str(row.get(source.span_column) or "").strip() if source.span_column else None
         raw_id = str(row.get(source.id_column) or "") if source.id_column else ""
         prompt_id = re.sub(r"[\s\[\]:]+", "_", raw_id.strip()) or f"{spec.name}-{number:03d}"
-        prompts.append(LoadedPrompt(id=prompt_id, text=text, span=span or None, line=line))
+        prompts.append(
+            LoadedPrompt(
+                id=prompt_id, text=text, span=span or None, line=line, system=spec.system, history=tuple(spec.history)
+            )
+        )
     return tuple(prompts)
 
 

@@ -27,10 +27,19 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class Exchange(_Strict):
+    """One earlier exchange of a conversation: what the user said and what the assistant answered."""
+
+    user: Annotated[str, Field(min_length=1)]
+    assistant: Annotated[str, Field(min_length=1)]
+
+
 class Prompt(_Strict):
     id: Annotated[str, Field(min_length=1, pattern=r"^[^\s\[\]:]+$")] | None = None
     text: Annotated[str, Field(min_length=1)]
     span: Annotated[str, Field(min_length=1)] | None = None
+    system: Annotated[str, Field(min_length=1)] | None = None  # overrides the spec's
+    history: list[Exchange] | None = None  # overrides the spec's ([]: none)
 
     @field_validator("id", mode="before")
     @classmethod
@@ -108,6 +117,10 @@ class ScoreSettings(_Strict):
 class Spec(_Strict):
     name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]
     description: str = ""
+    # The deployment's conversation around every prompt: a system prompt and earlier exchanges, rendered
+    # with the model's own chat template; the prompt is the last user turn, its answer the one attacked.
+    system: Annotated[str, Field(min_length=1)] | None = None
+    history: list[Exchange] = Field(default_factory=list)
     prompts: list[Prompt] | PromptFile
     spans: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
     # Targeted search also builds spans as lead + (truncated) span: fragments it may put in front.
@@ -159,6 +172,18 @@ class LoadedPrompt(BaseModel):
     text: str
     span: str | None
     line: int | None
+    system: str | None = None
+    history: tuple[Exchange, ...] = ()
+
+    def messages(self) -> list[dict[str, str]]:
+        """The conversation up to this prompt, as chat messages: system, earlier exchanges, the prompt."""
+        messages = [{"role": "system", "content": self.system}] if self.system else []
+        for exchange in self.history:
+            messages += [
+                {"role": "user", "content": exchange.user},
+                {"role": "assistant", "content": exchange.assistant},
+            ]
+        return messages + [{"role": "user", "content": self.text}]
 
 
 class LoadedSpec(BaseModel):

@@ -161,7 +161,7 @@ def evaluate(model: str, workdir: Path, backend: str, seed: int) -> dict:
         plain = both([runtime.evaluate_plain(f"{name}::{p.id}", spec, p, "refuses") for p in spec.prompts])
         harmful: dict[str, dict[str, list]] = {judge: {bucket: [] for bucket in BUCKETS} for judge in JUDGES}
         for prompt in spec.prompts:
-            n = len(runtime.states.reference(spec, prompt).response_ids)
+            n = runtime.states.answer_len(spec, prompt)
             # k = 0, then one random k from each quarter, bucketed exactly as the plugin's summary does.
             quarters = [[k for k in range(1, n + 1) if depth_bucket(k, n) == bucket] for bucket in BUCKETS[1:]]
             positions = [0] + [rng.choice(ks) if ks else n for ks in quarters]

@@ -80,7 +80,7 @@ def score_vs_generation(runtime, loaded) -> dict:
 
     states = {}
     for prompt in loaded.prompts:
-        n = len(runtime.states.reference(loaded, prompt).response_ids)
+        n = runtime.states.answer_len(loaded, prompt)
         states[prompt.id] = [InsertionCase(round(d * n), 0, length) for d in DEPTHS for length in LENGTHS]
     fresh_caches(runtime)
     tokens, started = runtime.stats.model_tokens, time.perf_counter()
@@ -129,10 +129,10 @@ def search(runtime, loaded, prompt, strategy_name: str, budget: int, seed: int, 
 
     targeted = strategy_name == "targeted"
     runtime.options.search = strategy_name
-    reference = runtime.states.reference(loaded, prompt)
     spans = runtime.states.span_ids(loaded, prompt)
     leads = len(loaded.spec.span_leads) if targeted else 0
-    strategy = insertion_batches(len(reference.response_ids), [s.max_tokens for s in spans], loaded.spec.batch, leads)
+    answer_len = runtime.states.answer_len(loaded, prompt)
+    strategy = insertion_batches(answer_len, [s.max_tokens for s in spans], loaded.spec.batch, leads)
     start = runtime.stats.model_tokens
     failing: set[tuple] = set()
     generated = [0]

@@ -44,7 +44,7 @@ class InsertionState:
 
     def __init__(self, loaded: LoadedSpec, prompt: LoadedPrompt, case: InsertionCase, response_len: int):
         self.loaded, self.prompt, self.case = loaded, prompt, case
-        self.response_len = response_len  # |R|, in tokens
+        self.response_len = response_len  # |R| in tokens (under insert_in="any": over every assistant turn)
 
     @property
     def position(self) -> int:
@@ -76,13 +76,15 @@ def insertion_states(
     judge: str | None = None,
     system: str | None = None,
     history: Sequence[tuple[str, str]] = (),
+    insert_in: str = "last",
 ) -> st.SearchStrategy[InsertionState]:
     """Insertion states of ``spans`` into the model's own answer to ``prompt``, drawn like a spec's.
 
     ``name`` is the spec name the report lines carry; ``response_tokens`` and ``continuation_tokens``
     are the spec's ``response``/``continuation`` lengths; ``judge`` the spec's judge (default: the
     session's); ``system`` and ``history`` (``(user, assistant)`` pairs) the conversation around the
-    prompt. The model's answer is generated once per session, on the first draw.
+    prompt, ``insert_in="any"`` to insert into the history's answers too. The model's answer is
+    generated once per session, on the first draw.
     """
     loaded = in_memory_spec(
         prompt,
@@ -94,6 +96,7 @@ def insertion_states(
         judge=judge,
         system=system,
         history=tuple(tuple(pair) for pair in history),
+        insert_in=insert_in,
     )
     (the_prompt,) = loaded.prompts
 
@@ -103,7 +106,7 @@ def insertion_states(
 
         runtime = current_runtime()
         kept = random.getstate()  # the first draw generates the model's answer: the model may seed `random`
-        response_len = len(runtime.states.reference(loaded, the_prompt).response_ids)
+        response_len = runtime.states.answer_len(loaded, the_prompt)
         random.setstate(kept)
         lengths = [span.max_tokens for span in runtime.states.span_ids(loaded, the_prompt)]
         return InsertionState(loaded, the_prompt, draw(insertion_cases(response_len, lengths)), response_len)
@@ -131,6 +134,7 @@ def in_memory_spec(prompt: str, spans: Sequence[str], *, name: str, **settings) 
             judge=settings["judge"],
             system=settings["system"],
             history=[{"user": user, "assistant": assistant} for user, assistant in settings["history"]],
+            insert_in=settings["insert_in"],
         )
     except ValidationError as exc:
         raise ValueError(f"insertion_states: {exc}") from None

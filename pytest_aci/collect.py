@@ -134,7 +134,7 @@ class AciItem(pytest.Item):
     def _run_scored(self) -> None:
         """Score mode: the harm margin at every insertion position (or a grid) of every span; no sampling."""
         runtime = self.runtime
-        response_len = len(runtime.states.reference(self.loaded, self.prompt).response_ids)
+        response_len = runtime.states.answer_len(self.loaded, self.prompt)
         spans = runtime.states.span_ids(self.loaded, self.prompt)
         positions = score_positions(response_len, self.loaded.spec.score.positions)
         cases = [InsertionCase(k, i, span.max_tokens) for i, span in enumerate(spans) for k in positions]

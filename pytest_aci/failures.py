@@ -31,13 +31,18 @@ def replay_command(nodeid: str, runtime: AciRuntime) -> str:
     return shlex.join(["pytest", nodeid, *runtime.replay_options(), *extra])
 
 
+def _in_turn(record: CaseRecord) -> str:
+    """Which answer of the conversation a state of ``insert_in: any`` went into (positions count over all)."""
+    return "" if record.turn is None else f"; answer {record.turn + 1} of the conversation"
+
+
 def counterexample_line(record: CaseRecord) -> str:
     """A failing case on one line (for xfail reasons and JUnit properties)."""
     excerpt = record.continuation[:160] + ("…" if len(record.continuation) > 160 else "")
     if record.check == "recovers":
         depth = 0 if record.response_len == 0 else round(100 * (record.position or 0) / record.response_len)
         return (
-            f"insertion at token {record.position} of {record.response_len} ({depth}% deep) of "
+            f"insertion at token {record.position} of {record.response_len} ({depth}% deep{_in_turn(record)}) of "
             f"{record.span_tokens} token(s) {record.span!r} -> {excerpt!r}"
         )
     return f"plain response {excerpt!r}"
@@ -85,8 +90,9 @@ def describe_failure(record: CaseRecord, replay: str) -> str:
     if record.check == "recovers":
         depth = 0 if record.response_len == 0 else round(100 * (record.position or 0) / record.response_len)
         lines.append(
-            f"  insertion:    at token {record.position} of {record.response_len} of the model's own answer "
-            f"({depth}% deep), span of {record.span_tokens} token(s): {record.span!r}"
+            f"  insertion:    at token {record.position} of {record.response_len} of "
+            + ("the model's own answer " if record.turn is None else "the conversation's answers ")
+            + f"({depth}% deep{_in_turn(record)}), span of {record.span_tokens} token(s): {record.span!r}"
         )
         lines.append("  continuation: " + _indent(repr(excerpt)))
     else:

@@ -93,16 +93,14 @@ class HarmScorer:
 
     def harm_scores(self, loaded: LoadedSpec, prompt: LoadedPrompt, cases: Sequence[InsertionCase]) -> list[HarmScore]:
         """One teacher-forced pass per (state, continuation), batched: the harm margin of each state."""
-        ref = self.runtime.states.reference(loaded, prompt)
+        states = self.runtime.states
         harmful, recovery = self.score_targets(loaded, prompt)
-        base = ref.chat_ids + ref.response_ids
-        requests = [
-            ScoreRequest(
-                base, len(ref.chat_ids) + case.position, self.runtime.states.case_ids(loaded, prompt, case), target
-            )
-            for case in cases
-            for target in harmful + recovery
-        ]
+        requests = []
+        for case in cases:
+            turn, k = states.locate(loaded, prompt, case.position)
+            inserted = states.case_ids(loaded, prompt, case)
+            base = turn.chat_ids + turn.response_ids  # one per turn: its attention cache serves every cut
+            requests += [ScoreRequest(base, len(turn.chat_ids) + k, inserted, t) for t in harmful + recovery]
         totals = [sum(logprobs) for logprobs in self.score(requests)]  # log-probability of each sequence
         scores, width = [], len(harmful) + len(recovery)
         for at in range(0, len(totals), width):
@@ -118,7 +116,7 @@ class HarmScorer:
         self, nodeid: str, loaded: LoadedSpec, prompt: LoadedPrompt, cases: Sequence[InsertionCase]
     ) -> list[CaseRecord]:
         """Score mode: judge each state by its harm margin alone, without generating a continuation."""
-        ref = self.runtime.states.reference(loaded, prompt)
+        response_len = self.runtime.states.answer_len(loaded, prompt)
         threshold = loaded.spec.score.threshold
         records = []
         for case, ids, score in zip(
@@ -142,7 +140,8 @@ class HarmScorer:
                 prompt=prompt,
                 check="recovers",
                 position=case.position,
-                response_len=len(ref.response_ids),
+                response_len=response_len,
+                turn=self.runtime.states.locate(loaded, prompt, case.position)[0].answer,
                 span=self.runtime.tokenizer.decode(ids),
                 span_tokens=len(ids),
                 continuation="",

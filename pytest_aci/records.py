@@ -47,6 +47,7 @@ class CaseRecords:
         span_index=None,
         harm_score=None,
         lead=None,
+        turn=None,
     ) -> CaseRecord:
         if self.options.redact:
             span, continuation = redact(span), redact(continuation)
@@ -72,6 +73,7 @@ class CaseRecords:
             span_index=span_index,
             harm_score=harm_score,
             lead=lead,
+            turn=turn,
         )
 
     def of_continuation(
@@ -95,6 +97,7 @@ class CaseRecords:
             span_index=c.case.span_index,
             harm_score=margin,
             lead=c.case.lead if composed else None,
+            turn=c.turn.answer,
         )
 
     def emit(self, record: CaseRecord, key: tuple) -> None:

@@ -134,9 +134,12 @@ class AciRuntime:
             [prefix for _, prefix in pairs], self.continuation_tokens(loaded), self.judges.stop_strings(loaded)
         )
         return [
-            Continuation(loaded, prompt, case, ids, self.tokenizer.decode(ids), completion.text)
+            Continuation(
+                loaded, prompt, case, ids, self.tokenizer.decode(ids), completion.text,
+                self.states.locate(loaded, prompt, case.position)[0],
+            )
             for case, (ids, _), completion in zip(cases, pairs, completions)
-        ]
+        ]  # fmt: skip
 
     def judge_continuations(
         self, nodeid: str, continuations: Sequence[Continuation], scores: Sequence[HarmScore] | None = None
@@ -148,12 +151,12 @@ class AciRuntime:
         judge = self.judges.judge_for(loaded)
         verdicts = self._judge(
             judge,
-            [JudgeInput(request=c.prompt.text, response=c.text, inserted=c.inserted) for c in continuations],
+            [JudgeInput(request=c.turn.request, response=c.text, inserted=c.inserted) for c in continuations],
         )
         records = []
         margins = [s.margin for s in scores] if scores is not None else [None] * len(continuations)
         for c, verdict, margin in zip(continuations, verdicts, margins):
-            response_len = len(self.states.reference(c.loaded, c.prompt).response_ids)
+            response_len = self.states.answer_len(c.loaded, c.prompt)
             record = self.records.of_continuation(nodeid, c, response_len, judge, verdict, margin)
             self.records.emit(record, (nodeid, c.case.position, c.inserted_ids))
             records.append(record)

@@ -40,11 +40,11 @@ def hypothesis_search(
 
     from pytest_aci.strategies import insertion_batches
 
-    reference = runtime.states.reference(loaded, prompt)
+    answer_len = runtime.states.answer_len(loaded, prompt)
     spans = runtime.states.span_ids(loaded, prompt)
     targeted = runtime.options.search == "targeted"
     leads = len(loaded.spec.span_leads) if targeted else 0
-    strategy = insertion_batches(len(reference.response_ids), [s.max_tokens for s in spans], loaded.spec.batch, leads)
+    strategy = insertion_batches(answer_len, [s.max_tokens for s in spans], loaded.spec.batch, leads)
     profile = settings.get_current_profile_name()
     examples = runtime.options.examples or loaded.spec.examples * EXAMPLE_MULTIPLIER.get(profile, 1)
     if targeted:  # an example generates about one state instead of a batch: as many generations, more steps
@@ -55,9 +55,7 @@ def hypothesis_search(
     else:
         database = None
     test = given(strategy)(evaluate)
-    replayed = fit_regressions(
-        regressions, loaded.spec.span_leads, spans, len(reference.response_ids), runtime.tokenizer
-    )
+    replayed = fit_regressions(regressions, loaded.spec.span_leads, spans, answer_len, runtime.tokenizer)
     if replayed:
         test = example(replayed)(test)
     # The seed goes on before the settings: seed() also switches the example database off, and the

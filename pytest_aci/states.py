@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from pytest_aci.backends import ChatTemplateError, conversation_ids
 from pytest_aci.spec import LoadedPrompt, LoadedSpec
-from pytest_aci.types import InsertionCase, Reference, SpanIds
+from pytest_aci.types import AnswerTurn, InsertionCase, Reference, SpanIds
 
 if TYPE_CHECKING:
     from pytest_aci.runtime import AciRuntime
@@ -28,6 +28,7 @@ class InsertionStates:
         self._references: dict[tuple[Path, str], Reference] = {}
         self._span_ids: dict[tuple[Path, str], list[SpanIds]] = {}
         self._lead_ids: dict[Path, list[SpanIds]] = {}
+        self._turns: dict[tuple[Path, str], list[AnswerTurn]] = {}
 
     def reference(self, loaded: LoadedSpec, prompt: LoadedPrompt) -> Reference:
         key = (loaded.path, prompt.id)
@@ -73,23 +74,70 @@ class InsertionStates:
             ]
         return self._lead_ids[loaded.path]
 
+    def turns(self, loaded: LoadedSpec, prompt: LoadedPrompt) -> list[AnswerTurn]:
+        """The assistant turns insertions go into: the answer to the prompt, and under ``insert_in: any``
+        the history's answers before it."""
+        key = (loaded.path, prompt.id)
+        if key not in self._turns:
+            ref = self.reference(loaded, prompt)
+            if loaded.spec.insert_in == "any":  # every answer of the conversation, numbered in order
+                last = AnswerTurn(ref.chat_ids, ref.response_ids, prompt.text, len(prompt.history))
+                self._turns[key] = [*self._history_turns(prompt), last]
+            else:
+                self._turns[key] = [AnswerTurn(ref.chat_ids, ref.response_ids, prompt.text)]
+        return self._turns[key]
+
+    def _history_turns(self, prompt: LoadedPrompt) -> list[AnswerTurn]:
+        """The history's answers as turns; the template must render each as the assistant header (what
+        ``chat`` ends with) followed by the answer, else a state there would not be what the model saw."""
+        tokenizer, turns = self.runtime.tokenizer, []
+        messages, offset = prompt.messages(), 1 if prompt.system else 0
+        for index, exchange in enumerate(prompt.history):
+            before = prompt.model_copy(update={"text": exchange.user, "history": prompt.history[:index]})
+            chat_ids = self.conversation_ids(before)
+            opened = tokenizer.apply_chat_template(before.messages(), add_generation_prompt=True, tokenize=False)
+            whole = tokenizer.apply_chat_template(messages[: offset + 2 * index + 2], tokenize=False)
+            if not whole.startswith(opened + exchange.assistant):
+                raise ChatTemplateError(
+                    f"--aci-model {self.runtime.options.model}: its chat template cannot continue an earlier "
+                    f"assistant turn (insert_in: any): the answer of exchange {index + 1} is not rendered right "
+                    "after the assistant header"
+                )
+            response_ids = tuple(tokenizer.encode(exchange.assistant, add_special_tokens=False))
+            turns.append(AnswerTurn(chat_ids, response_ids, exchange.user, index))
+        return turns
+
+    def answer_len(self, loaded: LoadedSpec, prompt: LoadedPrompt) -> int:
+        """The last insertion position: |R|, or under ``insert_in: any`` over every assistant turn."""
+        return sum(len(turn.response_ids) + 1 for turn in self.turns(loaded, prompt)) - 1
+
+    def locate(self, loaded: LoadedSpec, prompt: LoadedPrompt, position: int) -> tuple[AnswerTurn, int]:
+        """The assistant turn a position falls in, and the cut k inside it."""
+        turns = self.turns(loaded, prompt)
+        for turn in turns[:-1]:
+            if position <= len(turn.response_ids):
+                return turn, position
+            position -= len(turn.response_ids) + 1
+        return turns[-1], min(position, len(turns[-1].response_ids))
+
     def case_ids(self, loaded: LoadedSpec, prompt: LoadedPrompt, case: InsertionCase) -> tuple[int, ...]:
         """The inserted token ids of a case: ``span[:n]``, or ``lead + " " + span[:n]``."""
         span = self.span_ids(loaded, prompt)[case.span_index]
+        _, k = self.locate(loaded, prompt, case.position)
         if case.lead < 0:
-            return span.ids_at(case.position, case.span_tokens)
+            return span.ids_at(k, case.span_tokens)
         lead = self.lead_ids(loaded)[case.lead]
-        return (lead.at_start if case.position == 0 else lead.inside) + span.inside[: max(1, case.span_tokens)]
+        return (lead.at_start if k == 0 else lead.inside) + span.inside[: max(1, case.span_tokens)]
 
     def insertions(
         self, loaded: LoadedSpec, prompt: LoadedPrompt, cases: Sequence[InsertionCase]
     ) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
         """(inserted span ids, ``chat(prompt) + R[:k] + span[:n]``) for each case."""
-        ref = self.reference(loaded, prompt)
         pairs = []
         for case in cases:
             ids = self.case_ids(loaded, prompt, case)
-            pairs.append((ids, ref.chat_ids + ref.response_ids[: case.position] + ids))
+            turn, k = self.locate(loaded, prompt, case.position)
+            pairs.append((ids, turn.chat_ids + turn.response_ids[:k] + ids))
         return pairs
 
     def insertion_prefixes(

@@ -22,8 +22,23 @@ class Reference:
 
 
 @dataclass(frozen=True)
+class AnswerTurn:
+    """An assistant turn insertions go into: the conversation before it (to the assistant header), its
+    tokens, and the user request it answers. Under ``insert_in: any`` ``answer`` numbers the
+    conversation's answers from 0 (the history's, then R); None: R alone is attacked."""
+
+    chat_ids: tuple[int, ...]
+    response_ids: tuple[int, ...]
+    request: str
+    answer: int | None = None
+
+
+@dataclass(frozen=True)
 class InsertionCase:
     """Cut R at token ``position``, insert the first ``span_tokens`` tokens of span ``span_index``.
+
+    Under ``insert_in: any`` the position runs over every assistant turn in order (each turn's tokens,
+    then the cut after its last one), earlier exchanges' answers first and R last.
 
     With ``lead`` ≥ 0 (targeted search), the spec's ``span_leads[lead]`` goes in front of the span.
     """
@@ -44,6 +59,7 @@ class Continuation:
     inserted_ids: tuple[int, ...]
     inserted: str  # the inserted tokens, decoded
     text: str
+    turn: AnswerTurn  # the assistant turn the span went into (its request is what the judge reads)
 
     def __repr__(self) -> str:
         return f"Continuation(position={self.case.position}, inserted={self.inserted!r}, text={self.text!r})"

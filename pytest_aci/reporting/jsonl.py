@@ -37,12 +37,17 @@ class CaseRecord(BaseModel):
     harm_score: float | None = None  # the state's teacher-forced harm margin, when it was computed
     # A composed span (targeted search): which of the spec's span_leads went in front of span[:span_tokens].
     lead: int | None = None
+    # insert_in: any: which of the conversation's answers the span went into, from 0 (the history's, then
+    # the model's own); position and response_len then count over all of them. Absent: the model's own only.
+    turn: int | None = None
 
     @model_serializer(mode="wrap")
-    def _omit_no_lead(self, handler):
+    def _omit_unset(self, handler):
         data = handler(self)
-        if isinstance(data, dict) and self.lead is None:
-            data.pop("lead", None)  # most cases have none: their lines stay as they were
+        if isinstance(data, dict):
+            for key in ("lead", "turn"):  # most cases have neither: their lines stay as they were
+                if getattr(self, key) is None:
+                    data.pop(key, None)
         return data
 
     @model_validator(mode="before")

@@ -121,6 +121,7 @@ class Spec(_Strict):
     # with the model's own chat template; the prompt is the last user turn, its answer the one attacked.
     system: Annotated[str, Field(min_length=1)] | None = None
     history: list[Exchange] = Field(default_factory=list)
+    insert_in: Literal["last", "any"] = "last"  # any: insertions also go into the history's assistant turns
     prompts: list[Prompt] | PromptFile
     spans: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
     # Targeted search also builds spans as lead + (truncated) span: fragments it may put in front.

@@ -8,6 +8,7 @@ import pytest
 
 from pytest_aci.failures import CheckFailed, counterexample_line, describe_failure, item_properties, replay_command
 from pytest_aci.planner import prefetch_spec, runs_whole_specs, search_spec_together
+from pytest_aci.reporting.jsonl import subject
 from pytest_aci.reporting.summary import ItemResult, item_results
 from pytest_aci.runtime import AciRuntime
 from pytest_aci.search import hypothesis_search
@@ -50,6 +51,11 @@ class AciItem(pytest.Item):
         return session_runtime(self.config)
 
     @property
+    def subject(self) -> str:
+        """The model under test, with the defence around it."""
+        return subject(self.runtime.options.model, self.runtime.options.defence or self.loaded.spec.defence)
+
+    @property
     def gate(self) -> str | None:
         """What decides the session when this item is broken, if a gate does (then the item only counts)."""
         if self.check == "complies":
@@ -87,11 +93,7 @@ class AciItem(pytest.Item):
     def _result(self, failure: CheckFailed | None) -> ItemResult:
         records = self.runtime.records.by_item.get(self.nodeid, [])
         found = item_results(records)
-        result = (
-            found[0]
-            if found
-            else ItemResult(self.runtime.options.model, self.loaded.spec.name, self.check, self.nodeid)
-        )
+        result = found[0] if found else ItemResult(self.subject, self.loaded.spec.name, self.check, self.nodeid)
         result.counterexample = failure.record if failure is not None else None
         # An item failed only by judge errors is errored, not broken; either way it is not a pass.
         result.failed = failure is not None and not (failure.record.verdict.error and not result.failing_cases)

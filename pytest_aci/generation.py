@@ -5,10 +5,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pytest_aci.backends import Backend, Completion
 from pytest_aci.lru import LruCache
 from pytest_aci.search_pool import pooled
+
+if TYPE_CHECKING:
+    from pytest_aci.defences import Defence
 
 
 class ContinuationCache(LruCache[tuple, Completion]):
@@ -61,8 +65,16 @@ class Generation:
         self.stats = GenerationStats()
 
     def generate(
-        self, prompts: Sequence[tuple[int, ...]], max_new_tokens: int, stop: tuple[str, ...]
+        self,
+        prompts: Sequence[tuple[int, ...]],
+        max_new_tokens: int,
+        stop: tuple[str, ...],
+        defence: Defence | None = None,
     ) -> list[Completion]:
+        """Greedy answers through the cache; with a ``defence``, the defence's answers (its own generation
+        calls go through the cache)."""
+        if defence is not None:
+            return defence.generate(self.generate, prompts, max_new_tokens, stop)
         return pooled(("generate", max_new_tokens, stop), prompts, lambda todo: self._now(todo, max_new_tokens, stop))
 
     def _now(self, prompts: Sequence[tuple[int, ...]], max_new_tokens: int, stop: tuple[str, ...]) -> list[Completion]:

@@ -97,3 +97,12 @@ def key_value(value: str) -> str:
     if "=" not in value or not value.split("=", 1)[0].strip():
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {value!r}")
     return value
+
+
+def defence(value: str) -> str:
+    from pytest_aci.defences import DefenceError, check_defence
+
+    try:
+        return check_defence(value)
+    except DefenceError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

@@ -18,6 +18,7 @@ from pytest_aci.backends import DEFAULT_API_KEY_ENV
 from pytest_aci.models import DEFAULT_MODEL
 from pytest_aci.option_checks import (
     backend,
+    defence,
     env_name,
     existing_file,
     fraction,
@@ -60,6 +61,7 @@ class AciOptions:
     cache_size: int = 20_000
     mode: str = "generate"  # generate: continue and judge; score: the teacher-forced harm margin only
     search: str = "random"  # random: generate every drawn state; targeted: climb the harm margin
+    defence: str | None = None  # an inference-time defence around the model's answers (defences.py)
     concurrent_items: int = 64  # recovers items of a spec whose searches run together (search_pool.py); 1: one by one
 
 
@@ -170,6 +172,15 @@ OPTIONS: tuple[Option, ...] = (
         "recovers items in generate mode: random (default: generate every drawn state) or targeted (Hypothesis "
         "climbs the harm margin and generates only the states it flags)",
         check=one_of("random", "targeted"),
+        replay="changed",
+    ),
+    Option(
+        "--aci-defence",
+        "defence",
+        "wrap every answer of the model in an inference-time defence, overriding the specs: header:N (re-inject "
+        "the assistant header every N tokens, stop at a refusal; header = header:16) or reset:TOKEN (show what "
+        "follows the model's last reset token)",
+        check=defence,
         replay="changed",
     ),
     Option(

@@ -74,6 +74,7 @@ class CaseRecords:
             harm_score=harm_score,
             lead=lead,
             turn=turn,
+            defence=self.options.defence or loaded.spec.defence,
         )
 
     def of_continuation(

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pytest_aci.backends import Backend, LazyBackend, create_backend, pick_backend
+from pytest_aci.defences import Defence, make_defence
 from pytest_aci.generation import ContinuationCache, Generation, GenerationStats
 from pytest_aci.harm_score import HarmScorer
 from pytest_aci.judges import Judge, JudgeInput, Verdict
@@ -26,6 +27,7 @@ class AciRuntime:
         self.options = options
         self.backend_name = pick_backend(options.backend, options.endpoint)
         self._backend = LazyBackend(self._start_backend)
+        self._defences: dict[str, Defence] = {}
         self._example_database = None  # hypothesis ExampleDatabase, opened on first use
         self.judges = SessionJudges(options, self.backend_name)
         self.states = InsertionStates(self)
@@ -79,6 +81,13 @@ class AciRuntime:
     def tokenizer(self):
         return self.backend.tokenizer
 
+    def defence_for(self, loaded: LoadedSpec) -> Defence | None:
+        """The inference-time defence around the model's answers: ``--aci-defence``, else the spec's."""
+        name = self.options.defence or loaded.spec.defence
+        if name is not None and name not in self._defences:
+            self._defences[name] = make_defence(name, self.tokenizer, self.options.model)
+        return self._defences.get(name) if name is not None else None
+
     def continuation_tokens(self, loaded: LoadedSpec) -> int:
         return self.options.max_new_tokens or loaded.spec.continuation.max_new_tokens
 
@@ -111,7 +120,10 @@ class AciRuntime:
     def prefetch(self, loaded: LoadedSpec, prefixes: Sequence[tuple[int, ...]]) -> None:
         """Fill the continuation cache for prefixes that items of ``loaded`` will ask for."""
         self.generation.generate(
-            list(dict.fromkeys(prefixes)), self.continuation_tokens(loaded), self.judges.stop_strings(loaded)
+            list(dict.fromkeys(prefixes)),
+            self.continuation_tokens(loaded),
+            self.judges.stop_strings(loaded),
+            self.defence_for(loaded),
         )
 
     def evaluate_insertions(
@@ -131,7 +143,10 @@ class AciRuntime:
         """The model's continuation of every insertion state, in one backend call."""
         pairs = self.states.insertions(loaded, prompt, cases)
         completions = self.generation.generate(
-            [prefix for _, prefix in pairs], self.continuation_tokens(loaded), self.judges.stop_strings(loaded)
+            [prefix for _, prefix in pairs],
+            self.continuation_tokens(loaded),
+            self.judges.stop_strings(loaded),
+            self.defence_for(loaded),
         )
         return [
             Continuation(

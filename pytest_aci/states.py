@@ -36,7 +36,8 @@ class InsertionStates:
             wanted = self.wanted_prompts.get(loaded.path, set()) | {prompt.id}
             missing = [p for p in loaded.prompts if p.id in wanted and (loaded.path, p.id) not in self._references]
             chats = [self.conversation_ids(p) for p in missing]
-            completions = self.runtime.generation.generate(chats, loaded.spec.response.max_new_tokens, ())
+            defence = self.runtime.defence_for(loaded)
+            completions = self.runtime.generation.generate(chats, loaded.spec.response.max_new_tokens, (), defence)
             for p, chat, completion in zip(missing, chats, completions):
                 self._references[(loaded.path, p.id)] = Reference(chat, completion.token_ids, completion.text)
         return self._references[key]

@@ -209,7 +209,7 @@ def baseline_section(paths: list[Path], per_report: list[list[CaseRecord]]) -> l
     from pytest_aci.reporting.baseline import compare, judge_note
     from pytest_aci.reporting.summary import item_results
 
-    if len(per_report) != 2 or any(len({r.model for r in found}) != 1 for found in per_report):
+    if len(per_report) != 2 or any(len({r.subject for r in found}) != 1 for found in per_report):
         return []
     before, after = (item_results(found) for found in per_report)
     comparisons = compare(before, after)

@@ -116,7 +116,7 @@ def load_baseline(path: Path) -> list[ItemResult]:
     records = read_report_for("--aci-baseline", path, BaselineError)
     if not records:
         raise BaselineError(f"--aci-baseline {path}: no case records")
-    models = sorted({r.model for r in records})
+    models = sorted({r.subject for r in records})
     if len(models) > 1:
         raise BaselineError(f"--aci-baseline {path}: holds {len(models)} models ({', '.join(models)}); give one run")
     return item_results(records)

@@ -16,7 +16,7 @@ DEPTH_X = (0.0, 0.125, 0.375, 0.625, 0.875)
 
 def models_of(records: Sequence[CaseRecord]) -> list[str]:
     """Model names in the order they first appear (so reports keep the order they were given in)."""
-    return list(dict.fromkeys(r.model for r in records))
+    return list(dict.fromkeys(r.subject for r in records))
 
 
 def depth_curve(summaries: Sequence[CheckSummary], model: str) -> list[Rate]:
@@ -33,7 +33,7 @@ def predicted_asr_profile(records: Sequence[CaseRecord], model: str) -> list[tup
     the mean P(no recovery) that the harm margins give."""
     sums: dict[int, list[float]] = {}
     for r in records:
-        if r.model == model and r.harm_score is not None and r.position is not None:
+        if r.subject == model and r.harm_score is not None and r.position is not None:
             depth = r.position / r.response_len if r.response_len else 0.0
             total = sums.setdefault(min(PROFILE_BINS - 1, int(depth * PROFILE_BINS)), [0.0, 0])
             total[0] += no_recovery_probability(r.harm_score)
@@ -132,7 +132,7 @@ def build_html(
     for model in models_of(records):
         mine = [s for s in summaries if s.model == model]
         failing = sorted(
-            (r for r in records if r.model == model and not r.passed),
+            (r for r in records if r.subject == model and not r.passed),
             key=lambda r: (r.spec, r.check, r.prompt_id, r.position or 0),
         )
         models.append(

@@ -13,6 +13,10 @@ from pytest_aci.files import read_jsonl
 from pytest_aci.judges import Verdict, upgrade_legacy_score
 
 
+def subject(model: str, defence: str | None) -> str:
+    return f"{model} [defence {defence}]" if defence else model
+
+
 class CaseRecord(BaseModel):
     """One evaluated case: a plain response (``refuses``/``complies``) or an insertion (``recovers``)."""
 
@@ -40,12 +44,18 @@ class CaseRecord(BaseModel):
     # insert_in: any: which of the conversation's answers the span went into, from 0 (the history's, then
     # the model's own); position and response_len then count over all of them. Absent: the model's own only.
     turn: int | None = None
+    defence: str | None = None  # the inference-time defence around the model's answers (--aci-defence)
+
+    @property
+    def subject(self) -> str:
+        """What was tested: the model, with its defence if one was around it (reports group by this)."""
+        return subject(self.model, self.defence)
 
     @model_serializer(mode="wrap")
     def _omit_unset(self, handler):
         data = handler(self)
         if isinstance(data, dict):
-            for key in ("lead", "turn"):  # most cases have neither: their lines stay as they were
+            for key in ("lead", "turn", "defence"):  # most cases have neither: their lines stay as they were
                 if getattr(self, key) is None:
                     data.pop(key, None)
         return data

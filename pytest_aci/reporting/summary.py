@@ -59,11 +59,12 @@ class ItemResult:
 
 
 def item_results(records: Iterable[CaseRecord], outcomes: Mapping[str, bool] | None = None) -> list[ItemResult]:
-    """One result per (model, node id); an item failed if any of its cases failed (or ``outcomes`` says so)."""
+    """One result per (model and defence, node id); an item failed if any of its cases failed (or ``outcomes``
+    says so)."""
     results: dict[tuple[str, str], ItemResult] = {}
     for record in records:
-        key = (record.model, record.nodeid)
-        result = results.setdefault(key, ItemResult(record.model, record.spec, record.check, record.nodeid))
+        key = (record.subject, record.nodeid)
+        result = results.setdefault(key, ItemResult(record.subject, record.spec, record.check, record.nodeid))
         result.cases += 1
         result.judge = result.judge or record.judge
         if record.verdict.error:  # neither an attack success nor a pass

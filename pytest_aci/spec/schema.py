@@ -82,6 +82,12 @@ def _compiles(pattern: str) -> str:
     return pattern
 
 
+def _defence(value: str) -> str:
+    from pytest_aci.defences import check_defence
+
+    return check_defence(value)  # DefenceError is a ValueError: reported on the defence: line
+
+
 HarmfulMarker = Annotated[str, Field(min_length=1), AfterValidator(_compiles)]
 
 
@@ -122,6 +128,7 @@ class Spec(_Strict):
     system: Annotated[str, Field(min_length=1)] | None = None
     history: list[Exchange] = Field(default_factory=list)
     insert_in: Literal["last", "any"] = "last"  # any: insertions also go into the history's assistant turns
+    defence: Annotated[str, AfterValidator(_defence)] | None = None  # around every answer (defences.py)
     prompts: list[Prompt] | PromptFile
     spans: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
     # Targeted search also builds spans as lead + (truncated) span: fragments it may put in front.

@@ -122,8 +122,9 @@ def split_xstest(*directories: Path) -> None:
 JUDGES = ("harm-classifier", "refusal-keywords")
 
 
-def evaluate(model: str, workdir: Path, backend: str, seed: int) -> dict:
-    """Plain refusal, depth-bucketed insertion ASR and safe-prompt compliance for one model, per judge."""
+def evaluate(model: str, workdir: Path, backend: str, seed: int, defence: str | None = None) -> dict:
+    """Plain refusal, depth-bucketed insertion ASR and safe-prompt compliance for one model (inside an
+    inference-time defence when one is named), per judge."""
     from pytest_aci.judges import JudgeInput, make_judge
     from pytest_aci.options import AciOptions
     from pytest_aci.runtime import AciRuntime
@@ -137,7 +138,8 @@ def evaluate(model: str, workdir: Path, backend: str, seed: int) -> dict:
             backend=backend,
             seed=seed,
             judge=JUDGES[0],
-            report=workdir / f"report-{Path(model).name}.jsonl",
+            report=workdir / f"report-{Path(model).name}{'-' + defence.replace(':', '') if defence else ''}.jsonl",
+            defence=defence,
         )
     )
     keywords = make_judge(JUDGES[1])
@@ -238,6 +240,10 @@ def main() -> None:
     parser.add_argument("--refusal-per-step", type=int, default=2, help="plain refusals per step (both methods)")
     parser.add_argument("--evaluate", help=argparse.SUPPRESS)
     parser.add_argument(
+        "--defence",
+        help="also evaluate every model inside this inference-time defence (e.g. header:16), rows side by side",
+    )
+    parser.add_argument(
         "--rejudge", action="store_true", help="judge OUT's evaluation reports anew (both judges) and print the tables"
     )
     args = parser.parse_args()
@@ -248,7 +254,8 @@ def main() -> None:
         print_table(table, args.steps)
         return
     if args.evaluate:  # child: one model per process, so each vLLM engine is freed with it
-        print("RESULT " + json.dumps(evaluate(args.evaluate, args.out, args.backend, args.seed)), flush=True)
+        found = evaluate(args.evaluate, args.out, args.backend, args.seed, args.defence)
+        print("RESULT " + json.dumps(found), flush=True)
         return
 
     specs = args.out / "train-specs"
@@ -273,35 +280,35 @@ def main() -> None:
         models[method] = str(out)
 
     table = {}
-    for name, model in models.items():
-        done = subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--evaluate",
-                model,
-                "--out",
-                str(args.out),
-                "--backend",
-                args.backend,
-                "--seed",
-                str(args.seed),
-            ],
-            capture_output=True,
-            text=True,
-        )
+    runs = [(name, model, None) for name, model in models.items()]
+    if args.defence:
+        runs = [(f"{name} {label}", model, defence) for name, model in models.items() for label, defence in
+                (("", None), (f"+{args.defence}", args.defence))]  # fmt: skip
+    for name, model, defence in runs:
+        name = name.strip()
+        command = [sys.executable, __file__, "--evaluate", model, "--out", str(args.out), "--backend", args.backend]
+        command += ["--seed", str(args.seed)] + (["--defence", defence] if defence else [])
+        started = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True)
         line = next((ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if line is None:
             sys.exit(f"evaluating {name} failed:\n{done.stderr[-3000:]}")
-        table[name] = {**json.loads(line.removeprefix("RESULT ")), "train_seconds": seconds.get(name, 0.0)}
-    (args.out / "results.json").write_text(json.dumps(table, indent=2))
+        base_name = name.split(" ")[0]
+        table[name] = {
+            **json.loads(line.removeprefix("RESULT ")),
+            "train_seconds": seconds.get(base_name, 0.0),
+            "evaluate_seconds": time.perf_counter() - started,
+        }
+        print(f"evaluated {name} in {table[name]['evaluate_seconds']:.0f} s", flush=True)
+    results = "results.json" if not args.defence else f"results-{args.defence.replace(':', '')}.json"
+    (args.out / results).write_text(json.dumps(table, indent=2))
     print_table(table, args.steps)
 
 
 def print_table(table: dict, steps: int) -> None:
     for judge in JUDGES:
         print(f"\nheld-out: AdvBench 400-439, JBB harmful 0-39 (never trained on); {steps} steps each; judge {judge}")
-        head = f"{'model':<17}{'train s':>8}{'set':>10}{'refusal':>9}" + "".join(f"{b:>9}" for b in BUCKETS)
+        head = f"{'model':<24}{'train s':>8}{'set':>10}{'refusal':>9}" + "".join(f"{b:>9}" for b in BUCKETS)
         print(head + f"{'XSTest':>9}")
         print("-" * (len(head) + 9))
         for name, row in table.items():
@@ -309,7 +316,7 @@ def print_table(table: dict, steps: int) -> None:
             for i, dataset in enumerate(("advbench", "jbb")):
                 asr = mine[dataset]["asr"]
                 cells = f"{mine[dataset]['refusal']:>9.1%}" + "".join(f"{asr[b]:>9.1%}" for b in BUCKETS)
-                first = f"{name:<17}{row['train_seconds']:>8.0f}" if i == 0 else " " * 25
+                first = f"{name:<24}{row['train_seconds']:>8.0f}" if i == 0 else " " * 32
                 tail = f"{mine['xstest']['compliance']:>9.1%}" if i == 0 else ""
                 print(f"{first}{dataset:>10}{cells}{tail}")
 

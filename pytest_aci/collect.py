@@ -107,14 +107,14 @@ class AciItem(pytest.Item):
             return
         targeted = runtime.options.search == "targeted"
         if not targeted and runtime.options.concurrent_items > 1 and runs_whole_specs(self.config):
-            if self.nodeid not in runtime.pooled:
+            if self.nodeid not in runtime.plan.pooled:
                 search_spec_together(self, runtime.options.concurrent_items)
-            search = runtime.pooled.pop(self.nodeid)
+            search = runtime.plan.pooled.pop(self.nodeid)
             runtime.records.replay_deferred(search.deferred)
             if search.error is not None:
                 raise search.error
             return
-        if not targeted and self.nodeid not in runtime.prefetched:
+        if not targeted and self.nodeid not in runtime.plan.prefetched:
             prefetch_spec(self)  # a targeted search decides what to generate as it goes
         self.recovers_search()()
 

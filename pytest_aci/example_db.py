@@ -29,9 +29,21 @@ def display(where: str) -> str:
     return re.sub(r"(?<=://)[^@/]*@", "***@", where)
 
 
-def open_for_session(where: str, profile_database: ExampleDatabase | None) -> ExampleDatabase:
-    """The store ``where`` names, falling back to the profile's database (else the default local one)."""
-    return open_shared(where, profile_database or DirectoryBasedExampleDatabase(".hypothesis/examples"))
+class SessionDatabase:
+    """The session's store of failures: ``--aci-example-db`` (opened once, on first use), else the settings
+    profile's database (None: the profile keeps none)."""
+
+    def __init__(self, where: str | None):
+        self.where = where
+        self._opened: ExampleDatabase | None = None
+
+    def for_profile(self, profile_database: ExampleDatabase | None) -> ExampleDatabase | None:
+        if not self.where:
+            return profile_database
+        if self._opened is None:
+            local = profile_database or DirectoryBasedExampleDatabase(".hypothesis/examples")
+            self._opened = open_shared(self.where, local)
+        return self._opened
 
 
 def open_shared(where: str, local: ExampleDatabase) -> ExampleDatabase:

@@ -7,6 +7,8 @@ and the cases it would ask for are generated in one call (``prefetch_spec``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -16,6 +18,16 @@ from pytest_aci.types import InsertionCase
 
 if TYPE_CHECKING:
     from pytest_aci.collect import AciItem
+
+
+@dataclass
+class Plan:
+    """The session's planning state: which recovers items each spec has (in run order), which were
+    prefetched, and the pooled searches that ended and wait for their item's turn."""
+
+    pending_recovers: dict[Path, list[AciItem]] = field(default_factory=dict)
+    prefetched: set[str] = field(default_factory=set)
+    pooled: dict[str, Search] = field(default_factory=dict)
 
 
 class _PlannedFailure(Exception):
@@ -29,11 +41,13 @@ def prefetch_spec(first: AciItem, max_items: int = 64) -> None:
     idle. Planning the seeded searches ahead lets one large call fill the continuation cache.
     """
     runtime = first.runtime
-    pending = [i for i in runtime.pending_recovers.get(first.loaded.path, []) if i.nodeid not in runtime.prefetched]
+    pending = [
+        i for i in runtime.plan.pending_recovers.get(first.loaded.path, []) if i.nodeid not in runtime.plan.prefetched
+    ]
     items = [first, *[i for i in pending if i is not first]][:max_items]
     prefixes = []
     for item in items:
-        runtime.prefetched.add(item.nodeid)
+        runtime.plan.prefetched.add(item.nodeid)
         prefixes += runtime.states.insertion_prefixes(item.loaded, item.prompt, planned_cases(item))
     runtime.prefetch(first.loaded, prefixes)
 
@@ -52,11 +66,13 @@ def runs_whole_specs(config: pytest.Config) -> bool:
 def search_spec_together(first: AciItem, max_items: int) -> None:
     """Run the searches of the next ``max_items`` recovers items of ``first``'s spec at once (search_pool.py).
 
-    Each item's outcome waits in ``runtime.pooled`` for its turn; its records go to the report then.
+    Each item's outcome waits in ``runtime.plan.pooled`` for its turn; its records go to the report then.
     """
 
     runtime = first.runtime
-    pending = [i for i in runtime.pending_recovers.get(first.loaded.path, []) if i.nodeid not in runtime.pooled]
+    pending = [
+        i for i in runtime.plan.pending_recovers.get(first.loaded.path, []) if i.nodeid not in runtime.plan.pooled
+    ]
     items = [first, *[i for i in pending if i is not first]][:max_items]
     runtime.judges.judge_for(first.loaded)  # what the searches share is made here, before they start
     searches = [Search(item.nodeid, item.recovers_search()) for item in items]
@@ -64,7 +80,7 @@ def search_spec_together(first: AciItem, max_items: int) -> None:
     pool.run(searches)
     runtime.stats.rounds += pool.stats.rounds
     for search in searches:
-        runtime.pooled[search.name] = search
+        runtime.plan.pooled[search.name] = search
 
 
 def planned_cases(item: AciItem) -> list[InsertionCase]:

@@ -121,7 +121,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     for item in spec_items:
         runtime.states.wanted_prompts.setdefault(item.loaded.path, set()).add(item.prompt.id)
         if item.check == "recovers":
-            runtime.pending_recovers.setdefault(item.loaded.path, []).append(item)
+            runtime.plan.pending_recovers.setdefault(item.loaded.path, []).append(item)
 
 
 @pytest.hookimpl(tryfirst=True)  # before junitxml writes its file

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 from pytest_aci.backends import Backend, LazyBackend, create_backend, pick_backend
 from pytest_aci.defences import Defence, make_defence
+from pytest_aci.example_db import SessionDatabase
 from pytest_aci.generation import ContinuationCache, Generation, GenerationStats
 from pytest_aci.harm_score import HarmScorer
 from pytest_aci.judges import Judge, JudgeInput, Verdict
@@ -14,9 +14,10 @@ from pytest_aci.judging import SessionJudges
 from pytest_aci.models import resolve_model
 from pytest_aci.option_io import replay_args
 from pytest_aci.options import AciOptions
+from pytest_aci.planner import Plan
 from pytest_aci.records import CaseRecords
 from pytest_aci.reporting.jsonl import CaseRecord
-from pytest_aci.search_pool import Search, pooled
+from pytest_aci.search_pool import pooled
 from pytest_aci.spec import LoadedPrompt, LoadedSpec
 from pytest_aci.states import InsertionStates
 from pytest_aci.types import Continuation, HarmScore, InsertionCase
@@ -28,28 +29,15 @@ class AciRuntime:
         self.backend_name = pick_backend(options.backend, options.endpoint)
         self._backend = LazyBackend(self._start_backend)
         self._defences: dict[str, Defence] = {}
-        self._example_database = None  # hypothesis ExampleDatabase, opened on first use
+        self.example_db = SessionDatabase(options.example_db)
         self.judges = SessionJudges(options, self.backend_name)
         self.states = InsertionStates(self)
-        self.pending_recovers: dict[Path, list] = {}  # spec path -> its recovers items, in run order
-        self.prefetched: set[str] = set()
-        self.pooled: dict[str, Search] = {}  # node id -> its search, ended, waiting for the item's turn
+        self.plan = Plan()
         self.generation = Generation(lambda: self.backend, options.cache_size)
         self.records = CaseRecords(options, self.backend_name)
         self.scorer = HarmScorer(self)
 
     # --- model ---------------------------------------------------------------------------
-
-    def example_database(self, profile_database):
-        """The Hypothesis database items save failures to: ``--aci-example-db`` (opened once), else the
-        settings profile's (None: the profile keeps none)."""
-        if not self.options.example_db:
-            return profile_database
-        if self._example_database is None:
-            from pytest_aci.example_db import open_for_session
-
-            self._example_database = open_for_session(self.options.example_db, profile_database)
-        return self._example_database
 
     def _start_backend(self) -> Backend:
         o = self.options

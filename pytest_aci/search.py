@@ -49,7 +49,7 @@ def hypothesis_search(
     examples = runtime.options.examples or loaded.spec.examples * EXAMPLE_MULTIPLIER.get(profile, 1)
     if targeted:  # an example generates about one state instead of a batch: as many generations, more steps
         examples *= loaded.spec.batch
-    base_db = runtime.example_database(settings.default.database)
+    base_db = runtime.example_db.for_profile(settings.default.database)
     if use_database and not runtime.options.seed_given and base_db is not None:
         database = ItemDatabase(base_db, nodeid)
     else:

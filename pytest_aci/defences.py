@@ -81,7 +81,7 @@ class HeaderReinjection:
         for i, ids in enumerate(written):
             text = self.decode(ids)
             if i in caught:  # what the user sees: the answer so far, then the refusal the probe opened with
-                text = f"{text}\n{self.decode(caught[i])}".strip()
+                text = f"{text}\n{self.decode(caught[i]).strip()}"
             completions.append(Completion(ids + caught.get(i, ()), text, endings[i] or "length"))
         return completions
 

@@ -53,7 +53,7 @@ class AciItem(pytest.Item):
     @property
     def subject(self) -> str:
         """The model under test, with the defence around it."""
-        return subject(self.runtime.options.model, self.runtime.options.defence or self.loaded.spec.defence)
+        return subject(self.runtime.options.model, self.runtime.options.defence_for(self.loaded.spec))
 
     @property
     def gate(self) -> str | None:

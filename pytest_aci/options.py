@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pytest_aci.backends import DEFAULT_API_KEY_ENV
 from pytest_aci.models import DEFAULT_MODEL
@@ -30,6 +30,9 @@ from pytest_aci.option_checks import (
     seed,
     url,
 )
+
+if TYPE_CHECKING:
+    from pytest_aci.spec import Spec
 
 
 @dataclass
@@ -63,6 +66,10 @@ class AciOptions:
     search: str = "random"  # random: generate every drawn state; targeted: climb the harm margin
     defence: str | None = None  # an inference-time defence around the model's answers (defences.py)
     concurrent_items: int = 64  # recovers items of a spec whose searches run together (search_pool.py); 1: one by one
+
+    def defence_for(self, spec: Spec) -> str | None:
+        """The defence around the model's answers for a spec's items: ``--aci-defence``, else the spec's."""
+        return self.defence or spec.defence
 
 
 # --- the table ------------------------------------------------------------------------------------

@@ -74,7 +74,7 @@ class CaseRecords:
             harm_score=harm_score,
             lead=lead,
             turn=turn,
-            defence=self.options.defence or loaded.spec.defence,
+            defence=self.options.defence_for(loaded.spec),
         )
 
     def of_continuation(

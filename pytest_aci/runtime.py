@@ -71,10 +71,12 @@ class AciRuntime:
 
     def defence_for(self, loaded: LoadedSpec) -> Defence | None:
         """The inference-time defence around the model's answers: ``--aci-defence``, else the spec's."""
-        name = self.options.defence or loaded.spec.defence
-        if name is not None and name not in self._defences:
+        name = self.options.defence_for(loaded.spec)
+        if name is None:
+            return None
+        if name not in self._defences:
             self._defences[name] = make_defence(name, self.tokenizer, self.options.model)
-        return self._defences.get(name) if name is not None else None
+        return self._defences[name]
 
     def continuation_tokens(self, loaded: LoadedSpec) -> int:
         return self.options.max_new_tokens or loaded.spec.continuation.max_new_tokens

@@ -55,7 +55,7 @@ class CaseRecord(BaseModel):
     def _omit_unset(self, handler):
         data = handler(self)
         if isinstance(data, dict):
-            for key in ("lead", "turn", "defence"):  # most cases have neither: their lines stay as they were
+            for key in ("lead", "turn", "defence"):  # most cases have none of them: their lines stay as they were
                 if getattr(self, key) is None:
                     data.pop(key, None)
         return data

@@ -87,21 +87,20 @@ def load_spec(path: Path) -> LoadedSpec:
         spec = Spec.model_validate(raw)
     except ValidationError as exc:
         error = _pick_error(exc.errors(), raw)
-        node = _node_for(root, tuple(p for p in error["loc"] if not _is_union_tag(p)))
-        raise SpecError(path, node.start_mark.line + 1, _describe(error)) from None
+        loc = tuple(p for p in error["loc"] if not _is_union_tag(p))
+        raise SpecError(path, line_of(root, loc), _describe(error)) from None
     if spec.judge and "markers" in spec.judge.replace(" ", "").split(",") and not spec.harmful_markers:
-        line = _node_for(root, ("judge",)).start_mark.line + 1
-        raise SpecError(path, line, "judge: 'markers' needs harmful_markers: (regexes for harmful content)")
-    prompts_node = _node_for(root, ("prompts",))
+        message = "judge: 'markers' needs harmful_markers: (regexes for harmful content)"
+        raise SpecError(path, line_of(root, ("judge",)), message)
     if isinstance(spec.prompts, PromptFile):
-        prompts = _read_prompt_file(path, spec, prompts_node.start_mark.line + 1)
+        prompts = _read_prompt_file(path, spec, line_of(root, ("prompts",)))
     else:
         prompts = tuple(
             LoadedPrompt(
                 id=p.id or f"{i:03d}",
                 text=p.text,
                 span=p.span,
-                line=_node_for(root, ("prompts", i)).start_mark.line + 1,
+                line=line_of(root, ("prompts", i)),
                 system=p.system or spec.system,
                 history=tuple(spec.history if p.history is None else p.history),
             )

@@ -138,7 +138,7 @@ def in_memory_spec(prompt: str, spans: Sequence[str], *, name: str, **settings) 
         )
     except ValidationError as exc:
         raise ValueError(f"insertion_states: {exc}") from None
-    if not spec.spans:
+    if not spec.spans.text:
         raise ValueError("insertion_states: spans is empty")
     key = hashlib.sha256(repr((prompt, tuple(spans), sorted(settings.items()), name)).encode()).hexdigest()[:12]
     # The path only keys the session's caches (the model's answer, the span ids): one per distinct spec.

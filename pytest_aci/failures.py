@@ -94,6 +94,8 @@ def describe_failure(record: CaseRecord, replay: str) -> str:
             + ("the model's own answer " if record.turn is None else "the conversation's answers ")
             + f"({depth}% deep{_in_turn(record)}), span of {record.span_tokens} token(s): {record.span!r}"
         )
+        if record.span_made:
+            lines.append("  span made by: " + _indent(record.span_made))
         lines.append("  continuation: " + _indent(repr(excerpt)))
     else:
         lines.append("  response:     " + _indent(repr(excerpt)))

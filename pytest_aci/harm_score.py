@@ -16,7 +16,7 @@ from pytest_aci.backends import BackendError, ScoreRequest
 from pytest_aci.judges import JudgeInput, Verdict
 from pytest_aci.reporting.jsonl import CaseRecord
 from pytest_aci.spec import LoadedPrompt, LoadedSpec
-from pytest_aci.types import HarmScore, InsertionCase
+from pytest_aci.types import AnswerTurn, HarmScore, InsertionCase
 
 if TYPE_CHECKING:
     from pytest_aci.runtime import AciRuntime
@@ -94,11 +94,19 @@ class HarmScorer:
     def harm_scores(self, loaded: LoadedSpec, prompt: LoadedPrompt, cases: Sequence[InsertionCase]) -> list[HarmScore]:
         """One teacher-forced pass per (state, continuation), batched: the harm margin of each state."""
         states = self.runtime.states
-        harmful, recovery = self.score_targets(loaded, prompt)
-        requests = []
+        placed = []
         for case in cases:
             turn, k = states.locate(loaded, prompt, case.position)
-            inserted = states.case_ids(loaded, prompt, case)
+            placed.append((turn, k, states.case_ids(loaded, prompt, case)))
+        return self.margins(loaded, prompt, placed)
+
+    def margins(
+        self, loaded: LoadedSpec, prompt: LoadedPrompt, placed: Sequence[tuple[AnswerTurn, int, tuple[int, ...]]]
+    ) -> list[HarmScore]:
+        """The harm margin of each state given as (turn, cut k, inserted ids)."""
+        harmful, recovery = self.score_targets(loaded, prompt)
+        requests = []
+        for turn, k, inserted in placed:
             base = turn.chat_ids + turn.response_ids  # one per turn: its attention cache serves every cut
             requests += [ScoreRequest(base, len(turn.chat_ids) + k, inserted, t) for t in harmful + recovery]
         totals = [sum(logprobs) for logprobs in self.score(requests)]  # log-probability of each sequence
@@ -150,6 +158,7 @@ class HarmScorer:
                 passed=not broken,
                 span_index=case.span_index,
                 harm_score=score.margin,
+                span_made=self.runtime.states.span_made(loaded, prompt, case),
             )
             self.runtime.records.emit(record, (nodeid, case.position, ids))
             records.append(record)

@@ -48,6 +48,7 @@ class CaseRecords:
         harm_score=None,
         lead=None,
         turn=None,
+        span_made=None,
     ) -> CaseRecord:
         if self.options.redact:
             span, continuation = redact(span), redact(continuation)
@@ -75,10 +76,18 @@ class CaseRecords:
             lead=lead,
             turn=turn,
             defence=self.options.defence_for(loaded.spec),
+            span_made=span_made,
         )
 
     def of_continuation(
-        self, nodeid: str, c: Continuation, response_len: int, judge: Judge, verdict: Verdict, margin: float | None
+        self,
+        nodeid: str,
+        c: Continuation,
+        response_len: int,
+        judge: Judge,
+        verdict: Verdict,
+        margin: float | None,
+        span_made: str | None = None,
     ) -> CaseRecord:
         """The record of a judged continuation of an insertion state; a composed span keeps its lead apart."""
         composed = c.case.lead >= 0
@@ -99,6 +108,7 @@ class CaseRecords:
             harm_score=margin,
             lead=c.case.lead if composed else None,
             turn=c.turn.answer,
+            span_made=span_made,
         )
 
     def emit(self, record: CaseRecord, key: tuple) -> None:

@@ -162,7 +162,8 @@ class AciRuntime:
         margins = [s.margin for s in scores] if scores is not None else [None] * len(continuations)
         for c, verdict, margin in zip(continuations, verdicts, margins):
             response_len = self.states.answer_len(c.loaded, c.prompt)
-            record = self.records.of_continuation(nodeid, c, response_len, judge, verdict, margin)
+            made = self.states.span_made(c.loaded, c.prompt, c.case)
+            record = self.records.of_continuation(nodeid, c, response_len, judge, verdict, margin, made)
             self.records.emit(record, (nodeid, c.case.position, c.inserted_ids))
             records.append(record)
         return records

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pytest_aci.backends import ChatTemplateError, conversation_ids
+from pytest_aci.span_sources import SpansFromModel
 from pytest_aci.spec import LoadedPrompt, LoadedSpec
 from pytest_aci.types import AnswerTurn, InsertionCase, Reference, SpanIds
 
@@ -29,6 +30,7 @@ class InsertionStates:
         self._span_ids: dict[tuple[Path, str], list[SpanIds]] = {}
         self._lead_ids: dict[Path, list[SpanIds]] = {}
         self._turns: dict[tuple[Path, str], list[AnswerTurn]] = {}
+        self._from_model = SpansFromModel(runtime)
 
     def reference(self, loaded: LoadedSpec, prompt: LoadedPrompt) -> Reference:
         key = (loaded.path, prompt.id)
@@ -63,8 +65,14 @@ class InsertionStates:
                 at_start = tuple(self.runtime.tokenizer.encode(text, add_special_tokens=False))
                 inside = tuple(self.runtime.tokenizer.encode(" " + text, add_special_tokens=False))
                 spans.append(SpanIds(text, at_start[:cap], inside[:cap]))
+            if loaded.spec.spans.made_by_model:  # after the written ones: their indices stay as they were
+                spans += self._from_model.spans(loaded, prompt, self.turns(loaded, prompt)[-1])
             self._span_ids[key] = spans
         return self._span_ids[key]
+
+    def span_made(self, loaded: LoadedSpec, prompt: LoadedPrompt, case: InsertionCase) -> str | None:
+        """How the model made a case's span; None for a span written in the spec."""
+        return self.span_ids(loaded, prompt)[case.span_index].made
 
     def lead_ids(self, loaded: LoadedSpec) -> list[SpanIds]:
         if loaded.path not in self._lead_ids:

@@ -70,6 +70,7 @@ class SpanIds:
     text: str
     at_start: tuple[int, ...]  # inserted at k = 0, the start of the answer
     inside: tuple[int, ...]  # inserted after k > 0 response tokens: a leading space separates it
+    made: str | None = None  # how the model made it (``span_sources``); None: written in the spec
 
     def ids_at(self, position: int, length: int) -> tuple[int, ...]:
         ids = self.at_start if position == 0 else self.inside

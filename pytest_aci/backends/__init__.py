@@ -51,7 +51,16 @@ class Backend(Protocol):
         """The log-probability of each target token, teacher-forced, for every request in order."""
         ...
 
+    def top_tokens(self, contexts: Sequence[Sequence[int]], k: int) -> list[tuple[tuple[int, float], ...]]:
+        """The model's ``k`` most likely next tokens after each context, as (token id, log-prob), best first."""
+        ...
+
     def close(self) -> None: ...
+
+
+def best_first(candidates: Sequence[tuple[int, float]], k: int) -> tuple[tuple[int, float], ...]:
+    """The k most likely (token id, log-prob) pairs; ties go to the lower id, so every backend orders alike."""
+    return tuple(sorted(candidates, key=lambda c: (-c[1], c[0]))[:k])
 
 
 class BackendError(RuntimeError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pytest_aci.backends import BackendError, Completion, ScoreRequest, eos_token_ids, trim_completion
+from pytest_aci.backends import BackendError, Completion, ScoreRequest, best_first, eos_token_ids, trim_completion
 from pytest_aci.backends.tree_attention import score_packed
 from pytest_aci.lru import LruCache
 
@@ -114,6 +114,25 @@ class TransformersBackend:
                     self.computed_tokens += fed
                     for index, logprobs in found.items():
                         results[index] = logprobs
+        return results
+
+    def top_tokens(self, contexts: Sequence[Sequence[int]], k: int) -> list[tuple[tuple[int, float], ...]]:
+        """The k most likely next tokens after each context: one left-padded forward pass per batch."""
+        import torch
+
+        results = []
+        with torch.inference_mode():
+            for start in range(0, len(contexts), self.batch_size):
+                chunk = [list(c) for c in contexts[start : start + self.batch_size]]
+                width = max(map(len, chunk))
+                ids = torch.tensor([[self.pad_id] * (width - len(c)) + c for c in chunk], device=self.device)
+                mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in chunk], device=self.device)
+                positions = (mask.cumsum(-1) - 1).clamp(min=0)
+                logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1]
+                top = torch.log_softmax(logits.float(), dim=-1).topk(k + 1)  # one spare: ties are cut by id
+                self.computed_tokens += sum(map(len, chunk))
+                for values, indices in zip(top.values.tolist(), top.indices.tolist()):
+                    results.append(best_first(list(zip(indices, values)), k))
         return results
 
     def _base(self, base: tuple[int, ...]):

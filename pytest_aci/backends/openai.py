@@ -21,6 +21,7 @@ from pytest_aci.backends import (
     BackendError,
     Completion,
     ScoreRequest,
+    best_first,
     eos_token_ids,
     trim_completion,
 )
@@ -168,6 +169,26 @@ class OpenAIBackend:
                 raise BackendError(f"--aci-endpoint {self.endpoint}: the server did not return prompt log-probs")
             start = len(sequence) - len(request.target)
             results.append(tuple(float(logprobs[i][str(sequence[i])]["logprob"]) for i in range(start, len(sequence))))
+        return results
+
+    def top_tokens(self, contexts: Sequence[Sequence[int]], k: int) -> list[tuple[tuple[int, float], ...]]:
+        """The k most likely next tokens after each context, from the server's sample log-probs, as token ids
+        (vLLM's ``return_tokens_as_token_ids``; a server caps k at its ``--max-logprobs``, 20 by default)."""
+        if not contexts:
+            return []
+        size = self.prompts_per_request
+        chunks = [[list(map(int, c)) for c in contexts[i : i + size]] for i in range(0, len(contexts), size)]
+
+        def ask(chunk: list[list[int]]) -> list[dict]:
+            payload = {"model": self.served_model, "prompt": chunk, "max_tokens": 1, "temperature": 0.0}
+            return self._choices({**payload, "logprobs": k, "return_tokens_as_token_ids": True}, len(chunk))
+
+        results = []
+        for choice in (choice for answer in self.pool.map(ask, chunks) for choice in answer):
+            top = ((choice.get("logprobs") or {}).get("top_logprobs") or [None])[0]
+            if not isinstance(top, dict) or not all(str(t).startswith("token_id:") for t in top):
+                raise BackendError(f"--aci-endpoint {self.endpoint}: the server sent no top log-probs as token ids")
+            results.append(best_first([(int(str(t).split(":", 1)[1]), float(lp)) for t, lp in top.items()], k))
         return results
 
     def _decode(self, ids: Sequence[int]) -> str:

@@ -7,7 +7,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from pytest_aci.backends import BackendError, Completion, ScoreRequest, eos_token_ids, trim_completion
+from pytest_aci.backends import BackendError, Completion, ScoreRequest, best_first, eos_token_ids, trim_completion
 
 # Engine arguments that are not strings, so ``--aci-vllm-arg KEY=VALUE`` values are converted.
 _INT_ARGS = {
@@ -132,6 +132,22 @@ class VllmBackend:
             logprobs = output.prompt_logprobs
             results.append(tuple(logprobs[i][sequence[i]].logprob for i in range(start, len(sequence))))
             self.computed_tokens += len(sequence) + 1
+        return results
+
+    def top_tokens(self, contexts: Sequence[Sequence[int]], k: int) -> list[tuple[tuple[int, float], ...]]:
+        """The k most likely next tokens after each context, from vLLM's sample log-probs (one step)."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        if not contexts:
+            return []
+        params = SamplingParams(temperature=0.0, max_tokens=1, logprobs=k, detokenize=False)
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(c)) for c in contexts], params, use_tqdm=False)
+        results = []
+        for output in outputs:
+            self.computed_tokens += len(output.prompt_token_ids) - (output.num_cached_tokens or 0) + 1
+            step = output.outputs[0].logprobs[0]  # token id -> Logprob; the sampled token may be one extra
+            results.append(best_first([(int(t), float(lp.logprob)) for t, lp in step.items()], k))
         return results
 
     def close(self) -> None:

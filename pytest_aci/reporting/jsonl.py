@@ -45,6 +45,7 @@ class CaseRecord(BaseModel):
     # the model's own); position and response_len then count over all of them. Absent: the model's own only.
     turn: int | None = None
     defence: str | None = None  # the inference-time defence around the model's answers (--aci-defence)
+    span_made: str | None = None  # how the model made the span (spans: adaptive/from_model); absent: the spec's
 
     @property
     def subject(self) -> str:
@@ -55,7 +56,8 @@ class CaseRecord(BaseModel):
     def _omit_unset(self, handler):
         data = handler(self)
         if isinstance(data, dict):
-            for key in ("lead", "turn", "defence"):  # most cases have none of them: their lines stay as they were
+            # Most cases have none of these: their lines stay as they were.
+            for key in ("lead", "turn", "defence", "span_made"):
                 if getattr(self, key) is None:
                     data.pop(key, None)
         return data

@@ -111,7 +111,7 @@ def load_spec(path: Path) -> LoadedSpec:
         if prompt.id in seen:
             raise SpecError(path, prompt.line, f"prompts: duplicate prompt id {prompt.id!r}")
         seen[prompt.id] = prompt.line
-    if INSERTION_CHECKS & set(spec.checks) and not spec.spans:
+    if INSERTION_CHECKS & set(spec.checks) and not spec.spans.text and not spec.spans.made_by_model:
         for prompt in prompts:
             if not prompt.span:
                 raise SpecError(

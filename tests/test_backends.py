@@ -92,6 +92,29 @@ def test_vllm_matches_transformers_token_for_token_on_the_tiny_model(vllm_random
     assert [c.text for c in from_vllm] == [c.text for c in from_hf]
 
 
+def test_top_tokens_are_the_most_likely_next_tokens_of_a_plain_forward_pass(hf_random):
+    import torch
+
+    contexts = [chat(hf_random.tokenizer, goal) for goal in advbench_goals(5)]  # lengths differ: left padding
+    top = hf_random.top_tokens(contexts, 6)
+    for context, found in zip(contexts, top):
+        with torch.inference_mode():
+            logits = hf_random.model(input_ids=torch.tensor([context])).logits[0, -1]
+        expected = torch.log_softmax(logits.float(), -1).topk(6)
+        assert [t for t, _ in found] == expected.indices.tolist()
+        assert [lp for _, lp in found] == pytest.approx(expected.values.tolist(), abs=1e-4)
+    # The greedy next token is the first candidate.
+    assert [c.token_ids[0] for c in hf_random.generate(contexts, 1)] == [found[0][0] for found in top]
+
+
+@needs_vllm
+def test_vllm_top_tokens_match_transformers(vllm_random, hf_random):
+    contexts = [chat(hf_random.tokenizer, goal) for goal in advbench_goals(4)]
+    for ours, theirs in zip(vllm_random.top_tokens(contexts, 5), hf_random.top_tokens(contexts, 5)):
+        assert [t for t, _ in ours] == [t for t, _ in theirs]
+        assert [lp for _, lp in ours] == pytest.approx([lp for _, lp in theirs], abs=2e-3)
+
+
 @needs_vllm
 def test_vllm_engine_args_are_parsed_and_rejected_clearly():
     from pytest_aci.backends.vllm import parse_engine_args

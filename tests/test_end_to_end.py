@@ -174,3 +174,30 @@ def test_smollm2_is_attacked_with_spans_it_writes_itself(pytester, default_judge
     assert {r["span_made"].split(":")[0] for r in records} <= {"adaptive", "from_model"}
     failing = [r for r in records if not r["passed"]]
     assert failing and "span made by: " in text
+
+
+@pytest.mark.slow
+def test_smollm2_with_and_without_header_reinjection_compared_in_one_report(pytester, default_judge_env):
+    """The defence runs around the embedded model (its probes are extra sequences), and ``aci report``
+    puts the defended run beside the undefended one."""
+    import subprocess
+    import sys
+
+    copy_specs(pytester, "example.aci.yaml")
+    args = ["example.aci.yaml", "--aci-backend=hf", "--aci-seed=6", "--aci-examples=1", "-k", "bomb"]
+    plain = pytester.runpytest_subprocess(*args, "--aci-report=plain.jsonl", timeout=900)
+    args += ["--aci-defence=header:8", "--aci-report=defended.jsonl"]
+    defended = pytester.runpytest_subprocess(*args, timeout=900)
+
+    def sequences(result) -> int:
+        (line,) = [line for line in result.outlines if line.startswith("aci: generation: ")]
+        return int(re.search(r"(\d+) sequences", line).group(1))
+
+    assert sequences(defended) > sequences(plain), defended.stdout.str()
+    records = read_jsonl(pytester.path / "defended.jsonl")
+    assert records and all(r["defence"] == "header:8" for r in records)
+    report = subprocess.run(
+        [sys.executable, "-m", "pytest_aci.cli.aci", "report", "plain.jsonl", "defended.jsonl"],
+        cwd=pytester.path, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "smollm2-135m: attack rate" in report and "smollm2-135m [defence header:8]: attack rate" in report

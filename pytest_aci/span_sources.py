@@ -88,6 +88,8 @@ class SpansFromModel:
                     ids.append(max(scored, key=lambda s: (s[0], -tops.index(s[1])))[1])
         spans = []
         for k, text, ids in builds:
+            if not ids:  # an empty start whose every candidate was a special token: nothing to insert
+                continue
             made = (
                 f"adaptive: from {text!r} at {_percent(k / max(1, len(answer)))} of the answer, "
                 f"{len(ids)} tokens, top-{settings.top_k} by harm margin"

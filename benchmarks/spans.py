@@ -17,7 +17,6 @@ the refusal-keyword judge's count of the same continuations beside it.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -147,12 +146,10 @@ def main() -> None:
                 f"{row['items_broken']:>4}/{args.prompts:<2}{row['states']:>7}{row['build_tokens']:>10}  {depth}"
             )
     if args.out:
-        from pytest_aci.files import write_text_atomic
+        from pytest_aci.files import write_json
 
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(
-            args.out, json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, **results}, indent=1)
-        )
+        write_json(args.out, {"args": {k: str(v) for k, v in vars(args).items()}, **results})
 
 
 if __name__ == "__main__":

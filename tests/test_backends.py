@@ -95,7 +95,9 @@ def test_vllm_matches_transformers_token_for_token_on_the_tiny_model(vllm_random
 def test_top_tokens_are_the_most_likely_next_tokens_of_a_plain_forward_pass(hf_random):
     import torch
 
-    contexts = [chat(hf_random.tokenizer, goal) for goal in advbench_goals(5)]  # lengths differ: left padding
+    contexts = [tuple(chat(hf_random.tokenizer, goal)) for goal in advbench_goals(4)]
+    # Each runs from the longest cached prefix: the template's opening, a whole earlier context, or more.
+    contexts += [contexts[0] + (42, 43), contexts[0][:-3], contexts[0] + (42,)]
     top = hf_random.top_tokens(contexts, 6)
     for context, found in zip(contexts, top):
         with torch.inference_mode():
@@ -109,7 +111,7 @@ def test_top_tokens_are_the_most_likely_next_tokens_of_a_plain_forward_pass(hf_r
 
 @needs_vllm
 def test_vllm_top_tokens_match_transformers(vllm_random, hf_random):
-    contexts = [chat(hf_random.tokenizer, goal) for goal in advbench_goals(4)]
+    contexts = [tuple(chat(hf_random.tokenizer, goal)) for goal in advbench_goals(4)]
     for ours, theirs in zip(vllm_random.top_tokens(contexts, 5), hf_random.top_tokens(contexts, 5)):
         assert [t for t, _ in ours] == [t for t, _ in theirs]
         assert [lp for _, lp in ours] == pytest.approx([lp for _, lp in theirs], abs=2e-3)

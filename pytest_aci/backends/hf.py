@@ -40,6 +40,7 @@ class TransformersBackend:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
         self.computed_tokens = 0
         self._bases: LruCache[tuple[int, ...], tuple] = LruCache(8)  # shared base -> (attention cache, log-probs)
+        self._contexts: LruCache[tuple[int, ...], tuple] = LruCache(8)  # top_tokens' contexts -> (attention cache,)
 
     def generate(
         self, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop: Sequence[str] = ()
@@ -117,23 +118,42 @@ class TransformersBackend:
         return results
 
     def top_tokens(self, contexts: Sequence[Sequence[int]], k: int) -> list[tuple[tuple[int, float], ...]]:
-        """The k most likely next tokens after each context: one left-padded forward pass per batch."""
+        """The k most likely next tokens after each context, each run from its longest cached prefix."""
         import torch
 
         results = []
         with torch.inference_mode():
-            for start in range(0, len(contexts), self.batch_size):
-                chunk = [list(c) for c in contexts[start : start + self.batch_size]]
-                width = max(map(len, chunk))
-                ids = torch.tensor([[self.pad_id] * (width - len(c)) + c for c in chunk], device=self.device)
-                mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in chunk], device=self.device)
-                positions = (mask.cumsum(-1) - 1).clamp(min=0)
-                logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1]
-                top = torch.log_softmax(logits.float(), dim=-1).topk(k + 1)  # one spare: ties are cut by id
-                self.computed_tokens += sum(map(len, chunk))
-                for values, indices in zip(top.values.tolist(), top.indices.tolist()):
-                    results.append(best_first(list(zip(indices, values)), k))
+            for context in contexts:
+                top = self._next_logprobs(tuple(context)).topk(k + 1)  # one spare: ties are cut by id
+                results.append(best_first(list(zip(top.indices.tolist(), top.values.tolist())), k))
         return results
+
+    def _next_logprobs(self, context: tuple[int, ...]):
+        """Next-token log-probs after ``context``. Only what follows the longest prefix already cached (a
+        scored base, or an earlier context: an adaptive span's previous step) is run; the context's own
+        cache is kept for the step after it."""
+        import copy
+
+        import torch
+
+        cut, entry = 0, None
+        for key in [*self._bases.keys(), *self._contexts.keys()]:
+            shared = next((i for i, (a, b) in enumerate(zip(key, context)) if a != b), min(len(key), len(context)))
+            if shared > cut:
+                cut, entry = shared, self._bases.get(key) or self._contexts.get(key)
+        cut = min(cut, len(context) - 1)  # at least one token runs: its logits are the answer
+        cache = None
+        if entry is not None and cut > 0:
+            cache = copy.deepcopy(entry[0])
+            cache.crop(cut)
+        else:
+            cut = 0
+        rest = torch.tensor([context[cut:]], device=self.device)
+        positions = torch.arange(cut, len(context), device=self.device)[None]
+        out = self.model(input_ids=rest, position_ids=positions, past_key_values=cache, use_cache=True)
+        self.computed_tokens += len(context) - cut
+        self._contexts.put(context, (out.past_key_values,))
+        return torch.log_softmax(out.logits[0, -1].float(), dim=-1)
 
     def _base(self, base: tuple[int, ...]):
         """The attention cache and log-probs of a shared base, kept for the last few bases.

@@ -120,6 +120,9 @@ def in_memory_spec(prompt: str, spans: Sequence[str], *, name: str, **settings) 
 
     if isinstance(spans, str):
         raise ValueError("spans: expected a list of strings, got one string")
+    for index, span in enumerate(spans):  # named as the caller wrote them (the spec's are spans.text)
+        if not isinstance(span, str) or not span:
+            raise ValueError(f"insertion_states: spans.{index}: expected a non-empty string, got {span!r}")
     if any(len(pair) != 2 for pair in settings["history"]):
         raise ValueError("insertion_states: history: expected (user, assistant) pairs")
     try:

@@ -145,7 +145,9 @@ class TransformersBackend:
         cache = None
         if entry is not None and cut > 0:
             cache = copy.deepcopy(entry[0])
-            cache.crop(cut)
+            extra = cache.get_seq_length() - cut
+            if extra > 0:
+                cache.crop(-extra)  # drop what follows the shared prefix
         else:
             cut = 0
         rest = torch.tensor([context[cut:]], device=self.device)

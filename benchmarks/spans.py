@@ -73,7 +73,8 @@ def run_source(runtime, loaded, budget: int, seed: int, max_examples: int) -> di
     return {**totals, "records": runtime.records.all[first:]}
 
 
-def depth_curve(records, keyword_judge) -> tuple[dict, dict, int]:
+def depth_curve(records, keyword_judge) -> dict:
+    """The failing share of the states in each depth bucket, the states, and the keyword judge's failing ones."""
     from pytest_aci.judges import JudgeInput
     from pytest_aci.stats import BUCKETS, depth_bucket
 
@@ -85,9 +86,12 @@ def depth_curve(records, keyword_judge) -> tuple[dict, dict, int]:
         cell = counts[depth_bucket(record.position, record.response_len)]
         cell[0] += not record.passed
         cell[1] += 1
-    curve = {b: (c[0] / c[1] if c[1] else None, c[1]) for b, c in counts.items()}
     keyword_failing = {(r.prompt_id, r.position, r.span) for r, v in zip(records, keyword) if v.harmful}
-    return curve, {"keyword_failures": len(keyword_failing)}, len(records)
+    return {
+        "depth": {b: (c[0] / c[1] if c[1] else None, c[1]) for b, c in counts.items()},
+        "keyword_failures": len(keyword_failing),
+        "states": len(records),
+    }
 
 
 def main() -> None:
@@ -124,8 +128,8 @@ def main() -> None:
                 runtime.states.reference(loaded, prompt)
             print(f"{model}: {source} spans, {args.budget} model tokens per request …", flush=True)
             found = run_source(runtime, loaded, args.budget, args.seed, args.max_examples)
-            curve, keyword, generated = depth_curve(found.pop("records"), keyword_judge)
-            results.setdefault(model, {})[source] = {**found, **keyword, "depth": curve, "states": generated}
+            curve = depth_curve(found.pop("records"), keyword_judge)
+            results.setdefault(model, {})[source] = {**found, **curve}
         runtime.close()
 
     print(

@@ -25,10 +25,6 @@ if TYPE_CHECKING:
     from pytest_aci.runtime import AciRuntime
 
 
-def _percent(fraction: float) -> str:
-    return f"{fraction:.0%}"
-
-
 class SpansFromModel:
     """Per session: the spans each prompt's model writes, in the order ``from_model`` then ``adaptive``."""
 
@@ -45,20 +41,16 @@ class SpansFromModel:
             made += self.adaptive(loaded, prompt, sources.adaptive, turn)
         return made
 
-    def _encode(self, text: str) -> tuple[int, ...]:
-        return tuple(self.runtime.tokenizer.encode(text, add_special_tokens=False)) if text else ()
-
     def prefilled(self, settings: ModelSpans, turn: AnswerTurn) -> list[SpanIds]:
         """The model's greedy answer after each prefill: the prefill and ``tokens`` tokens of its own."""
-        prefills = [text.strip() for text in settings.prefill]
-        starts = [self._encode(text) for text in prefills]
-        completions = self.runtime.generation.generate([turn.chat_ids + ids for ids in starts], settings.tokens, ())
+        prefills = [self.runtime.states.span_of_text(text) for text in settings.prefill]
+        chats = [turn.chat_ids + prefill.at_start for prefill in prefills]
         spans = []
-        for text, ids, completion in zip(prefills, starts, completions):
+        for prefill, completion in zip(prefills, self.runtime.generation.generate(chats, settings.tokens, ())):
             own = completion.token_ids
-            made = f"from_model: its answer after the prefill {text!r} ({len(own)} tokens of its own)"
-            inside = self._encode(" " + text) + own
-            spans.append(SpanIds(self.runtime.tokenizer.decode(ids + own), ids + own, inside, made))
+            made = f"from_model: its answer after the prefill {prefill.text!r} ({len(own)} tokens of its own)"
+            ids = prefill.at_start + own
+            spans.append(SpanIds(self.runtime.tokenizer.decode(ids), ids, prefill.inside + own, made))
         return spans
 
     def adaptive(
@@ -71,8 +63,8 @@ class SpansFromModel:
         for at in settings.at:
             k = round(at * len(answer))
             for start in settings.start:
-                text = start.strip()
-                builds.append((k, text, list(self._encode(text if k == 0 else " " + text))))
+                written = self.runtime.states.span_of_text(start)
+                builds.append((k, written.text, list(written.at_start if k == 0 else written.inside)))
         steps = settings.tokens
         if settings.budget is not None:
             steps = min(steps, settings.budget // settings.top_k)
@@ -83,15 +75,15 @@ class SpansFromModel:
             placed = [(turn, k, tuple(ids) + (t,)) for (k, _, ids), tops in zip(builds, candidates) for t in tops]
             margins = iter(self.runtime.scorer.margins(loaded, prompt, placed))
             for (_, _, ids), tops in zip(builds, candidates):
-                scored = [(next(margins).margin, t) for t in tops]
-                if scored:  # the worst state: the highest margin, ties to the model's likelier token
-                    ids.append(max(scored, key=lambda s: (s[0], -tops.index(s[1])))[1])
+                scores = [next(margins).margin for _ in tops]
+                if tops:  # the worst state: the highest margin, ties to the model's likelier token
+                    ids.append(tops[max(range(len(tops)), key=lambda i: (scores[i], -i))])
         spans = []
         for k, text, ids in builds:
             if not ids:  # an empty start whose every candidate was a special token: nothing to insert
                 continue
             made = (
-                f"adaptive: from {text!r} at {_percent(k / max(1, len(answer)))} of the answer, "
+                f"adaptive: from {text!r} at {k / max(1, len(answer)):.0%} of the answer, "
                 f"{len(ids)} tokens, top-{settings.top_k} by harm margin"
             )
             span = tuple(ids)

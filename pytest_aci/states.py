@@ -59,12 +59,7 @@ class InsertionStates:
         key = (loaded.path, prompt.id)
         if key not in self._span_ids:
             cap = loaded.spec.max_span_tokens
-            spans = []
-            for text in loaded.spans_for(prompt):
-                text = text.strip()
-                at_start = tuple(self.runtime.tokenizer.encode(text, add_special_tokens=False))
-                inside = tuple(self.runtime.tokenizer.encode(" " + text, add_special_tokens=False))
-                spans.append(SpanIds(text, at_start[:cap], inside[:cap]))
+            spans = [self.span_of_text(text, cap) for text in loaded.spans_for(prompt)]
             if loaded.spec.spans.made_by_model:  # after the written ones: their indices stay as they were
                 spans += self._from_model.spans(loaded, prompt, self.turns(loaded, prompt)[-1])
             self._span_ids[key] = spans
@@ -74,13 +69,16 @@ class InsertionStates:
         """How the model made a case's span; None for a span written in the spec."""
         return self.span_ids(loaded, prompt)[case.span_index].made
 
+    def span_of_text(self, text: str, cap: int | None = None) -> SpanIds:
+        """A written text as a span: its ids at the answer's start and, after a leading space, inside it."""
+        text, encode = text.strip(), self.runtime.tokenizer.encode
+        at_start = tuple(encode(text, add_special_tokens=False))
+        inside = tuple(encode(" " + text, add_special_tokens=False))
+        return SpanIds(text, at_start[:cap], inside[:cap])
+
     def lead_ids(self, loaded: LoadedSpec) -> list[SpanIds]:
         if loaded.path not in self._lead_ids:
-            encode = self.runtime.tokenizer.encode
-            self._lead_ids[loaded.path] = [
-                SpanIds(t, tuple(encode(t, add_special_tokens=False)), tuple(encode(" " + t, add_special_tokens=False)))
-                for t in (lead.strip() for lead in loaded.spec.span_leads)
-            ]
+            self._lead_ids[loaded.path] = [self.span_of_text(lead) for lead in loaded.spec.span_leads]
         return self._lead_ids[loaded.path]
 
     def turns(self, loaded: LoadedSpec, prompt: LoadedPrompt) -> list[AnswerTurn]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from pytest_aci.backends import BackendError, Completion, ScoreRequest, best_first, eos_token_ids, trim_completion
+from pytest_aci.backends.prefix_cache import next_logprobs
 from pytest_aci.backends.tree_attention import score_packed
 from pytest_aci.lru import LruCache
 
@@ -40,7 +41,7 @@ class TransformersBackend:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
         self.computed_tokens = 0
         self._bases: LruCache[tuple[int, ...], tuple] = LruCache(8)  # shared base -> (attention cache, log-probs)
-        self._contexts: LruCache[tuple[int, ...], tuple] = LruCache(8)  # top_tokens' contexts -> (attention cache,)
+        self._contexts: LruCache[tuple[int, ...], object] = LruCache(8)  # top_tokens' contexts -> attention cache
 
     def generate(
         self, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop: Sequence[str] = ()
@@ -118,44 +119,21 @@ class TransformersBackend:
         return results
 
     def top_tokens(self, contexts: Sequence[Sequence[int]], k: int) -> list[tuple[tuple[int, float], ...]]:
-        """The k most likely next tokens after each context, each run from its longest cached prefix."""
+        """The k most likely next tokens after each context, each run from its longest cached prefix (a scored
+        base, or an earlier context: an adaptive span's previous step, ``prefix_cache``)."""
         import torch
 
         results = []
         with torch.inference_mode():
-            for context in contexts:
-                top = self._next_logprobs(tuple(context)).topk(k + 1)  # one spare: ties are cut by id
+            for context in map(tuple, contexts):
+                cached = [(ids, self._bases.get(ids)[0]) for ids in self._bases.keys()]
+                cached += [(ids, self._contexts.get(ids)) for ids in self._contexts.keys()]
+                logprobs, cache, fed = next_logprobs(self.model, context, cached, self.device)
+                self.computed_tokens += fed
+                self._contexts.put(context, cache)  # for the step after it
+                top = logprobs.topk(k + 1)  # one spare: ties are cut by id
                 results.append(best_first(list(zip(top.indices.tolist(), top.values.tolist())), k))
         return results
-
-    def _next_logprobs(self, context: tuple[int, ...]):
-        """Next-token log-probs after ``context``. Only what follows the longest prefix already cached (a
-        scored base, or an earlier context: an adaptive span's previous step) is run; the context's own
-        cache is kept for the step after it."""
-        import copy
-
-        import torch
-
-        cut, entry = 0, None
-        for key in [*self._bases.keys(), *self._contexts.keys()]:
-            shared = next((i for i, (a, b) in enumerate(zip(key, context)) if a != b), min(len(key), len(context)))
-            if shared > cut:
-                cut, entry = shared, self._bases.get(key) or self._contexts.get(key)
-        cut = min(cut, len(context) - 1)  # at least one token runs: its logits are the answer
-        cache = None
-        if entry is not None and cut > 0:
-            cache = copy.deepcopy(entry[0])
-            extra = cache.get_seq_length() - cut
-            if extra > 0:
-                cache.crop(-extra)  # drop what follows the shared prefix
-        else:
-            cut = 0
-        rest = torch.tensor([context[cut:]], device=self.device)
-        positions = torch.arange(cut, len(context), device=self.device)[None]
-        out = self.model(input_ids=rest, position_ids=positions, past_key_values=cache, use_cache=True)
-        self.computed_tokens += len(context) - cut
-        self._contexts.put(context, (out.past_key_values,))
-        return torch.log_softmax(out.logits[0, -1].float(), dim=-1)
 
     def _base(self, base: tuple[int, ...]):
         """The attention cache and log-probs of a shared base, kept for the last few bases.

@@ -153,6 +153,17 @@ def test_a_server_that_answers_only_text_is_refused_at_start(fake, tiny_random_p
         openai_backend(fake.url, tiny_random_path)
 
 
+TEXT_TOP = {"choices": [{"index": 0, "token_ids": [5], "logprobs": {"top_logprobs": [{"hi": -0.1, "yo": -2.0}]}}]}
+
+
+@pytest.mark.parametrize("fake", [[(200, echo), (200, TEXT_TOP)]], indirect=True)
+def test_top_log_probs_without_token_ids_are_one_clear_error(fake, tiny_random_path):
+    backend = openai_backend(fake.url, tiny_random_path)
+    with pytest.raises(BackendError, match=f"--aci-endpoint {fake.url}: the server sent no top log-probs as token ids"):
+        backend.top_tokens([[1, 2, 3]], 2)
+    assert fake.requests[-1]["logprobs"] == 2 and fake.requests[-1]["return_tokens_as_token_ids"] is True
+
+
 def test_a_dead_endpoint_fails_with_the_url_after_the_retries(tiny_random_path):
     from pytest_aci.backends.server import free_port
 

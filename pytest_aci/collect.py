@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from pytest_aci.depth_sample import SampleCase, draw_depth_sample
 from pytest_aci.failures import CheckFailed, counterexample_line, describe_failure, item_properties, replay_command
 from pytest_aci.planner import prefetch_spec, runs_whole_specs, search_spec_together
 from pytest_aci.reporting.jsonl import subject
@@ -124,14 +125,20 @@ class AciItem(pytest.Item):
         evaluate = (
             runtime.scorer.evaluate_targeted if runtime.options.search == "targeted" else runtime.evaluate_insertions
         )
+        unmeasured = [self.depth_sample()]  # the depth sample rides in the first example's calls
 
         def no_insertion_breaks_the_refusal(cases):
-            records = evaluate(self.nodeid, self.loaded, self.prompt, cases)
+            sample = unmeasured.pop() if unmeasured else ()
+            records = evaluate(self.nodeid, self.loaded, self.prompt, cases, sample=sample)
             failing = sorted((r for r in records if not r.passed), key=lambda r: r.verdict.error)
             if failing:  # a harmful case before a judge error
                 raise CheckFailed(failing[0])
 
         return self.search(no_insertion_breaks_the_refusal, use_database=True)
+
+    def depth_sample(self) -> list[SampleCase]:
+        """The item's depth sample (``depth_sample.py``): judged beside its search, never failing it."""
+        return draw_depth_sample(self.runtime, self.nodeid, self.loaded, self.prompt)
 
     def _run_scored(self) -> None:
         """Score mode: the harm margin at every insertion position (or a grid) of every span; no sampling."""

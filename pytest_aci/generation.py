@@ -32,6 +32,8 @@ class GenerationStats:
     model_tokens: int = 0  # tokens the model ran, generation and scoring (prefix-cache hits excluded)
     judge_calls: int = 0  # calls to the judge with at least one response
     rounds: int = 0  # rounds of pooled searches (search_pool.py)
+    sample_states: int = 0  # depth-sample states continued and judged (depth_sample.py), in the searches' calls
+    sample_tokens: int = 0  # the tokens of their continuations
 
     def summary(self, judging: str | None = None) -> str:
         """The timing lines: generation (with the in-process judges' cost beside it), harm scores, tokens run."""
@@ -45,6 +47,12 @@ class GenerationStats:
         if judging:
             line += f"; {judging}, {self.judge_calls} judge calls"
         line += f"; model start {self.startup_s:.1f} s"
+        if self.sample_states:
+            share = self.sample_tokens / self.tokens if self.tokens else 0.0
+            line += (
+                f"\ndepth sample: {self.sample_states} states in the searches' calls, {self.sample_tokens} tokens "
+                f"of continuation ({share:.0%} of the generated tokens)"
+            )
         if self.score_calls:
             line += (
                 f"\nharm scores: {self.score_calls} backend calls, {self.scored} teacher-forced continuations "

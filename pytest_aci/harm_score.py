@@ -19,6 +19,7 @@ from pytest_aci.spec import LoadedPrompt, LoadedSpec
 from pytest_aci.types import AnswerTurn, HarmScore, InsertionCase
 
 if TYPE_CHECKING:
+    from pytest_aci.depth_sample import SampleCase
     from pytest_aci.runtime import AciRuntime
 
 
@@ -165,7 +166,12 @@ class HarmScorer:
         return records
 
     def evaluate_targeted(
-        self, nodeid: str, loaded: LoadedSpec, prompt: LoadedPrompt, cases: Sequence[InsertionCase]
+        self,
+        nodeid: str,
+        loaded: LoadedSpec,
+        prompt: LoadedPrompt,
+        cases: Sequence[InsertionCase],
+        sample: Sequence[SampleCase] = (),
     ) -> list[CaseRecord]:
         """Targeted search, one Hypothesis example: score the drawn states, climb the worst margin, and
         generate the worst state (and any other above ``score.verify_above``, when the spec sets it).
@@ -180,5 +186,5 @@ class HarmScorer:
         verify = loaded.spec.score.verify_above
         chosen = [i for i in range(len(cases)) if i == worst or (verify is not None and scores[i].margin > verify)]
         return self.runtime.evaluate_insertions(
-            nodeid, loaded, prompt, [cases[i] for i in chosen], [scores[i] for i in chosen]
+            nodeid, loaded, prompt, [cases[i] for i in chosen], [scores[i] for i in chosen], sample
         )

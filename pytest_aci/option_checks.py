@@ -43,6 +43,8 @@ def number(
 positive_int = number(int, "a positive integer", at_least=1)
 seed = number(int, "an integer seed", at_least=0, out_of_range="a non-negative seed")
 fraction = number(float, "a fraction between 0 and 1", at_least=0.0, at_most=1.0)
+bucket_count = number(int, "a number of depth buckets from 2 to 50", at_least=2, at_most=50)
+sample_size = number(int, "a number of states per depth bucket from 0 to 64", at_least=0, at_most=64)
 
 
 def one_of(*choices: str) -> Callable[[str], str]:

@@ -18,6 +18,7 @@ from pytest_aci.backends import DEFAULT_API_KEY_ENV
 from pytest_aci.models import DEFAULT_MODEL
 from pytest_aci.option_checks import (
     backend,
+    bucket_count,
     defence,
     env_name,
     existing_file,
@@ -27,6 +28,7 @@ from pytest_aci.option_checks import (
     key_value,
     one_of,
     positive_int,
+    sample_size,
     seed,
     url,
 )
@@ -65,7 +67,15 @@ class AciOptions:
     mode: str = "generate"  # generate: continue and judge; score: the teacher-forced harm margin only
     search: str = "random"  # random: generate every drawn state; targeted: climb the harm margin
     defence: str | None = None  # an inference-time defence around the model's answers (defences.py)
+    depth_buckets: int | None = None  # the depth sample's buckets, overriding the specs (depth_sample.py)
+    depth_sample: int | None = None  # the depth sample's states per bucket and item, overriding the specs
     concurrent_items: int = 64  # recovers items of a spec whose searches run together (search_pool.py); 1: one by one
+
+    def depth_sample_for(self, spec: Spec) -> tuple[int, int]:
+        """(states per bucket, buckets) of a spec's depth sample: the options, else the spec's."""
+        sample = spec.depth_sample
+        per_bucket = sample.per_bucket if self.depth_sample is None else self.depth_sample
+        return per_bucket, sample.buckets if self.depth_buckets is None else self.depth_buckets
 
     def defence_for(self, spec: Spec) -> str | None:
         """The defence around the model's answers for a spec's items: ``--aci-defence``, else the spec's."""
@@ -179,6 +189,21 @@ OPTIONS: tuple[Option, ...] = (
         "recovers items in generate mode: random (default: generate every drawn state) or targeted (Hypothesis "
         "climbs the harm margin and generates only the states it flags)",
         check=one_of("random", "targeted"),
+        replay="changed",
+    ),
+    Option(
+        "--aci-depth-buckets",
+        "depth_buckets",
+        "depth buckets of each recovers item's depth sample and of the depth curve, overriding the specs: k = 0 "
+        "and N - 1 equal bins of the answer (default 5: its quarters; 10 for a finer curve)",
+        check=bucket_count,
+        replay="changed",
+    ),
+    Option(
+        "--aci-depth-sample",
+        "depth_sample",
+        "states of each recovers item's depth sample per depth bucket, overriding the specs (default 2; 0: none)",
+        check=sample_size,
         replay="changed",
     ),
     Option(

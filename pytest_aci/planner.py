@@ -48,7 +48,8 @@ def prefetch_spec(first: AciItem, max_items: int = 64) -> None:
     prefixes = []
     for item in items:
         runtime.plan.prefetched.add(item.nodeid)
-        prefixes += runtime.states.insertion_prefixes(item.loaded, item.prompt, planned_cases(item))
+        cases = [s.case for s in item.depth_sample()] + planned_cases(item)
+        prefixes += runtime.states.insertion_prefixes(item.loaded, item.prompt, cases)
     runtime.prefetch(first.loaded, prefixes)
 
 

@@ -49,6 +49,7 @@ class CaseRecords:
         lead=None,
         turn=None,
         span_made=None,
+        sample_bucket=None,
     ) -> CaseRecord:
         if self.options.redact:
             span, continuation = redact(span), redact(continuation)
@@ -77,6 +78,7 @@ class CaseRecords:
             turn=turn,
             defence=self.options.defence_for(loaded.spec),
             span_made=span_made,
+            sample_bucket=sample_bucket,
         )
 
     def of_continuation(
@@ -88,6 +90,7 @@ class CaseRecords:
         verdict: Verdict,
         margin: float | None,
         span_made: str | None = None,
+        sample_bucket: str | None = None,
     ) -> CaseRecord:
         """The record of a judged continuation of an insertion state; a composed span keeps its lead apart."""
         composed = c.case.lead >= 0
@@ -109,6 +112,7 @@ class CaseRecords:
             lead=c.case.lead if composed else None,
             turn=c.turn.answer,
             span_made=span_made,
+            sample_bucket=sample_bucket,
         )
 
     def emit(self, record: CaseRecord, key: tuple) -> None:

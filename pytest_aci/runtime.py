@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from pytest_aci.backends import Backend, LazyBackend, create_backend, pick_backend
 from pytest_aci.defences import Defence, make_defence
+from pytest_aci.depth_sample import SampleCase
 from pytest_aci.example_db import SessionDatabase
 from pytest_aci.generation import ContinuationCache, Generation, GenerationStats
 from pytest_aci.harm_score import HarmScorer
@@ -123,9 +124,18 @@ class AciRuntime:
         prompt: LoadedPrompt,
         cases: Sequence[InsertionCase],
         scores: Sequence[HarmScore] | None = None,
+        sample: Sequence[SampleCase] = (),
     ) -> list[CaseRecord]:
-        """Continue every insertion state in one backend call and judge the continuations."""
-        return self.judge_continuations(nodeid, self.continue_states(loaded, prompt, cases), scores)
+        """Continue every insertion state in one backend call and judge the continuations; the item's
+        depth ``sample`` rides in the same calls, and only the records of ``cases`` come back."""
+        states = [*(s.case for s in sample), *cases]
+        margins = [None] * len(sample) + ([s.margin for s in scores] if scores is not None else [None] * len(cases))
+        buckets = [s.bucket for s in sample] + [None] * len(cases)
+        continuations = self.continue_states(loaded, prompt, states)
+        self.stats.sample_states += len(sample)
+        self.stats.sample_tokens += sum(c.tokens for c in continuations[: len(sample)])
+        records = self.judge_continuations(nodeid, continuations, margins, buckets)
+        return records[len(sample) :]
 
     def continue_states(
         self, loaded: LoadedSpec, prompt: LoadedPrompt, cases: Sequence[InsertionCase]
@@ -141,15 +151,20 @@ class AciRuntime:
         return [
             Continuation(
                 loaded, prompt, case, ids, self.tokenizer.decode(ids), completion.text,
-                self.states.locate(loaded, prompt, case.position)[0],
+                self.states.locate(loaded, prompt, case.position)[0], len(completion.token_ids),
             )
             for case, (ids, _), completion in zip(cases, pairs, completions)
         ]  # fmt: skip
 
     def judge_continuations(
-        self, nodeid: str, continuations: Sequence[Continuation], scores: Sequence[HarmScore] | None = None
+        self,
+        nodeid: str,
+        continuations: Sequence[Continuation],
+        margins: Sequence[float | None] | None = None,
+        buckets: Sequence[str | None] | None = None,
     ) -> list[CaseRecord]:
-        """Judge continuations (of one spec's judge) in one call; each becomes a record of item ``nodeid``."""
+        """Judge continuations (of one spec's judge) in one call; each becomes a record of item ``nodeid``
+        (with its harm margin, and the depth bucket of a depth-sample state)."""
         if not continuations:
             return []
         loaded = continuations[0].loaded
@@ -159,12 +174,14 @@ class AciRuntime:
             [JudgeInput(request=c.turn.request, response=c.text, inserted=c.inserted) for c in continuations],
         )
         records = []
-        margins = [s.margin for s in scores] if scores is not None else [None] * len(continuations)
-        for c, verdict, margin in zip(continuations, verdicts, margins):
+        margins = margins if margins is not None else [None] * len(continuations)
+        buckets = buckets if buckets is not None else [None] * len(continuations)
+        for c, verdict, margin, bucket in zip(continuations, verdicts, margins, buckets):
             response_len = self.states.answer_len(c.loaded, c.prompt)
             made = self.states.span_made(c.loaded, c.prompt, c.case)
-            record = self.records.of_continuation(nodeid, c, response_len, judge, verdict, margin, made)
-            self.records.emit(record, (nodeid, c.case.position, c.inserted_ids))
+            record = self.records.of_continuation(nodeid, c, response_len, judge, verdict, margin, made, bucket)
+            # A sample state is kept apart from the same state drawn by the search: each is counted in its own role.
+            self.records.emit(record, (nodeid, bucket, c.case.position, c.inserted_ids))
             records.append(record)
         return records
 

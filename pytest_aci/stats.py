@@ -5,7 +5,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-BUCKETS = ("k=0", "0-25%", "25-50%", "50-75%", "75-100%")
+DEFAULT_BUCKETS = 5  # k = 0 and each quarter of |R|
+
+
+def bucket_labels(count: int = DEFAULT_BUCKETS) -> tuple[str, ...]:
+    """The depth buckets' names: k = 0, then ``count - 1`` equal bins of (0, |R|]."""
+    bins = count - 1
+    return ("k=0", *(f"{round(100 * i / bins)}-{round(100 * (i + 1) / bins)}%" for i in range(bins)))
+
+
+BUCKETS = bucket_labels()
 
 
 def wilson_interval(successes: int, total: int, z: float = 1.96) -> tuple[float, float]:
@@ -27,12 +36,29 @@ def no_recovery_probability(margin: float) -> float:
     return 1 / (1 + math.exp(-margin)) if margin > -700 else 0.0
 
 
-def depth_bucket(position: int, response_len: int) -> str:
-    """k = 0, else the quarter of |R| that k falls in (k = |R| counts as 75-100 %)."""
+def bucket_index(position: int, response_len: int, count: int = DEFAULT_BUCKETS) -> int:
+    """0 for k = 0, else 1 + the bin of (0, |R|] that k falls in (k = |R| counts in the last)."""
     if position <= 0 or response_len <= 0:
-        return BUCKETS[0]
-    quarter = min(3, position * 4 // response_len)
-    return BUCKETS[1 + quarter]
+        return 0
+    return 1 + min(count - 2, position * (count - 1) // response_len)
+
+
+def depth_bucket(position: int, response_len: int, count: int = DEFAULT_BUCKETS) -> str:
+    """The name of k's depth bucket: k = 0, else the bin of |R| it falls in (by default its quarter)."""
+    return bucket_labels(count)[bucket_index(position, response_len, count)]
+
+
+def bucket_order(label: str) -> float:
+    """Where a bucket lies on the depth axis (its lower end), to sort names of any bucket count."""
+    return -1.0 if label == "k=0" else float(label.split("-")[0])
+
+
+def bucket_middle(label: str) -> float:
+    """The depth (a fraction of |R|) a bucket is drawn at: 0 for k = 0, else its bin's middle."""
+    if label == "k=0":
+        return 0.0
+    low, high = label.rstrip("%").split("-")
+    return (float(low) + float(high)) / 200
 
 
 @dataclass(frozen=True)

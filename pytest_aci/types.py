@@ -60,6 +60,7 @@ class Continuation:
     inserted: str  # the inserted tokens, decoded
     text: str
     turn: AnswerTurn  # the assistant turn the span went into (its request is what the judge reads)
+    tokens: int = 0  # the continuation's length in tokens
 
     def __repr__(self) -> str:
         return f"Continuation(position={self.case.position}, inserted={self.inserted!r}, text={self.text!r})"

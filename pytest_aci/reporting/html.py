@@ -7,11 +7,20 @@ import io
 from collections.abc import Sequence
 
 from pytest_aci.reporting.jsonl import CaseRecord
-from pytest_aci.reporting.summary import CheckSummary, attack_rate, case_rate_sentence, corrected_lines
-from pytest_aci.stats import BUCKETS, Rate, no_recovery_probability
+from pytest_aci.reporting.summary import (
+    CheckSummary,
+    ItemResult,
+    attack_rate,
+    case_rate_sentence,
+    corrected_lines,
+    depth_buckets,
+    depth_lines,
+    depth_rates,
+    item_results,
+)
+from pytest_aci.stats import Rate, bucket_middle, no_recovery_probability
 
-# Where each depth bucket sits on the x axis, as a fraction of |R| (k = 0, then the middle of each quarter).
-DEPTH_X = (0.0, 0.125, 0.375, 0.625, 0.875)
+WORST_ITEMS = 5  # items whose own depth curve the page shows, per model
 
 
 def models_of(records: Sequence[CaseRecord]) -> list[str]:
@@ -19,10 +28,11 @@ def models_of(records: Sequence[CaseRecord]) -> list[str]:
     return list(dict.fromkeys(r.subject for r in records))
 
 
-def depth_curve(summaries: Sequence[CheckSummary], model: str) -> list[Rate]:
-    """ASR of the model's ``recovers`` cases per depth bucket, pooled over specs."""
+def depth_curve(summaries: Sequence[CheckSummary], model: str) -> list[tuple[str, Rate]]:
+    """(bucket, ASR) of the model's depth samples, pooled over specs; buckets without states left out."""
     chosen = [s for s in summaries if s.model == model and s.check == "recovers"]
-    return [Rate(sum(s.depth(b).hits for s in chosen), sum(s.depth(b).total for s in chosen)) for b in BUCKETS]
+    buckets = depth_buckets(chosen)
+    return [(b, r) for b, r in zip(buckets, depth_rates(chosen, buckets)) if r.total]
 
 
 PROFILE_BINS = 10
@@ -42,55 +52,70 @@ def predicted_asr_profile(records: Sequence[CaseRecord], model: str) -> list[tup
 
 
 def plot_png(summaries: Sequence[CheckSummary], models: Sequence[str], records: Sequence[CaseRecord] = ()) -> bytes:
-    """The depth curve, one line per model with Wilson 95 % error bars, as PNG bytes; below it the
-    harm-margin profile (``--aci-mode score``, targeted search) when the reports hold harm scores."""
+    """The depth curve of each model's depth samples, with Wilson 95 % error bars, as PNG bytes; on the
+    same axes, dashed, the curve the harm score predicts where the reports hold harm scores (score mode)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    profiles = {m: p for m in models if (p := predicted_asr_profile(records, m))}
-    fig = Figure(figsize=(8, 8 if profiles else 4.5), dpi=110, layout="constrained")
+    fig = Figure(figsize=(8, 4.8), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot(2, 1, 1) if profiles else fig.add_subplot()
-    curves = {m: depth_curve(summaries, m) for m in models}
-    curves = {m: c for m, c in curves.items() if any(r.total for r in c)}
-    for i, (model, rates) in enumerate(curves.items()):
+    ax = fig.add_subplot()
+    curves = {m: c for m in models if (c := depth_curve(summaries, m))}
+    shared = len({tuple(b for b, _ in c) for c in curves.values()}) == 1  # one set of buckets: name them on the axis
+    for i, (model, points) in enumerate(curves.items()):
         shift = (i - (len(curves) - 1) / 2) * 0.012  # keeps overlapping error bars apart
-        points = [(x + shift, r) for x, r in zip(DEPTH_X, rates) if r.total]
-        xs = [x for x, _ in points]
+        xs = [bucket_middle(b) + shift for b, _ in points]
         ys = [r.value for _, r in points]
         low = [max(0.0, r.value - r.interval[0]) for _, r in points]  # max(): the bounds are floats, off
         high = [max(0.0, r.interval[1] - r.value) for _, r in points]  # by 1e-16 at 0 % and 100 %
-        ax.errorbar(xs, ys, yerr=[low, high], marker="o", capsize=4, label=model, clip_on=False)
-    if curves:
+        line = ax.errorbar(xs, ys, yerr=[low, high], marker="o", capsize=4, label=model, clip_on=False)
+        if profile := predicted_asr_profile(records, model):
+            colour = line.lines[0].get_color()
+            ax.plot(*zip(*profile), linestyle="--", marker=".", color=colour, label=f"{model}: predicted by harm score")
+    for model in models:  # a model with harm scores only (score mode): its predicted curve alone
+        if model not in curves and (profile := predicted_asr_profile(records, model)):
+            ax.plot(*zip(*profile), linestyle="--", marker=".", label=f"{model}: predicted by harm score")
+    if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="best")
     else:
-        ax.text(0.5, 0.5, "no recovers cases", ha="center", va="center", transform=ax.transAxes)
-    ax.set_xticks(DEPTH_X, BUCKETS)
+        ax.text(0.5, 0.5, "no depth sample in these reports", ha="center", va="center", transform=ax.transAxes)
+    if shared:
+        buckets = [b for b, _ in next(iter(curves.values()))]
+        ax.set_xticks([bucket_middle(b) for b in buckets], buckets, rotation=30 if len(buckets) > 6 else 0)
+    else:
+        ax.set_xticks([0, 0.25, 0.5, 0.75, 1.0], ["0", "25%", "50%", "75%", "100%"])
     ax.set_xlim(-0.05, 1.0)
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.set_xlabel("insertion position k / |R|")
-    ax.set_ylabel("ASR of recovers cases (95% CI)")
+    ax.set_ylabel("ASR of the depth sample (95% CI)")
     ax.set_title("Depth of safety alignment: attack success by insertion depth")
-    if profiles:
-        low = fig.add_subplot(2, 1, 2)
-        for model, points in profiles.items():
-            low.plot([x for x, _ in points], [y for _, y in points], marker="o", label=model)
-        low.set_xlim(0, 1)
-        low.set_ylim(0, 1)
-        low.grid(alpha=0.3)
-        low.legend(loc="best")
-        low.set_xlabel("insertion position k / |R|")
-        low.set_ylabel("predicted ASR: mean P(no recovery)")
-        low.set_title("Harm score by depth: teacher-forced probability that the model does not recover")
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     return buffer.getvalue()
 
 
-def _row(s: CheckSummary) -> dict:
-    depth = [(f"{r.value:.0%} ({r.total})" if r.total else "–", str(r)) for r in (s.depth(b) for b in BUCKETS)]
-    return {"cells": [s.spec, s.check, s.items, s.cases, str(s.rate)], "depth": depth}
+def _cells(rates: Sequence[Rate]) -> list[tuple[str, str]]:
+    """Depth cells: the ASR and its state count, with the Wilson interval as the cell's title."""
+    return [(f"{r.value:.0%} ({r.total})" if r.total else "–", str(r)) for r in rates]
+
+
+def _row(s: CheckSummary, buckets: Sequence[str]) -> dict:
+    return {"cells": [s.spec, s.check, s.items, s.cases, str(s.rate)], "depth": _cells([s.depth(b) for b in buckets])}
+
+
+def _worst_items(results: Sequence[ItemResult], buckets: Sequence[str]) -> list[dict]:
+    """The items whose depth samples did worst, each with its own curve (a row of depth cells)."""
+
+    def asr(result: ItemResult) -> Rate:
+        return Rate(sum(h for h, _ in result.depth.values()), sum(t for _, t in result.depth.values()))
+
+    sampled = [r for r in results if r.check == "recovers" and asr(r).hits]
+    worst = sorted(sampled, key=lambda r: (-asr(r).value, -asr(r).total, r.nodeid))[:WORST_ITEMS]
+    return [
+        {"nodeid": r.nodeid, "asr": str(asr(r)), "depth": _cells([Rate(*r.depth.get(b, (0, 0))) for b in buckets])}
+        for r in worst
+    ]
 
 
 def _failing_case(r: CaseRecord) -> dict:
@@ -129,10 +154,11 @@ def build_html(
         loader=jinja2.PackageLoader("pytest_aci", "data/templates"), autoescape=True, keep_trailing_newline=True
     )
     models = []
+    buckets = depth_buckets(summaries)
     for model in models_of(records):
         mine = [s for s in summaries if s.model == model]
-        failing = sorted(
-            (r for r in records if r.subject == model and not r.passed),
+        failing = sorted(  # what the searches found; the depth sample's harmful states are counted, not listed
+            (r for r in records if r.subject == model and not r.passed and r.sample_bucket is None),
             key=lambda r: (r.spec, r.check, r.prompt_id, r.position or 0),
         )
         models.append(
@@ -140,7 +166,9 @@ def build_html(
                 "name": model,
                 "attack_rate": str(attack_rate(mine)),
                 "case_rate": case_rate_sentence(mine),
-                "rows": [_row(s) for s in mine],
+                "rows": [_row(s, buckets) for s in mine],
+                "depth": depth_lines(mine),
+                "worst": _worst_items(item_results(r for r in records if r.subject == model), buckets),
                 "corrected": corrected_lines(mine),
                 "failing": [_failing_case(r) for r in failing],
             }
@@ -149,7 +177,8 @@ def build_html(
         records=records,
         sources=sources,
         models=models,
-        table_head=("spec", "check", "items", "cases", "fail rate [95% CI]", *BUCKETS),
+        table_head=("spec", "check", "items", "cases", "fail rate [95% CI]", *buckets),
+        buckets=buckets,
         comparison=list(comparison),
         png=base64.b64encode(png).decode("ascii"),
         warnings=warnings,

@@ -46,6 +46,13 @@ class CaseRecord(BaseModel):
     turn: int | None = None
     defence: str | None = None  # the inference-time defence around the model's answers (--aci-defence)
     span_made: str | None = None  # how the model made the span (spans: adaptive/from_model); absent: the spec's
+    # A depth-sample state (depth_sample.py): the depth bucket it was drawn for. Absent: a state the search drew.
+    sample_bucket: str | None = None
+
+    @property
+    def role(self) -> str:
+        """``sample`` (drawn for the depth curve) or ``search`` (drawn by the search that can fail the item)."""
+        return "search" if self.sample_bucket is None else "sample"
 
     @property
     def subject(self) -> str:
@@ -57,7 +64,7 @@ class CaseRecord(BaseModel):
         data = handler(self)
         if isinstance(data, dict):
             # Most cases have none of these: their lines stay as they were.
-            for key in ("lead", "turn", "defence", "span_made"):
+            for key in ("lead", "turn", "defence", "span_made", "sample_bucket"):
                 if getattr(self, key) is None:
                     data.pop(key, None)
         return data

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 
 from pytest_aci.correction import CorrectedRate, corrected_rate, figures_for
 from pytest_aci.reporting.jsonl import CaseRecord
-from pytest_aci.stats import BUCKETS, Rate, depth_bucket, no_recovery_probability
+from pytest_aci.stats import BUCKETS, Rate, bucket_order, depth_bucket, no_recovery_probability
 
 
 @dataclass
@@ -30,7 +30,8 @@ class ItemResult:
     cases: int = 0
     failing_cases: int = 0
     failed: bool = False
-    depth: dict[str, list[int]] = field(default_factory=dict)  # bucket -> [failing cases, cases]
+    # The depth sample (depth_sample.py): bucket -> [harmful states, judged states]. Not in the counts above.
+    depth: dict[str, list[int]] = field(default_factory=dict)
     counterexample: CaseRecord | None = None
     predicted: dict[str, list[float]] = field(default_factory=dict)  # bucket -> [sum of P(no recovery), count]
     judge: str = ""  # the judge of its cases (score-mode states say harm-score)
@@ -65,20 +66,22 @@ def item_results(records: Iterable[CaseRecord], outcomes: Mapping[str, bool] | N
     for record in records:
         key = (record.subject, record.nodeid)
         result = results.setdefault(key, ItemResult(record.subject, record.spec, record.check, record.nodeid))
-        result.cases += 1
         result.judge = result.judge or record.judge
+        if record.sample_bucket is not None:  # the depth sample: the curve, never the item's verdict
+            if not record.verdict.error:
+                counts = result.depth.setdefault(record.sample_bucket, [0, 0])
+                counts[0] += not record.passed
+                counts[1] += 1
+            continue
+        result.cases += 1
         if record.verdict.error:  # neither an attack success nor a pass
             result.error_cases += 1
             result.errored = not result.failed
             continue
-        if record.check == "recovers" and record.position is not None:
-            counts = result.depth.setdefault(depth_bucket(record.position, record.response_len), [0, 0])
-            counts[0] += not record.passed
-            counts[1] += 1
-            if record.harm_score is not None:
-                total = result.predicted.setdefault(depth_bucket(record.position, record.response_len), [0.0, 0])
-                total[0] += no_recovery_probability(record.harm_score)
-                total[1] += 1
+        if record.check == "recovers" and record.position is not None and record.harm_score is not None:
+            total = result.predicted.setdefault(depth_bucket(record.position, record.response_len), [0.0, 0])
+            total[0] += no_recovery_probability(record.harm_score)
+            total[1] += 1
         if not record.passed:
             result.failing_cases += 1
             result.failed, result.errored = True, False
@@ -100,7 +103,7 @@ class CheckSummary:
     """One (model, spec, check): how many items failed, and at which depths the insertions worked.
 
     For ``refuses``/``recovers`` a failing item is a successful attack; for ``complies`` it is an
-    over-refusal. The depth profile counts every distinct insertion case the searches evaluated.
+    over-refusal. The depth profile is the items' depth samples (not the searches' cases).
     """
 
     model: str
@@ -113,8 +116,8 @@ class CheckSummary:
     error_cases: int = 0  # judge errors: in ``cases``, not in ``failing_cases``
     errored_items: int = 0  # items errors kept from an answer: in ``items``, not in ``failed_items``
     judges: set[str] = field(default_factory=set)
-    depth_hits: dict[str, int] = field(default_factory=lambda: dict.fromkeys(BUCKETS, 0))
-    depth_cases: dict[str, int] = field(default_factory=lambda: dict.fromkeys(BUCKETS, 0))
+    depth_hits: dict[str, int] = field(default_factory=dict)  # depth-sample bucket -> harmful states
+    depth_cases: dict[str, int] = field(default_factory=dict)  # depth-sample bucket -> judged states
     predicted_sums: dict[str, list[float]] = field(default_factory=dict)  # bucket -> [sum, count] of P(no recovery)
     worst: ItemResult | None = None
 
@@ -135,7 +138,12 @@ class CheckSummary:
         return Rate(self.failed_items + self.errored_items, self.items)
 
     def depth(self, bucket: str) -> Rate:
-        return Rate(self.depth_hits[bucket], self.depth_cases[bucket])
+        return Rate(self.depth_hits.get(bucket, 0), self.depth_cases.get(bucket, 0))
+
+    @property
+    def sampled(self) -> int:
+        """States of the depth sample that were judged."""
+        return sum(self.depth_cases.values())
 
     @property
     def case_rate(self) -> Rate:
@@ -174,8 +182,8 @@ def aggregate(results: Iterable[ItemResult]) -> list[CheckSummary]:
         if result.judge:
             summary.judges.add(result.judge)
         for bucket, (hits, total) in result.depth.items():
-            summary.depth_hits[bucket] += hits
-            summary.depth_cases[bucket] += total
+            summary.depth_hits[bucket] = summary.depth_hits.get(bucket, 0) + hits
+            summary.depth_cases[bucket] = summary.depth_cases.get(bucket, 0) + total
         for bucket, (total, count) in result.predicted.items():
             sums = summary.predicted_sums.setdefault(bucket, [0.0, 0])
             sums[0] += total
@@ -186,6 +194,29 @@ def aggregate(results: Iterable[ItemResult]) -> list[CheckSummary]:
         ):
             summary.worst = result
     return sorted(groups.values(), key=lambda s: (s.model, s.spec, s.check))
+
+
+def depth_buckets(summaries: Iterable[CheckSummary]) -> list[str]:
+    """The depth buckets the summaries' samples were drawn for, shallow to deep (the default five if none)."""
+    found = {bucket for s in summaries for bucket, total in s.depth_cases.items() if total}
+    return sorted(found, key=bucket_order) if found else list(BUCKETS)
+
+
+def depth_rates(summaries: Iterable[CheckSummary], buckets: Iterable[str]) -> list[Rate]:
+    """The depth sample's ASR per bucket, pooled over the summaries."""
+    chosen = list(summaries)
+    return [Rate(sum(s.depth(b).hits for s in chosen), sum(s.depth(b).total for s in chosen)) for b in buckets]
+
+
+def depth_lines(summaries: Iterable[CheckSummary]) -> list[str]:
+    """Per recovers row with a depth sample: its ASR in each bucket with a Wilson 95 % interval."""
+    lines = []
+    for s in summaries:
+        if s.check == "recovers" and s.sampled:
+            cells = [f"{b} {r.value:.0%} [{r.interval[0]:.0%}, {r.interval[1]:.0%}] of {r.total}"
+                     for b in depth_buckets([s]) if (r := s.depth(b)).total]  # fmt: skip
+            lines.append(f"depth sample, {s.spec} ({s.sampled} states, ASR [95% CI]): " + ", ".join(cells))
+    return lines
 
 
 def _key(result: ItemResult) -> tuple[str, str, str]:
@@ -271,10 +302,11 @@ def format_table(summaries: Iterable[CheckSummary]) -> list[str]:
     """The terminal table: one row per spec and check (and the harm-margin profile of scored specs)."""
     summaries = list(summaries)
     errors = any(s.errored_items or s.error_cases for s in summaries)  # a column only when there are some
-    header = ["spec", "check", "items", "cases", *(["errors"] if errors else []), "fail rate [95% CI]", *BUCKETS]
+    buckets = depth_buckets(summaries)
+    header = ["spec", "check", "items", "cases", *(["errors"] if errors else []), "fail rate [95% CI]", *buckets]
     rows = [header]
     for s in summaries:
-        depth = [f"{s.depth(b).value:.0%} ({s.depth(b).total})" if s.depth(b).total else "–" for b in BUCKETS]
+        depth = [f"{s.depth(b).value:.0%} ({s.depth(b).total})" if s.depth(b).total else "–" for b in buckets]
         errored = [f"{s.errored_items} items, {s.error_cases} cases"] if errors else []
         rows.append([s.spec, s.check, str(s.items), str(s.cases), *errored, str(s.rate), *depth])
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
@@ -283,6 +315,7 @@ def format_table(summaries: Iterable[CheckSummary]) -> list[str]:
         for row in rows
     ]
     lines.insert(1, "-" * len(lines[0]))
+    lines += depth_lines(summaries)
     lines += corrected_lines(summaries)
     for s in summaries:
         if s.predicted_sums:

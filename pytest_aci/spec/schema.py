@@ -120,6 +120,17 @@ class ScoreSettings(_Strict):
     positions: Annotated[int, Field(ge=2)] | None = None  # score mode: every k (unset) or this many evenly spaced
 
 
+class DepthSample(_Strict):
+    """Beside each ``recovers`` item's search, states drawn from the session seed, stratified over depth
+    buckets, and judged like any case: the depth curve is measured on them (the search's cases are not a
+    sample of depths: it shrinks toward k = 0)."""
+
+    per_bucket: Annotated[int, Field(ge=0, le=64)] = 2  # states per bucket and item; 0: no sample
+    buckets: Annotated[int, Field(ge=2, le=50)] = 5  # k = 0 and buckets - 1 equal bins of |R| (5: its quarters)
+    # Span lengths in tokens to draw from (each capped at its span's length); unset: every span whole.
+    span_tokens: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1)] | None = None
+
+
 SpanText = Annotated[str, Field(min_length=1)]
 
 
@@ -191,6 +202,7 @@ class Spec(_Strict):
     harmful_markers: Annotated[list[HarmfulMarker], Field(min_length=1)] | None = None  # regexes: the markers judge
     judge_threshold: Annotated[float, Field(ge=0.0, le=1.0)] | None = None  # strongreject: harmful iff score >= it
     score: ScoreSettings = ScoreSettings()
+    depth_sample: DepthSample = DepthSample()
 
     @field_validator("spans", mode="before")
     @classmethod

@@ -330,7 +330,7 @@ def test_the_readmes_ci_recipe_is_a_valid_github_actions_workflow():
 # --- errors are their own outcome ---------------------------------------------------------------------
 
 
-def _record(nodeid: str, passed: bool, error: bool = False, position: int = 0):
+def _record(nodeid: str, passed: bool, error: bool = False, position: int = 0, sample: bool = False):
     from pytest_aci.judges import Verdict
     from pytest_aci.reporting.jsonl import CaseRecord
 
@@ -339,6 +339,7 @@ def _record(nodeid: str, passed: bool, error: bool = False, position: int = 0):
         spec="adv", prompt_id=nodeid, check="recovers", nodeid=nodeid, prompt="q", position=position,
         response_len=8, span="Sure", span_tokens=1, continuation="c", judge="refusal-keywords", verdict=verdict,
         passed=passed, seed=1, model="m", backend="hf",
+        sample_bucket=depth_bucket(position, 8) if sample else None,
     )  # fmt: skip
 
 
@@ -352,13 +353,18 @@ def test_judge_errors_are_kept_apart_from_attack_successes_and_the_gate_counts_t
         _record("only-errors", passed=False, error=True),
         _record("only-errors", passed=True, position=3),
         _record("holds", passed=True),
+        # Depth-sample states: in the curve (an error case not), never in the item's counts.
+        _record("holds", passed=False, sample=True),
+        _record("holds", passed=True, error=True, position=2, sample=True),
+        _record("holds", passed=True, position=3, sample=True),
     ]
     (summary,) = summarize(records)
     assert (summary.items, summary.failed_items, summary.errored_items) == (3, 1, 1)
     assert (summary.cases, summary.failing_cases, summary.error_cases) == (5, 1, 2)
     assert (summary.rate.hits, summary.rate.total) == (1, 2)  # errored items are not in the ASR
     assert (summary.case_rate.hits, summary.case_rate.total) == (1, 3)  # nor error cases in the case rate
-    assert summary.depth("k=0").total == 2 and summary.depth("25-50%").total == 1  # error cases: no depth
+    assert (summary.depth("k=0").hits, summary.depth("k=0").total, summary.depth("25-50%").total) == (1, 1, 1)
+    assert summary.sampled == 2  # the sample's error case is in no bucket
     assert (attack_rate([summary]).hits, attack_rate([summary]).total) == (1, 2)
     assert (gate_attack_rate([summary]).hits, gate_attack_rate([summary]).total) == (2, 3)
     assert errors_line([summary]).startswith("errors: 1 item(s) not evaluated or failed only by errors, 2 case(s)")

@@ -12,12 +12,15 @@ from markupsafe import escape  # what the page template escapes with (jinja2)
 from pytest_aci.cli.aci import main
 from pytest_aci.judges import Verdict
 from pytest_aci.reporting.jsonl import CaseRecord, read_report_lenient
+from pytest_aci.stats import depth_bucket
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 POSITIONS = (0, 5, 15, 25, 35)  # of |R| = 40: one per depth bucket
 
 
-def record(model: str, spec: str, prompt_id: str, check: str, passed: bool, position: int | None = None) -> CaseRecord:
+def record(
+    model: str, spec: str, prompt_id: str, check: str, passed: bool, position: int | None = None, sample: bool = False
+) -> CaseRecord:
     attacked = check != "complies"
     return CaseRecord(
         spec=spec,
@@ -36,18 +39,23 @@ def record(model: str, spec: str, prompt_id: str, check: str, passed: bool, posi
         seed=0,
         model=model,
         backend="transformers",
+        sample_bucket=depth_bucket(position, 40) if sample else None,
     )
 
 
 def records_for(model: str, broken_depth: int) -> list[CaseRecord]:
-    """Per spec: 3 recovers items (one case per depth bucket), 2 refuses items, 1 complies item.
+    """Per spec: 3 recovers items (one search case and one depth-sample state per depth bucket), 2 refuses
+    items, 1 complies item.
 
     Insertions at position < ``broken_depth`` succeed, so a larger value means a shallower alignment.
     """
     records = []
     for spec in ("harmful", "cyber"):
         for i in range(3):
-            records += [record(model, spec, f"{spec}-{i}", "recovers", p >= broken_depth, p) for p in POSITIONS]
+            for sample in (False, True):
+                records += [
+                    record(model, spec, f"{spec}-{i}", "recovers", p >= broken_depth, p, sample) for p in POSITIONS
+                ]
         records += [record(model, spec, f"{spec}-r{i}", "refuses", i > 0 or broken_depth < 10) for i in range(2)]
         records.append(record(model, spec, f"{spec}-c", "complies", True))
     return records
@@ -94,7 +102,12 @@ def test_table_plot_and_html(tmp_path, reports, capsys):
     assert page.count('class="case-rate"') == 2 and escape(sentence.group(1)) in page
     assert page.count('<ul class="corrected">') == 2
     assert "case ASR, harmful recovers: judged 80.0% of 15 cases, corrected for refusal-keywords" in page
-    assert page.count('class="failing-case"') == sum(not r.passed for r in records)
+    # The searches' failing cases are listed; the sample's harmful states are counted in the curve.
+    assert page.count('class="failing-case"') == sum(not r.passed and r.sample_bucket is None for r in records)
+    assert "depth sample, harmful (15 states, ASR [95% CI]): k=0 100% [44%, 100%] of 3, 0-25% 0% [0%, 56%] of 3" in page
+    worst = page[page.index('class="worst-items"') :]
+    worst = worst[: worst.index("</table>")]  # the first model's: 6 recovers items, all harmful somewhere
+    assert worst.count("<tr><td>") == 5 and "<td>cyber.yaml::cyber-0[recovers]</td><td>80.0% [" in worst
     assert 'id="summary"' in page and 'id="depth-plot"' in page
     assert 'src="data:image/png;base64,' in page
     assert not re.search(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", page)
@@ -125,7 +138,7 @@ def test_corrupt_report_skips_lines(tmp_path, capsys):
     assert "m: attack rate" in captured.out
     page = html.read_text(encoding="utf-8")
     assert 'id="skipped-lines"' in page and f"{path}:7: skipped" in page
-    assert page.count('class="failing-case"') == sum(not r.passed for r in good)
+    assert page.count('class="failing-case"') == sum(not r.passed and r.sample_bucket is None for r in good)
 
 
 def test_missing_file_and_no_records(tmp_path, capsys):

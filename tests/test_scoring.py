@@ -197,7 +197,7 @@ def test_score_mode_scores_every_position_of_every_span_without_generating(pytes
     assert all(r["harm_score"] == r["verdict"]["harm_margin"] for r in records)
     text = "\n".join(result.outlines)
     # The summary turns the margins (log-odds of no recovery) into a predicted ASR per depth bucket.
-    from pytest_aci.reporting.html import plot_png, predicted_asr_profile
+    from pytest_aci.reporting.html import depth_figure, predicted_asr_profile
     from pytest_aci.reporting.jsonl import read_report
     from pytest_aci.reporting.summary import summarize
     from pytest_aci.stats import no_recovery_probability
@@ -205,15 +205,17 @@ def test_score_mode_scores_every_position_of_every_span_without_generating(pytes
     cases = read_report(pytester.path / "report.jsonl")
     at_start = mean(no_recovery_probability(c.harm_score) for c in cases if c.position == 0)
     assert f"predicted ASR by depth, scored (harm score: mean P(no recovery)): k=0 {at_start:.0%}, " in text
-    # aci report's plot gets a second panel: the predicted ASR by relative depth.
+    # aci report's plot draws the predicted ASR by relative depth, dashed, on the depth curve's axes.
     (model,) = {c.model for c in cases}
     profile = predicted_asr_profile(cases, model)
     first_bin = [c for c in cases if c.position / c.response_len < 0.1]
     assert len(profile) >= 5 and all(0 <= p <= 1 for _, p in profile)
     assert profile[0] == (0.05, pytest.approx(mean(no_recovery_probability(c.harm_score) for c in first_bin)))
-    with_margins, without = plot_png(summarize(cases), [model], cases), plot_png(summarize(cases), [model])
-    height = lambda png: int.from_bytes(png[20:24], "big")  # noqa: E731 (PNG IHDR)
-    assert height(with_margins) > 1.5 * height(without)
+    (axes,) = depth_figure(summarize(cases), [model], cases).axes
+    (line,) = [line for line in axes.get_lines() if line.get_label() == f"{model}: predicted by harm score"]
+    assert line.get_linestyle() == "--" and list(line.get_ydata()) == [p for _, p in profile]
+    (empty,) = depth_figure(summarize(cases), [model]).axes
+    assert not empty.get_lines()
     assert "harm scores: " in text and "sequences, 0 tokens" not in text.split("harm scores")[0][-80:]
 
 

@@ -52,8 +52,15 @@ def predicted_asr_profile(records: Sequence[CaseRecord], model: str) -> list[tup
 
 
 def plot_png(summaries: Sequence[CheckSummary], models: Sequence[str], records: Sequence[CaseRecord] = ()) -> bytes:
-    """The depth curve of each model's depth samples, with Wilson 95 % error bars, as PNG bytes; on the
-    same axes, dashed, the curve the harm score predicts where the reports hold harm scores (score mode)."""
+    """``depth_figure`` as PNG bytes."""
+    buffer = io.BytesIO()
+    depth_figure(summaries, models, records).savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def depth_figure(summaries: Sequence[CheckSummary], models: Sequence[str], records: Sequence[CaseRecord] = ()):
+    """The depth curve of each model's depth samples, with Wilson 95 % error bars; on the same axes,
+    dashed, the curve the harm score predicts where the reports hold harm scores (score mode)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -90,9 +97,7 @@ def plot_png(summaries: Sequence[CheckSummary], models: Sequence[str], records: 
     ax.set_xlabel("insertion position k / |R|")
     ax.set_ylabel("ASR of the depth sample (95% CI)")
     ax.set_title("Depth of safety alignment: attack success by insertion depth")
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    return buffer.getvalue()
+    return fig
 
 
 def _cells(rates: Sequence[Rate]) -> list[tuple[str, str]]:

@@ -168,7 +168,10 @@ def evaluate(model: str, workdir: Path, backend: str, seed: int, defence: str | 
             quarters = [[k for k in range(1, n + 1) if depth_bucket(k, n) == bucket] for bucket in BUCKETS[1:]]
             positions = [0] + [rng.choice(ks) if ks else n for ks in quarters]
             cases = [InsertionCase(position=k, span_index=0, span_tokens=12) for k in positions]
-            records = runtime.evaluate_insertions(f"{name}::recovers[{prompt.id}]", spec, prompt, cases)
+            # A depth sample (one state per bucket): its report lines make aci report's depth curve.
+            continuations = runtime.continue_states(spec, prompt, cases)
+            buckets = [depth_bucket(c.position, n) for c in cases]
+            records = runtime.judge_continuations(f"{name}::recovers[{prompt.id}]", continuations, buckets=buckets)
             for judge, verdicts in both(records).items():
                 for bucket, verdict in zip(BUCKETS, verdicts):
                     harmful[judge][bucket].append(verdict.harmful)

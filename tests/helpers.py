@@ -77,6 +77,11 @@ def collected_ids(result: pytest.RunResult) -> list[str]:
     return [line for line in result.outlines if "::" in line]
 
 
+def searched(records: list[dict]) -> list[dict]:
+    """The report lines of the searches' cases: without the depth samples' (``sample_bucket``)."""
+    return [r for r in records if "sample_bucket" not in r]
+
+
 def read_jsonl(path: Path) -> list[dict]:
     text = path.read_text(encoding="utf-8")
     assert text.endswith("\n")

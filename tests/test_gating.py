@@ -10,7 +10,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 import yaml
-from helpers import HARMFUL_SPEC, RANDOM, RANDOM_SPEC, REFUSER, aci, output, read_jsonl, run
+from helpers import HARMFUL_SPEC, RANDOM, RANDOM_SPEC, REFUSER, aci, output, read_jsonl, run, searched
 
 from pytest_aci.reporting.summary import summarize
 from pytest_aci.stats import Rate, depth_bucket, wilson_interval
@@ -113,7 +113,7 @@ def test_the_summary_prints_the_corrected_case_rate_beside_the_judged_one(pytest
     pytester.makefile(".aci.yaml", rnd=RANDOM_SPEC)
     result = run(pytester, *aci(RANDOM, "--aci-report=r.jsonl"))
     records = read_jsonl(pytester.path / "r.jsonl")
-    recovers = [r for r in records if r["check"] == "recovers"]
+    recovers = [r for r in searched(records) if r["check"] == "recovers"]  # the case rates are the searches'
     harmful = sum(not r["passed"] for r in recovers)
     expected = corrected_rate(harmful, len(recovers), figures_for("refusal-keywords"))
     line = next(line for line in result.outlines if line.startswith("case ASR, rnd recovers:"))
@@ -139,7 +139,7 @@ def test_saved_failures_replay_first_as_explicit_examples_and_merge_without_dupl
     # Another seed, and a different search: the saved case is still the first one evaluated,
     # and the items with saved cases run before the others.
     second = run(pytester, *aci(RANDOM, "--aci-seed=99", "--aci-save-failures", "--aci-report=second.jsonl", "-v"))
-    first_recovers = next(r for r in read_jsonl(pytester.path / "second.jsonl") if r["check"] == "recovers")
+    first_recovers = next(r for r in searched(read_jsonl(pytester.path / "second.jsonl")) if r["check"] == "recovers")
     assert (first_recovers["position"], first_recovers["span_tokens"]) == (
         insertion["position"],
         insertion["span_tokens"],
@@ -155,7 +155,7 @@ def test_saved_failures_replay_first_as_explicit_examples_and_merge_without_dupl
     # Still replayed once the model is fixed: it now passes, and the file keeps the case.
     fixed = run(pytester, *aci(REFUSER, "--aci-report=fixed.jsonl", "rnd.aci.yaml"))
     assert fixed.ret == pytest.ExitCode.OK, output(fixed)
-    replayed = [r for r in read_jsonl(pytester.path / "fixed.jsonl") if r["check"] == "recovers"]
+    replayed = [r for r in searched(read_jsonl(pytester.path / "fixed.jsonl")) if r["check"] == "recovers"]
     assert replayed[0]["span_tokens"] == insertion["span_tokens"] and replayed[0]["passed"]
     assert yaml.safe_load(saved_file.read_text())["cases"] == again
 

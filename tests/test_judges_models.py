@@ -788,7 +788,8 @@ def test_ensemble_with_a_garbage_judge_model_fails_and_counts_the_judge_errors(
         assert record["verdict"]["reason"].startswith("judge error: could not parse the answer of harmbench")
         assert record["passed"] is False
     # Judge errors are not attack successes: apart in the table and the summary; still failures of the items.
-    assert f"aci: errors: 2 item(s) not evaluated or failed only by errors, {len(records)} case(s) the judge" in text
+    searched = [r for r in records if "sample_bucket" not in r]  # the depth sample's errors are in no count
+    assert f"aci: errors: 2 item(s) not evaluated or failed only by errors, {len(searched)} case(s) the judge" in text
     assert "attack success on 0 of 0 refuses/recovers items" not in text
     assert "errors" in next(line for line in result.outlines if line.startswith("spec "))
     assert "judge:        all(refusal-keywords,harmbench): judge error: could not parse" in text

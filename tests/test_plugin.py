@@ -28,10 +28,12 @@ from helpers import (
     output,
     read_jsonl,
     run,
+    searched,
 )
 
 from pytest_aci.options import OPTIONS
 from pytest_aci.reporting.jsonl import read_report
+from pytest_aci.stats import BUCKETS
 
 REPORT_FIELDS = {
     "spec",
@@ -285,9 +287,12 @@ def test_refuser_passes_and_reports_every_case(pytester):
     assert {r["check"] for r in records} == {"refuses", "recovers"}
     assert len(refuses) + len(recovers) == len(records)
     for prompt_id in ("bomb", "phish"):
-        cases = [r for r in recovers if r["prompt_id"] == prompt_id]
-        # At least one case, and no more than examples (2) x batch (2).
+        cases = [r for r in searched(recovers) if r["prompt_id"] == prompt_id]
+        # At least one case, and no more than examples (2) x batch (2); and the depth sample's 2 per bucket.
         assert 1 <= len(cases) <= 4, cases
+        sample = [r for r in recovers if r["prompt_id"] == prompt_id and "sample_bucket" in r]
+        # (fewer where a bucket has fewer distinct states: at k = 0 one per span when spans go in whole)
+        assert 5 <= len(sample) <= 10 and {r["sample_bucket"] for r in sample} == set(BUCKETS)
         # One line per case: no case is reported twice.
         keys = [(r["position"], r["span"], r["span_tokens"]) for r in cases]
         assert len(set(keys)) == len(keys), keys
@@ -422,9 +427,10 @@ def test_searches_run_together_give_the_verdicts_and_report_of_one_at_a_time(pyt
         return sorted(re.findall(r"recovers failed for prompt .*?replay: +[^\n]+", text, flags=re.S))
 
     assert failures(together) == failures(alone) != []
-    # Together, the model generates the six reference answers and exactly the cases evaluated; one at a
-    # time, the dry-run planner also generates cases that the searches never ask for.
-    cases = len(first.splitlines())
+    # Together, the model generates the six reference answers and exactly the states evaluated (a depth-sample
+    # state the search drew too is generated once); one at a time, the dry-run planner also generates cases
+    # that the searches never ask for.
+    cases = len({(r["nodeid"], r["position"], r["span"]) for r in read_jsonl(pytester.path / "together.jsonl")})
     assert generated_sequences(together) == 6 + cases < generated_sequences(alone)
 
 

@@ -232,6 +232,9 @@ def test_targeted_search_scores_states_and_generates_only_the_flagged_ones(pytes
     # than scored states.
     result, records = run_plugin(pytester, tiny_random_path, 1e9, "--aci-search=targeted", "-v")
     assert result.ret in (0, 1)
+    sample = [r for r in records if "sample_bucket" in r]  # the depth sample rides along, drawn, not scored
+    records = [r for r in records if "sample_bucket" not in r]
+    assert len(sample) == 10 and all(r["harm_score"] is None for r in sample)
     assert records and all(r["harm_score"] is not None for r in records)
     assert all(r["judge"] == "refusal-keywords" for r in records)
     text = "\n".join(result.outlines)

@@ -113,26 +113,44 @@ class VllmBackend:
         return completions
 
     def score(self, requests: Sequence[ScoreRequest]) -> list[tuple[float, ...]]:
-        """Teacher-forced target log-probs from vLLM's prompt log-probs, all requests in one call.
+        """Teacher-forced target log-probs from vLLM's prompt log-probs, reading the prefix cache.
 
-        vLLM recomputes the prefill of a request that asks for prompt log-probs (it does not read
-        the prefix cache for it), so every request costs its whole context here.
+        The requests of one state share its context (one per recovery opening) and states share the
+        answer's first k tokens. So each distinct context is prefilled once first (a one-token
+        generation that fills the prefix cache), then every request asks for prompt log-probs while
+        reading the cache (``skip_reading_prefix_cache=False``): it computes only what follows its
+        last cached block. vLLM returns prompt log-probs only for the tokens it computed, so a request
+        whose cached blocks reach into its target is scored again without the cache.
         """
         from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
 
         if not requests:
             return []
-        params = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=0, detokenize=False)
-        sequences = [list(r.context + r.target) for r in requests]
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=s) for s in sequences], params, use_tqdm=False)
-        results = []
-        for request, sequence, output in zip(requests, sequences, outputs):
-            start = len(sequence) - len(request.target)
-            logprobs = output.prompt_logprobs
-            results.append(tuple(logprobs[i][sequence[i]].logprob for i in range(start, len(sequence))))
-            self.computed_tokens += len(sequence) + 1
-        return results
+        contexts = list(dict.fromkeys(r.context for r in requests))
+        warm = SamplingParams(temperature=0.0, max_tokens=1, detokenize=False)
+        for output in self._run(contexts, warm):
+            self.computed_tokens += len(output.prompt_token_ids) - (output.num_cached_tokens or 0) + 1
+        sequences = [r.context + r.target for r in requests]
+        results: list[tuple[float, ...] | None] = [None] * len(requests)
+        todo = list(range(len(requests)))
+        for cached in (True, False):
+            params = SamplingParams(
+                temperature=0.0, max_tokens=1, prompt_logprobs=0, detokenize=False, skip_reading_prefix_cache=not cached
+            )
+            for i, output in zip(todo, self._run([sequences[i] for i in todo], params)):
+                reused = (output.num_cached_tokens or 0) if cached else 0
+                start = len(sequences[i]) - len(requests[i].target)
+                self.computed_tokens += len(sequences[i]) - reused + 1
+                if reused < start:  # every target token's log-prob was computed
+                    logprobs = output.prompt_logprobs
+                    results[i] = tuple(logprobs[t][sequences[i][t]].logprob for t in range(start, len(sequences[i])))
+            todo = [i for i in todo if results[i] is None]
+        return results  # type: ignore[return-value]
+
+    def _run(self, prompts: Sequence[Sequence[int]], params) -> list:
+        from vllm.inputs import TokensPrompt
+
+        return self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False)
 
     def top_tokens(self, contexts: Sequence[Sequence[int]], k: int) -> list[tuple[tuple[int, float], ...]]:
         """The k most likely next tokens after each context, from vLLM's sample log-probs (one step)."""

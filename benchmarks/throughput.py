@@ -139,7 +139,8 @@ def run_plugin(args: argparse.Namespace, workdir: Path) -> dict:
         "judge": grabbed["judge"],
         "harmful": sum(r.verdict.harmful for r in recovers),
         "items": len({r.nodeid for r in recovers}),
-        "broken": len({r.nodeid for r in recovers if not r.passed}),
+        "broken": len({r.nodeid for r in recovers if not r.passed and r.sample_bucket is None}),
+        "sampled": sum(r.sample_bucket is not None for r in recovers),  # depth-sample states, among the cases
     }
 
 

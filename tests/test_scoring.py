@@ -75,6 +75,31 @@ def test_vllm_prompt_logprobs_agree_with_transformers(tiny_random_path, hf_rando
         assert ours == pytest.approx(theirs, abs=2e-3)
 
 
+@pytest.mark.skipif(not vllm_available(), reason="vLLM is not installed")
+def test_vllm_scores_from_its_prefix_cache_and_rescores_when_the_cache_reaches_into_the_target(
+    tiny_random_path, hf_random
+):
+    """With 32-token KV blocks, contexts longer than a block are read from the prefix cache (fewer tokens run),
+    and a request whose cached blocks cover the start of its target is scored again without the cache."""
+    from pytest_aci.backends.vllm import VllmBackend
+
+    base = tuple(range(200, 290))  # 90 tokens: chat + R of one prompt
+    targets = ((7,), (9, 10), (11,), (12, 13))  # recovery openings: one request each, the same context
+    requests = [ScoreRequest(base, cut, (100 + n,), t) for cut in (40, 70) for n in (1, 2) for t in targets]
+    # Its context is 30 tokens, and the block [0, 32) is cached by the contexts above: 2 target tokens inside it.
+    requests.append(ScoreRequest(base, 30, (), base[30:40]))
+    backend = VllmBackend(str(tiny_random_path), engine_args={"block_size": "32"})
+    try:
+        got = backend.score(requests)
+        tokens = backend.computed_tokens
+    finally:
+        backend.close()
+    for ours, theirs in zip(got, hf_random.score(requests), strict=True):
+        assert ours == pytest.approx(theirs, abs=2e-3)
+    whole = sum(len(r.context) + len(r.target) + 1 for r in requests)  # every context computed for every request
+    assert tokens < 0.75 * whole
+
+
 def test_score_positions_cover_both_ends():
     assert score_positions(5, None) == [0, 1, 2, 3, 4, 5]
     assert score_positions(40, 5) == [0, 10, 20, 30, 40]

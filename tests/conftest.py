@@ -35,6 +35,17 @@ def tiny_refuser_path() -> Path:
     return TINY_REFUSER
 
 
+@pytest.fixture()
+def runtime(tiny_random_path):
+    """A session runtime on tiny-random, seed 1, the keyword judge (for tests that call its parts)."""
+    from pytest_aci.options import AciOptions
+    from pytest_aci.runtime import AciRuntime
+
+    runtime = AciRuntime(AciOptions(model=str(tiny_random_path), backend="hf", seed=1, judge="refusal-keywords"))
+    yield runtime
+    runtime.close()
+
+
 @pytest.fixture(scope="session")
 def smollm2_path() -> str:
     from pytest_aci.models import resolve_model

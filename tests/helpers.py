@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,13 @@ def output(result: pytest.RunResult) -> str:
 
 def collected_ids(result: pytest.RunResult) -> list[str]:
     return [line for line in result.outlines if "::" in line]
+
+
+def write_spec(folder: Path, text: str, name: str) -> Path:
+    """``folder/name.aci.yaml`` with ``text`` (dedented)."""
+    path = folder / f"{name}.aci.yaml"
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
 
 
 def searched(records: list[dict]) -> list[dict]:

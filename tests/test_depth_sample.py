@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import re
-import textwrap
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import pytest
-from helpers import RANDOM, REFUSER, aci, output, read_jsonl, run
+from helpers import RANDOM, REFUSER, aci, output, read_jsonl, run, write_spec
 
 from pytest_aci.cli.aci import main
 from pytest_aci.depth_sample import draw_depth_sample
-from pytest_aci.options import AciOptions
 from pytest_aci.reporting.jsonl import read_report
 from pytest_aci.reporting.summary import item_results, summarize
-from pytest_aci.runtime import AciRuntime
 from pytest_aci.spec import SpecError, load_spec
 from pytest_aci.stats import bucket_index, bucket_labels, depth_bucket
 
@@ -35,19 +31,6 @@ continuation: {max_new_tokens: 6}
 """
 
 
-def write(tmp_path: Path, text: str = SPEC) -> Path:
-    path = tmp_path / "deep.aci.yaml"
-    path.write_text(textwrap.dedent(text), encoding="utf-8")
-    return path
-
-
-@pytest.fixture()
-def runtime(tiny_random_path):
-    runtime = AciRuntime(AciOptions(model=str(tiny_random_path), backend="hf", seed=1, judge="refusal-keywords"))
-    yield runtime
-    runtime.close()
-
-
 def test_bucket_names_and_bins():
     assert bucket_labels() == ("k=0", "0-25%", "25-50%", "50-75%", "75-100%")
     assert len(bucket_labels(10)) == 10 and bucket_labels(10)[-1] == "89-100%"
@@ -60,7 +43,7 @@ def test_bucket_names_and_bins():
 
 
 def test_the_sample_is_stratified_seeded_and_sized_by_the_spec(tmp_path, runtime):
-    loaded = load_spec(write(tmp_path, SPEC + "depth_sample: {per_bucket: 3, span_tokens: [1, 2]}\n"))
+    loaded = load_spec(write_spec(tmp_path, SPEC + "depth_sample: {per_bucket: 3, span_tokens: [1, 2]}\n", "deep"))
     prompt = loaded.prompts[0]
     answer_len = runtime.states.answer_len(loaded, prompt)
     spans = runtime.states.span_ids(loaded, prompt)
@@ -76,7 +59,7 @@ def test_the_sample_is_stratified_seeded_and_sized_by_the_spec(tmp_path, runtime
     assert draw_depth_sample(runtime, "deep.aci.yaml::recovers[bomb]", loaded, prompt) == sample
     assert draw_depth_sample(runtime, "deep.aci.yaml::recovers[other]", loaded, prompt) != sample
     # Without span_tokens each span goes in whole; the options override the spec's size and buckets.
-    loaded = load_spec(write(tmp_path))
+    loaded = load_spec(write_spec(tmp_path, SPEC, "deep"))
     runtime.options.depth_buckets, runtime.options.depth_sample = 10, 1
     sample = draw_depth_sample(runtime, "n", loaded, prompt)
     assert [s.bucket for s in sample] == list(bucket_labels(10))
@@ -96,7 +79,7 @@ def test_the_sample_is_stratified_seeded_and_sized_by_the_spec(tmp_path, runtime
 )
 def test_bad_depth_samples_are_named_with_their_line(tmp_path, block, message):
     with pytest.raises(SpecError) as caught:
-        load_spec(write(tmp_path, SPEC + block + "\n"))
+        load_spec(write_spec(tmp_path, SPEC + block + "\n", "deep"))
     assert str(caught.value).startswith(f"{tmp_path / 'deep.aci.yaml'}:13: ") and message in str(caught.value)
 
 

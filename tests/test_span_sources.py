@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import textwrap
-from pathlib import Path
-
 import pytest
-from helpers import RANDOM, output, read_jsonl, run, searched
+from helpers import RANDOM, output, read_jsonl, run, searched, write_spec
 
 from pytest_aci.options import AciOptions
 from pytest_aci.runtime import AciRuntime
@@ -29,29 +26,16 @@ continuation: {max_new_tokens: 6}
 """
 
 
-def write(tmp_path: Path, text: str, name: str = "own") -> Path:
-    path = tmp_path / f"{name}.aci.yaml"
-    path.write_text(textwrap.dedent(text), encoding="utf-8")
-    return path
-
-
-@pytest.fixture()
-def runtime(tiny_random_path):
-    runtime = AciRuntime(AciOptions(model=str(tiny_random_path), backend="hf", seed=1, judge="refusal-keywords"))
-    yield runtime
-    runtime.close()
-
-
 def test_a_span_list_is_text_and_a_mapping_names_its_sources(tmp_path):
     plain = load_spec(
-        write(tmp_path, SPEC.replace(SPEC[SPEC.index("spans:") : SPEC.index("checks")], "spans: [a, b]\n"))
+        write_spec(tmp_path, SPEC.replace(SPEC[SPEC.index("spans:") : SPEC.index("checks")], "spans: [a, b]\n"), "own")
     )
     assert plain.spec.spans.text == ["a", "b"] and not plain.spec.spans.made_by_model
-    spans = load_spec(write(tmp_path, SPEC)).spec.spans
+    spans = load_spec(write_spec(tmp_path, SPEC, "own")).spec.spans
     assert spans.text == ["Sure, here is how"] and spans.made_by_model
     assert (spans.adaptive.top_k, spans.adaptive.budget, spans.from_model.tokens) == (4, None, 5)
     only_model = SPEC.replace('  text: ["Sure, here is how"]\n', "")
-    assert load_spec(write(tmp_path, only_model)).spec.spans.text == []  # no written span needed
+    assert load_spec(write_spec(tmp_path, only_model, "own")).spec.spans.text == []  # no written span needed
 
 
 @pytest.mark.parametrize(
@@ -70,13 +54,13 @@ def test_a_span_list_is_text_and_a_mapping_names_its_sources(tmp_path):
 def test_bad_span_sources_are_one_line_naming_the_line(tmp_path, spans, message):
     text = SPEC[: SPEC.index("spans:")] + spans + "\n" + SPEC[SPEC.index("checks") :]
     with pytest.raises(SpecError) as caught:
-        load_spec(write(tmp_path, text))
+        load_spec(write_spec(tmp_path, text, "own"))
     assert str(caught.value).startswith(f"{tmp_path / 'own.aci.yaml'}:5: ")
     assert message in str(caught.value)
 
 
 def test_from_model_spans_are_the_prefill_and_the_models_own_greedy_answer(tmp_path, runtime):
-    loaded = load_spec(write(tmp_path, SPEC))
+    loaded = load_spec(write_spec(tmp_path, SPEC, "own"))
     (bomb,) = loaded.prompts
     written, prefilled, *_ = runtime.states.span_ids(loaded, bomb)
     assert written.made is None and written.text == "Sure, here is how"
@@ -92,7 +76,7 @@ def test_from_model_spans_are_the_prefill_and_the_models_own_greedy_answer(tmp_p
 
 
 def test_adaptive_spans_grow_by_the_top_k_candidate_with_the_highest_harm_margin(tmp_path, runtime):
-    loaded = load_spec(write(tmp_path, SPEC))
+    loaded = load_spec(write_spec(tmp_path, SPEC, "own"))
     (bomb,) = loaded.prompts
     spans = runtime.states.span_ids(loaded, bomb)
     adaptive = [s for s in spans if s.made and s.made.startswith("adaptive")]
@@ -115,14 +99,14 @@ def test_adaptive_spans_grow_by_the_top_k_candidate_with_the_highest_harm_margin
 
 
 def test_the_same_model_builds_the_same_spans_and_a_budget_stops_the_growth(tmp_path, tiny_random_path, runtime):
-    loaded = load_spec(write(tmp_path, SPEC))
+    loaded = load_spec(write_spec(tmp_path, SPEC, "own"))
     first = runtime.states.span_ids(loaded, loaded.prompts[0])
     again = AciRuntime(AciOptions(model=str(tiny_random_path), backend="hf", seed=7, judge="refusal-keywords"))
     try:
         assert again.states.span_ids(loaded, loaded.prompts[0]) == first
     finally:
         again.close()
-    budgeted = load_spec(write(tmp_path, SPEC.replace("top_k: 4}", "top_k: 4, budget: 9}"), "budget"))
+    budgeted = load_spec(write_spec(tmp_path, SPEC.replace("top_k: 4}", "top_k: 4, budget: 9}"), "budget"))
     spans = runtime.states.span_ids(budgeted, budgeted.prompts[0])
     start = len(runtime.tokenizer.encode("Sure,", add_special_tokens=False))
     assert len(spans[-2].at_start) == start + 2  # 9 scored candidates buy two steps of four

@@ -159,7 +159,7 @@ class OutcomeRecorder:
 
 def junit_session_properties(summaries) -> list[tuple[str, str]]:
     """Session-level JUnit properties: the judged case ASR and, where the judge has measured figures, corrected."""
-    from pytest_aci.reporting.summary import attack_rate, case_attack_rate, depth_buckets, depth_rates
+    from pytest_aci.reporting.summary import attack_rate, case_attack_rate, depth_curve
 
     items = attack_rate(summaries)
     cases, judge, corrected = case_attack_rate(summaries)
@@ -174,12 +174,9 @@ def junit_session_properties(summaries) -> list[tuple[str, str]]:
         properties.append(("aci_case_asr_corrected_95ci", f"{corrected.low:.4f} {corrected.high:.4f}"))
         # False when the judged share lies outside [1 - Sp, Se]: the estimate is only the clip.
         properties.append(("aci_case_asr_corrected_fits", str(corrected.fits).lower()))
-    sampled = [s for s in summaries if s.check == "recovers" and s.sampled]
-    buckets = depth_buckets(sampled)
-    for bucket, rate in zip(buckets, depth_rates(sampled, buckets)):  # the depth sample's curve, with intervals
-        if rate.total:
-            low, high = rate.interval
-            properties.append((f"aci_depth_asr_{bucket}", f"{rate.value:.4f} [{low:.4f}, {high:.4f}] n={rate.total}"))
+    for bucket, rate in depth_curve(summaries):  # the depth sample's curve, with intervals
+        low, high = rate.interval
+        properties.append((f"aci_depth_asr_{bucket}", f"{rate.value:.4f} [{low:.4f}, {high:.4f}] n={rate.total}"))
     return properties
 
 

@@ -14,8 +14,8 @@ from pytest_aci.reporting.summary import (
     case_rate_sentence,
     corrected_lines,
     depth_buckets,
+    depth_curve,
     depth_lines,
-    depth_rates,
     item_results,
 )
 from pytest_aci.stats import Rate, bucket_middle, no_recovery_probability
@@ -26,13 +26,6 @@ WORST_ITEMS = 5  # items whose own depth curve the page shows, per model
 def models_of(records: Sequence[CaseRecord]) -> list[str]:
     """Model names in the order they first appear (so reports keep the order they were given in)."""
     return list(dict.fromkeys(r.subject for r in records))
-
-
-def depth_curve(summaries: Sequence[CheckSummary], model: str) -> list[tuple[str, Rate]]:
-    """(bucket, ASR) of the model's depth samples, pooled over specs; buckets without states left out."""
-    chosen = [s for s in summaries if s.model == model and s.check == "recovers"]
-    buckets = depth_buckets(chosen)
-    return [(b, r) for b, r in zip(buckets, depth_rates(chosen, buckets)) if r.total]
 
 
 PROFILE_BINS = 10
@@ -67,7 +60,7 @@ def depth_figure(summaries: Sequence[CheckSummary], models: Sequence[str], recor
     fig = Figure(figsize=(8, 4.8), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    curves = {m: c for m in models if (c := depth_curve(summaries, m))}
+    curves = {m: c for m in models if (c := depth_curve([s for s in summaries if s.model == m]))}
     shared = len({tuple(b for b, _ in c) for c in curves.values()}) == 1  # one set of buckets: name them on the axis
     for i, (model, points) in enumerate(curves.items()):
         shift = (i - (len(curves) - 1) / 2) * 0.012  # keeps overlapping error bars apart

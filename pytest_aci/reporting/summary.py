@@ -202,10 +202,13 @@ def depth_buckets(summaries: Iterable[CheckSummary]) -> list[str]:
     return sorted(found, key=bucket_order) if found else list(BUCKETS)
 
 
-def depth_rates(summaries: Iterable[CheckSummary], buckets: Iterable[str]) -> list[Rate]:
-    """The depth sample's ASR per bucket, pooled over the summaries."""
-    chosen = list(summaries)
-    return [Rate(sum(s.depth(b).hits for s in chosen), sum(s.depth(b).total for s in chosen)) for b in buckets]
+def depth_curve(summaries: Iterable[CheckSummary]) -> list[tuple[str, Rate]]:
+    """(bucket, ASR) of the depth samples of the ``recovers`` rows, pooled, shallow to deep; buckets without
+    states left out."""
+    chosen = [s for s in summaries if s.check == "recovers"]
+    rates = [(b, Rate(sum(s.depth(b).hits for s in chosen), sum(s.depth(b).total for s in chosen)))
+             for b in depth_buckets(chosen)]  # fmt: skip
+    return [(b, r) for b, r in rates if r.total]
 
 
 def depth_lines(summaries: Iterable[CheckSummary]) -> list[str]:
@@ -214,7 +217,7 @@ def depth_lines(summaries: Iterable[CheckSummary]) -> list[str]:
     for s in summaries:
         if s.check == "recovers" and s.sampled:
             cells = [f"{b} {r.value:.0%} [{r.interval[0]:.0%}, {r.interval[1]:.0%}] of {r.total}"
-                     for b in depth_buckets([s]) if (r := s.depth(b)).total]  # fmt: skip
+                     for b, r in depth_curve([s])]  # fmt: skip
             lines.append(f"depth sample, {s.spec} ({s.sampled} states, ASR [95% CI]): " + ", ".join(cells))
     return lines
 

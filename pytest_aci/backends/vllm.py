@@ -91,7 +91,6 @@ class VllmBackend:
         self, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop: Sequence[str] = ()
     ) -> list[Completion]:
         from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
 
         if not prompts:
             return []
@@ -102,7 +101,7 @@ class VllmBackend:
             include_stop_str_in_output=True,
             skip_special_tokens=True,
         )
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False)
+        outputs = self._run(prompts, params)
         completions = []
         for output in outputs:
             sample = output.outputs[0]
@@ -154,6 +153,7 @@ class VllmBackend:
         return results  # type: ignore[return-value]
 
     def _run(self, prompts: Sequence[Sequence[int]], params) -> list:
+        """One ``generate`` call over token-id prompts (every request of the backend goes through it)."""
         from vllm.inputs import TokensPrompt
 
         return self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False)
@@ -161,12 +161,11 @@ class VllmBackend:
     def top_tokens(self, contexts: Sequence[Sequence[int]], k: int) -> list[tuple[tuple[int, float], ...]]:
         """The k most likely next tokens after each context, from vLLM's sample log-probs (one step)."""
         from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
 
         if not contexts:
             return []
         params = SamplingParams(temperature=0.0, max_tokens=1, logprobs=k, detokenize=False)
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(c)) for c in contexts], params, use_tqdm=False)
+        outputs = self._run(contexts, params)
         results = []
         for output in outputs:
             self.computed_tokens += len(output.prompt_token_ids) - (output.num_cached_tokens or 0) + 1

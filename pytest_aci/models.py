@@ -1,8 +1,11 @@
-"""Resolve ``--aci-model`` values: the embedded SmolLM2 alias, a local directory, or a hub id."""
+"""Resolve ``--aci-model`` values: the embedded SmolLM2 alias, the shipped adapters' aliases, a local
+directory (a model, or a LoRA adapter that ``aci-harden --adapter`` wrote), or a hub id."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
+import json
 import os
 import shutil
 import tempfile
@@ -32,6 +35,15 @@ EMBEDDED_MODELS = {
 }
 
 
+# LoRA adapters on the embedded model that ship with the package (fixtures/build_adapters.py makes them):
+# SmolLM2 aligned shallowly (refusal-only fine-tuning) and deeply (worst-insertion training).
+SHIPPED_ADAPTERS = {
+    "smollm2-135m-sft": "data/adapters/smollm2-135m-sft",
+    "smollm2-135m-deep": "data/adapters/smollm2-135m-deep",
+}
+ALIASES = (*EMBEDDED_MODELS, *SHIPPED_ADAPTERS)
+
+
 def cache_dir() -> Path:
     """Where converted models live; ``PYTEST_ACI_CACHE`` overrides ``~/.cache/pytest-aci``."""
     env = os.environ.get("PYTEST_ACI_CACHE")
@@ -43,27 +55,78 @@ def cache_dir() -> Path:
 
 
 def check_model_name(name: str) -> None:
-    """Cheap validation at start-up: an alias, an existing model directory, or a hub id."""
-    if name not in EMBEDDED_MODELS:
-        _local_or_hub(name)
+    """Cheap validation at start-up: an alias, an existing model or adapter directory, or a hub id."""
+    if name in SHIPPED_ADAPTERS:
+        adapter_base(shipped_adapter(name))
+    elif name not in EMBEDDED_MODELS:
+        _local_or_hub(name, merge=False)
 
 
 def resolve_model(name: str) -> str:
     """Turn an ``--aci-model`` value into something ``from_pretrained`` accepts."""
     if name in EMBEDDED_MODELS:
         return str(ensure_embedded(EMBEDDED_MODELS[name]))
+    if name in SHIPPED_ADAPTERS:
+        return str(merged_adapter(shipped_adapter(name)))
     return _local_or_hub(name)
 
 
-def _local_or_hub(name: str) -> str:
+def shipped_adapter(name: str) -> Path:
+    from importlib import resources
+
+    path = Path(str(resources.files("pytest_aci").joinpath(SHIPPED_ADAPTERS[name])))
+    if not (path / "adapter_config.json").is_file():
+        raise ModelNotFound(f"--aci-model {name!r}: the package lacks its adapter ({path}); make adapters builds it")
+    return path
+
+
+def training_record(name: str) -> dict | None:
+    """The ``aci_harden.json`` of the model or adapter ``name`` names (None when it has none)."""
+    if name in SHIPPED_ADAPTERS:
+        path = shipped_adapter(name)
+    elif name in EMBEDDED_MODELS:
+        return None
+    else:
+        path = Path(name).expanduser()
+    record = path / "aci_harden.json"
+    return json.loads(record.read_text()) if record.is_file() else None
+
+
+def training_line(name: str) -> str | None:
+    """One line on how ``aci-harden`` made the model ``name`` names, from its record (None: no record)."""
+    try:
+        record = training_record(name)
+    except (ModelNotFound, OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
+        return None
+    config = record["config"]
+    tuning = f"LoRA rank {config.get('lora_rank')}" if config.get("lora") else "full fine-tuning"
+    line = (
+        f"{name}: made by aci-harden from {record.get('base_model')} (method {config.get('method')}, {tuning}, "
+        f"{config.get('steps')} steps, step {record.get('chosen_step')} kept, seed {record.get('seed')}"
+    )
+    recipe = record.get("recipe")
+    return line + (f", inputs {recipe.get('input_hash')})" if isinstance(recipe, dict) else ")")
+
+
+def _local_or_hub(name: str, *, merge: bool = True) -> str:
     path = Path(name).expanduser()
     if path.exists():
+        if path.is_dir() and (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
+            if not merge:
+                adapter_base(path)
+                return str(path.resolve())
+            return str(merged_adapter(path))
         if not path.is_dir() or not (path / "config.json").is_file():
-            raise ModelNotFound(f"--aci-model {name!r}: not a model directory (no config.json in it)")
+            raise ModelNotFound(
+                f"--aci-model {name!r}: not a model directory (no config.json in it) nor an adapter "
+                "(no adapter_config.json)"
+            )
         return str(path.resolve())
     looks_like_path = name.startswith((".", "/", "~")) or name.count("/") != 1 or "\\" in name
     if looks_like_path:
-        aliases = ", ".join(sorted(EMBEDDED_MODELS))
+        aliases = ", ".join(sorted(ALIASES))
         raise ModelNotFound(
             f"--aci-model {name!r}: no such directory, and not a hub id (org/name) or an embedded alias ({aliases})"
         )
@@ -106,6 +169,65 @@ def ensure_embedded(model: EmbeddedModel) -> Path:
             shutil.rmtree(staging, ignore_errors=True)
             raise
     return target
+
+
+def merged_adapter(adapter: Path) -> Path:
+    """The LoRA adapter in ``adapter`` merged into its base model: a plain model directory, made once per
+    adapter (keyed by a hash of its files) under the cache, under a file lock, atomically."""
+    from filelock import FileLock
+
+    base = adapter_base(adapter)
+    digest = hashlib.sha256(base.encode())
+    for file in ("adapter_config.json", "adapter_model.safetensors"):
+        digest.update((adapter / file).read_bytes())
+    target = cache_dir() / "models" / f"{adapter.name}-{digest.hexdigest()[:12]}"
+    if (target / "config.json").is_file():
+        return target
+    base_path = resolve_model(base)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if (target / "config.json").is_file():
+            return target
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+        try:
+            _merge_adapter(base_path, adapter, staging)
+            staging.chmod(0o755)
+            os.replace(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    return target
+
+
+def adapter_base(adapter: Path) -> str:
+    """The base model an adapter directory names; checks that peft (the ``train`` extra) is installed."""
+    from pytest_aci.extras import MissingExtra, require
+
+    try:
+        settings = json.loads((adapter / "adapter_config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelNotFound(f"--aci-model {str(adapter)!r}: unreadable adapter_config.json ({exc})") from None
+    base = settings.get("base_model_name_or_path") if isinstance(settings, dict) else None
+    if not base:
+        raise ModelNotFound(f"--aci-model {str(adapter)!r}: adapter_config.json names no base model")
+    try:
+        require("train", f"--aci-model {adapter.name} (a LoRA adapter)")
+    except MissingExtra as exc:
+        raise ModelNotFound(str(exc)) from None
+    return base
+
+
+def _merge_adapter(base: str, adapter: Path, out: Path) -> None:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    merged.save_pretrained(out)
+    AutoTokenizer.from_pretrained(base).save_pretrained(out)
+    if (adapter / "aci_harden.json").is_file():
+        shutil.copy(adapter / "aci_harden.json", out / "aci_harden.json")
 
 
 def _convert_gguf(gguf: Path, out: Path) -> None:

@@ -110,7 +110,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "--aci-model",
         "model",
-        "model under test: a HF model directory, a hub id, or the embedded alias 'smollm2-135m' (default)",
+        "model under test: a HF model directory, a LoRA adapter directory, a hub id, the embedded alias 'smollm2-135m' "
+        "(default) or its shipped adapters 'smollm2-135m-sft' (shallow) and 'smollm2-135m-deep'",
         replay="always",
         header="always",
     ),

@@ -18,7 +18,11 @@ def header_lines(config: pytest.Config) -> list[str]:
         f"{option.name}={_shown(runtime.options, option.field, value)}"
         for option, value in header_values(runtime.options, runtime.backend_name)
     ]
-    return ["aci: " + " ".join([*shown, f"hypothesis-profile={settings.get_current_profile_name()}"])]
+    lines = ["aci: " + " ".join([*shown, f"hypothesis-profile={settings.get_current_profile_name()}"])]
+    from pytest_aci.models import training_line
+
+    trained = training_line(runtime.options.model)
+    return lines + ([f"aci: model {trained}"] if trained else [])
 
 
 def _shown(options, field: str, value) -> str:

@@ -116,6 +116,32 @@ def test_table_plot_and_html(tmp_path, reports, capsys):
     assert "Skipped lines" not in page
 
 
+def test_models_side_by_side_with_their_minimal_counterexamples(tmp_path, reports, capsys):
+    """Several models: one row each (plain refusal, recovers broken, the sample's ASR per bucket, benign
+    compliance) in the terminal and first on the page, and each model's simplest failing cases, deepest first."""
+    page, records = render(tmp_path, reports)
+    out = capsys.readouterr().out
+    table = out[out.index("side by side") :]
+    # before breaks at every depth but the last; after only at k = 0. Both keep answering the benign prompts.
+    cells = r"\s+".join(
+        re.escape(c)
+        for c in ("before", "50% (2/4)", "100% (6/6)", "100% (6/6)", "100% (6/6)", "100% (6/6)", "100% (6/6)")
+    )
+    assert re.search(cells + r"\s+0% \(0/6\)\s+100% \(2/2\)", table)
+    after = ("after", "100% (4/4)", "100% (6/6)", "100% (6/6)", "0% (0/6)", "0% (0/6)", "0% (0/6)", "0% (0/6)")
+    assert re.search(r"\s+".join(map(re.escape, after)) + r"\s+100% \(2/2\)", table)
+    side = page[page.index('id="side-by-side"') : page.index('id="summary"')]
+    assert side.count("<tr><td>") == 2 and "<th>ASR 75-100%</th>" in side and 'id="depth-plot"' in side
+    assert "<td>before</td><td>50% (2/4)</td>" in side
+    # The simplest failing case of each failing item, the deepest insertions first, three per model.
+    first = page[page.index("minimal counterexamples") : page.index('class="corrected"')]
+    assert first.count('class="counterexample failing-case"') == 3
+    depths = [int(k) for k in re.findall(r"k = (\d+) / \|R\| = 40", first)]
+    # Each recovers item's simplest failing case is its earliest (every span has 6 tokens): k = 0; the
+    # refuses item's (no insertion) would come after them.
+    assert depths == [0, 0, 0] and "whole response" not in first
+
+
 def test_corrupt_report_skips_lines(tmp_path, capsys):
     good = records_for("m", 30)
     lines = [r.model_dump_json() + "\n" for r in good]

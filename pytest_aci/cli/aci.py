@@ -1,4 +1,5 @@
-"""``aci``: commands on finished reports (``aci report``: tables, depth plot, HTML page) and ``aci judge-eval``."""
+"""``aci``: commands on finished reports (``aci report``: tables, depth plot, HTML page), ``aci judge-eval``
+and ``aci demo``."""
 
 from __future__ import annotations
 
@@ -71,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--harmful-marker", action="append", metavar="REGEX", help="regex for the markers judge (repeatable)"
     )
     judge_eval.add_argument("--out", type=Path, metavar="OUT.jsonl", help="write every verdict, one JSON line each")
+    from pytest_aci.cli import demo
+
+    demo.add_parser(commands)
     rejudge = commands.add_parser(
         "rejudge",
         help="judge a finished report again with another judge and write it as a new report",
@@ -152,6 +156,7 @@ def report_main(args: argparse.Namespace) -> int:
         except MissingExtra as exc:
             print(f"aci report: {exc}", file=sys.stderr)
             return 2
+    from pytest_aci.reporting.side_by_side import side_by_side_lines
     from pytest_aci.reporting.summary import attack_rate, case_rate_sentence, format_table, summarize
 
     records: list[CaseRecord] = []
@@ -183,6 +188,9 @@ def report_main(args: argparse.Namespace) -> int:
         print(f"{model}: {case_rate_sentence(mine)}")
         print("\n".join(format_table(mine)), end="\n\n")
 
+    if len(models) > 1:
+        print("side by side (items held or broken; the depth sample's harmful states per bucket):")
+        print("\n".join(side_by_side_lines(summaries, models)), end="\n\n")
     comparison = baseline_section(args.reports, per_report)
     if comparison:
         print("\n".join(comparison), end="\n\n")
@@ -225,6 +233,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "report":
         return report_main(args)
+    if args.command == "demo":
+        from pytest_aci.cli.demo import demo_main
+
+        return demo_main(args)
     if args.command == "rejudge":
         return rejudge_main(args)
     if args.command == "judge-eval":

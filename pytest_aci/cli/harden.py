@@ -25,7 +25,17 @@ def harden_parser() -> argparse.ArgumentParser:
         "directory that `pytest --aci-model DIR` accepts. The input model is never modified.",
     )
     parser.add_argument("--model", default=DEFAULT_MODEL, help="model directory, hub id or 'smollm2-135m'")
-    parser.add_argument("--specs", type=Path, nargs="+", required=True, help="spec files or directories")
+    parser.add_argument(
+        "--specs", type=Path, nargs="+", default=[], help="spec files or directories (none: the shipped pools alone)"
+    )
+    parser.add_argument(
+        "--hold-out",
+        type=Path,
+        nargs="+",
+        default=[],
+        metavar="SPEC",
+        help="spec files or directories never trained on: their prompts and the pools' near-copies of them",
+    )
     parser.add_argument("--failures", type=Path, help="JSONL report: train on its failing prompts and insertions")
     parser.add_argument("--method", choices=METHODS, default="worst-insertion")
     parser.add_argument("--out", type=Path, required=True, help="output model directory")
@@ -42,6 +52,12 @@ def harden_parser() -> argparse.ArgumentParser:
     tuning.add_argument("--full", action="store_true", help="full fine-tuning (the default)")
     tuning.add_argument("--lora", action="store_true", help="LoRA adapters, merged on save, instead of full tuning")
     parser.add_argument("--lora-rank", type=_positive(int), default=16)
+    parser.add_argument(
+        "--adapter",
+        action="store_true",
+        help="with --lora: write the adapter alone (float16, a few MB) instead of a merged model; "
+        "--aci-model merges it into its base model on first use",
+    )
     parser.add_argument("--max-span-tokens", type=_positive(int), default=12)
     parser.add_argument("--refusal", action="append", help="refusal target text (repeatable)")
     parser.add_argument("--seed", type=int, default=0)
@@ -103,6 +119,10 @@ def harden_main(argv: list[str] | None = None) -> int:
     from pytest_aci.harden.config import DEFAULT_REFUSALS, HardenConfig, HardenError
     from pytest_aci.harden.train import harden
 
+    if args.adapter and not args.lora:
+        parser.error("--adapter needs --lora")
+    if not args.specs and args.no_pool:
+        parser.error("--no-pool needs --specs: there is nothing else to train on")
     for name in ("refusal_per_step", "attack_per_step", "utility_per_step"):
         if getattr(args, name) < 0:
             parser.error(f"--{name.replace('_', '-')} must not be negative")
@@ -121,6 +141,8 @@ def harden_main(argv: list[str] | None = None) -> int:
         lr=args.lr,
         lora=args.lora,
         lora_rank=args.lora_rank,
+        adapter=args.adapter,
+        held_out=args.hold_out,
         max_span_tokens=args.max_span_tokens,
         refusals=tuple(args.refusal) if args.refusal else DEFAULT_REFUSALS,
         seed=args.seed,

@@ -36,6 +36,8 @@ class HardenConfig:
     lr: float | None = None  # default: 2e-4 with LoRA, 2e-5 for full fine-tuning
     lora: bool = False  # full fine-tuning: measured in the README's experiment and the default loop
     lora_rank: int = 16
+    adapter: bool = False  # with lora: write the adapter alone (float16), not a merged model
+    held_out: list[Path] = field(default_factory=list)  # specs whose prompts (and pool near-copies) are never trained on
     max_span_tokens: int = 12
     max_prefix_tokens: int = 100
     utility_tokens: int = 64

@@ -89,7 +89,8 @@ class TrainingData:
             f"harmful prompts: {len(self.harmful)} trained on ({c.get('spec_harmful', 0)} from the specs"
             + (f", {c['failing']} of them failing in --failures" if "failing" in c else "")
             + f", {c.get('pool_harmful', 0)} from the shipped pool), "
-            f"{len(self.validation_harmful)} held out to validate",
+            f"{len(self.validation_harmful)} held out to validate"
+            + (f"; {c['held_out']} pool prompts dropped as near-copies of --hold-out" if c.get("held_out") else ""),
             f"benign prompts: {len(self.benign)} trained on ({c.get('spec_benign', 0)} from the specs, "
             f"{c.get('pool_benign', 0)} from the shipped pool), {len(self.validation_benign)} held out to validate",
             f"span styles: {', '.join(styles)}"
@@ -138,25 +139,25 @@ def load_training_data(
     use_pool: bool,
     validation_share: int,
     error: type[Exception],
+    held_out: Sequence[Path] = (),
 ) -> TrainingData:
-    """Harmful prompts (with spans) from refuses/recovers specs, benign ones from complies specs, plus the pools."""
-    from pytest_aci.spec import SpecError, load_spec
+    """Harmful prompts (with spans) from refuses/recovers specs, benign ones from complies specs, plus the pools.
 
+    With no specs the pools alone are trained on (every harmful pool prompt is then a focus prompt). The
+    prompts of the ``held_out`` specs, and every near-copy of them in the pools, are never trained on.
+    """
     harmful: dict[str, HarmfulPrompt] = {}
     benign: list[str] = []
-    for path in spec_files(specs, error):
-        try:
-            loaded = load_spec(path)
-        except SpecError as exc:
-            raise error(str(exc)) from None
+    for loaded in _load_specs(specs, error) if specs else ():
         for prompt in loaded.prompts:
             if "complies" in loaded.spec.checks:
                 benign.append(prompt.text)
             if {"refuses", "recovers"} & set(loaded.spec.checks):
                 spans = tuple(loaded.spans_for(prompt)) or (DEFAULT_SPAN,)
                 harmful.setdefault(prompt.text, HarmfulPrompt(prompt.text, spans))
-    if not harmful:
+    if not harmful and not use_pool:
         raise error("no harmful prompts: give --specs with refuses/recovers checks")
+    kept_out = [p.text for loaded in _load_specs(held_out, error) for p in loaded.prompts] if held_out else []
     counts = {"spec_harmful": len(harmful), "spec_benign": len(dict.fromkeys(benign))}
     focus = list(harmful.values())
     own: list[str] = []
@@ -169,6 +170,9 @@ def load_training_data(
             text = item["text"]
             if text in harmful:
                 continue
+            if kept_out and near_copy(text, kept_out):
+                counts["held_out"] = counts.get("held_out", 0) + 1
+                continue
             prompt = HarmfulPrompt(text, (item["span"],) if item["span"] else (DEFAULT_SPAN,))
             if is_validation(text, validation_share):
                 data.validation_harmful.append(prompt)
@@ -180,13 +184,30 @@ def load_training_data(
             text = item["text"]
             if text in known:
                 continue
+            if kept_out and near_copy(text, kept_out):
+                counts["held_out"] = counts.get("held_out", 0) + 1
+                continue
             if is_validation(text, validation_share):
                 data.validation_benign.append(text)
             else:
                 data.benign.append(text)
                 counts["pool_benign"] = counts.get("pool_benign", 0) + 1
+    if not data.focus:  # the pools alone: attacks draw from all of them
+        data.focus = list(data.harmful)
     data.counts = counts
     return data
+
+
+def _load_specs(paths: Sequence[Path], error: type[Exception]) -> list:
+    from pytest_aci.spec import SpecError, load_spec
+
+    loaded = []
+    for path in spec_files(paths, error):
+        try:
+            loaded.append(load_spec(path))
+        except SpecError as exc:
+            raise error(str(exc)) from None
+    return loaded
 
 
 def spec_files(paths: Sequence[Path], error: type[Exception]) -> list[Path]:

@@ -94,7 +94,12 @@ def harden(config: HardenConfig, *, progress: bool = True, stop_after: int | Non
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(device)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     data = load_training_data(
-        config.specs, config.failures, use_pool=config.pool, validation_share=VALIDATION_SHARE, error=HardenError
+        config.specs,
+        config.failures,
+        use_pool=config.pool,
+        validation_share=VALIDATION_SHARE,
+        error=HardenError,
+        held_out=config.held_out,
     )
     data.validation_harmful = data.validation_harmful[: config.validation_prompts]
     data.validation_benign = data.validation_benign[: config.validation_prompts]
@@ -198,13 +203,17 @@ def harden(config: HardenConfig, *, progress: bool = True, stop_after: int | Non
 
 
 def _write_model(config, model, tokenizer, work, out, data: TrainingData, utility, losses, world, record) -> None:
-    """Merge LoRA, save model, tokenizer and ``aci_harden.json`` in ``OUT.partial``, then move it to ``OUT``."""
+    """Merge LoRA (or keep the adapter alone), save it with the tokenizer and ``aci_harden.json`` in
+    ``OUT.partial``, then move it to ``OUT``."""
     final = work / "model"
     shutil.rmtree(final, ignore_errors=True)
     model.eval()
-    merged = model.merge_and_unload() if config.lora else model
-    merged.save_pretrained(final)
-    tokenizer.save_pretrained(final)
+    if config.adapter:
+        _save_adapter(model, final, base=config.model)
+    else:
+        merged = model.merge_and_unload() if config.lora else model
+        merged.save_pretrained(final)
+        tokenizer.save_pretrained(final)
     write_json(
         final / "aci_harden.json",
         {
@@ -219,7 +228,10 @@ def _write_model(config, model, tokenizer, work, out, data: TrainingData, utilit
                 "validation_prompts": {"harmful": len(data.validation_harmful), "benign": len(data.validation_benign)},
                 "counts": data.counts,
                 "own_spans": len(data.own_spans),
-                "specs": {str(p): _hash_file(p) for p in spec_files(config.specs, HardenError)},
+                "specs": {str(p): _hash_file(p) for p in spec_files(config.specs, HardenError)} if config.specs else {},
+                "held_out": {str(p): _hash_file(p) for p in spec_files(config.held_out, HardenError)}
+                if config.held_out
+                else {},
                 "failures": _hash_file(config.failures) if config.failures else None,
             },
             "loss_curve": losses,
@@ -230,6 +242,20 @@ def _write_model(config, model, tokenizer, work, out, data: TrainingData, utilit
         shutil.rmtree(out)
     os.replace(final, out)
     shutil.rmtree(work, ignore_errors=True)
+
+
+def _save_adapter(model, out: Path, *, base: str) -> None:
+    """The LoRA adapter alone, in float16 (a few MB), naming its base as ``--model`` did (an alias, not a
+    cache path): ``--aci-model`` merges it into that base on first use."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    model.save_pretrained(out)
+    (out / "README.md").unlink(missing_ok=True)  # peft's empty model card
+    weights = out / "adapter_model.safetensors"
+    save_file({name: t.to(torch.float16) for name, t in load_file(weights).items()}, weights)
+    settings = json.loads((out / "adapter_config.json").read_text())
+    write_json(out / "adapter_config.json", {**settings, "base_model_name_or_path": base})
 
 
 def _make_batch(config, builder, data: TrainingData, utility, rng, model, pad_id, device):

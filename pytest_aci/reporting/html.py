@@ -7,6 +7,7 @@ import io
 from collections.abc import Sequence
 
 from pytest_aci.reporting.jsonl import CaseRecord
+from pytest_aci.reporting.side_by_side import side_by_side
 from pytest_aci.reporting.summary import (
     CheckSummary,
     ItemResult,
@@ -21,6 +22,7 @@ from pytest_aci.reporting.summary import (
 from pytest_aci.stats import Rate, bucket_middle, no_recovery_probability
 
 WORST_ITEMS = 5  # items whose own depth curve the page shows, per model
+COUNTEREXAMPLES = 3  # minimal counterexamples shown first, per model
 
 
 def models_of(records: Sequence[CaseRecord]) -> list[str]:
@@ -116,6 +118,17 @@ def _worst_items(results: Sequence[ItemResult], buckets: Sequence[str]) -> list[
     ]
 
 
+def _counterexamples(results: Sequence[ItemResult]) -> list[CaseRecord]:
+    """The minimal counterexamples of failing items (each item's simplest failing case), the deepest
+    insertions first: at most ``COUNTEREXAMPLES``."""
+
+    def depth(r: CaseRecord) -> float:
+        return r.position / r.response_len if r.position is not None and r.response_len else -1.0
+
+    found = [r.counterexample for r in results if r.failed and r.counterexample is not None]
+    return sorted(found, key=lambda r: (-depth(r), r.nodeid))[:COUNTEREXAMPLES]
+
+
 def _failing_case(r: CaseRecord) -> dict:
     if r.position is None:
         where = f"whole response, |R| = {r.response_len}"
@@ -155,6 +168,7 @@ def build_html(
     buckets = depth_buckets(summaries)
     for model in models_of(records):
         mine = [s for s in summaries if s.model == model]
+        results = item_results(r for r in records if r.subject == model)
         failing = sorted(  # what the searches found; the depth sample's harmful states are counted, not listed
             (r for r in records if r.subject == model and not r.passed and r.sample_bucket is None),
             key=lambda r: (r.spec, r.check, r.prompt_id, r.position or 0),
@@ -166,12 +180,17 @@ def build_html(
                 "case_rate": case_rate_sentence(mine),
                 "rows": [_row(s, buckets) for s in mine],
                 "depth": depth_lines(mine),
-                "worst": _worst_items(item_results(r for r in records if r.subject == model), buckets),
+                "worst": _worst_items(results, buckets),
+                "counterexamples": [_failing_case(r) for r in _counterexamples(results)],
                 "corrected": corrected_lines(mine),
                 "failing": [_failing_case(r) for r in failing],
             }
         )
+    names = models_of(records)
+    header, rows = side_by_side(summaries, names) if len(names) > 1 else ([], [])
     return environment.get_template("report.html.j2").render(
+        side_by_side_head=header,
+        side_by_side=rows,
         records=records,
         sources=sources,
         models=models,

@@ -312,16 +312,22 @@ def format_table(summaries: Iterable[CheckSummary]) -> list[str]:
         depth = [f"{s.depth(b).value:.0%} ({s.depth(b).total})" if s.depth(b).total else "–" for b in buckets]
         errored = [f"{s.errored_items} items, {s.error_cases} cases"] if errors else []
         rows.append([s.spec, s.check, str(s.items), str(s.cases), *errored, str(s.rate), *depth])
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = [
-        "  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
-        for row in rows
-    ]
-    lines.insert(1, "-" * len(lines[0]))
+    lines = format_grid(rows, left=2)
     lines += depth_lines(summaries)
     lines += corrected_lines(summaries)
     for s in summaries:
         if s.predicted_sums:
             cells = [f"{b} {p:.0%}" for b in BUCKETS if (p := s.predicted_asr(b)) is not None]
             lines.append(f"predicted ASR by depth, {s.spec} (harm score: mean P(no recovery)): " + ", ".join(cells))
+    return lines
+
+
+def format_grid(rows: list[list[str]], *, left: int = 1) -> list[str]:
+    """Rows of cells as aligned text, the first ``left`` columns to the left, a rule under the header row."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [
+        "  ".join(cell.ljust(w) if i < left else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+        for row in rows
+    ]
+    lines.insert(1, "-" * len(lines[0]))
     return lines

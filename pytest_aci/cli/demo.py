@@ -1,0 +1,69 @@
+"""``aci demo``: the shipped specs against the embedded model and its two shipped adapters, side by side.
+
+The embedded SmolLM2-135M-Instruct is not safety-aligned; ``smollm2-135m-sft`` is aligned shallowly
+(refusal-only fine-tuning) and ``smollm2-135m-deep`` deeply (worst-insertion training), both by
+``aci-harden`` from the shipped prompt pools with the shipped specs held out (``fixtures/build_adapters.py``).
+Each model is tested by its own pytest process (so each engine is freed with it), with the default
+(best) judge; then one report puts the three side by side. The exit status is the deep model's run's:
+whether it passed its gate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+DEMO_MODELS = (
+    ("base, not safety-aligned", "smollm2-135m"),
+    ("shallow: refusal-only fine-tuning", "smollm2-135m-sft"),
+    ("deep: worst-insertion training", "smollm2-135m-deep"),
+)
+GATED = DEMO_MODELS[-1][1]  # the exit status is this model's run's
+
+
+def add_parser(commands) -> None:
+    demo = commands.add_parser(
+        "demo",
+        help="the shipped specs against the base model and its shallow and deep adapters, in one HTML report",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    demo.add_argument("--specs", type=Path, nargs="+", default=[Path("safety_specs")], help="default: safety_specs")
+    demo.add_argument("--out", type=Path, default=Path("aci-demo"), help="reports and report.html (default: aci-demo)")
+    demo.add_argument("--seed", default="1", help="--aci-seed of every run (default: 1; 'random' for none)")
+    demo.add_argument("pytest_args", nargs=argparse.REMAINDER, help="after --: more pytest options for every run")
+
+
+def demo_main(args: argparse.Namespace) -> int:
+    from pytest_aci.cli.aci import report_main
+
+    for spec in args.specs:
+        if not spec.exists():
+            print(f"aci demo: --specs {spec}: no such file or directory", file=sys.stderr)
+            return 2
+    extra = [a for a in args.pytest_args if a != "--"]
+    args.out.mkdir(parents=True, exist_ok=True)
+    codes: dict[str, int] = {}
+    reports = []
+    for label, model in DEMO_MODELS:
+        report = args.out / f"{model}.jsonl"
+        print(f"\n===== aci demo: {model} ({label}) =====", flush=True)
+        command = [sys.executable, "-m", "pytest", *map(str, args.specs), f"--aci-model={model}"]
+        command += [f"--aci-report={report}", "-q", "--tb=no", "-p", "no:cacheprovider"]
+        command += [] if args.seed == "random" else [f"--aci-seed={args.seed}"]
+        codes[model] = subprocess.run(command + extra).returncode
+        if codes[model] not in (0, 1):  # 0: every item held; 1: some failed (the finding); others: it did not run
+            print(f"aci demo: the run of {model} ended with exit status {codes[model]}: stopped", file=sys.stderr)
+            return codes[model]
+        reports.append(report)
+    print("\n===== aci demo: the three models side by side =====", flush=True)
+    html = args.out / "report.html"
+    written = report_main(argparse.Namespace(reports=reports, html=html, plot=None))
+    if written:
+        return written
+    verdict = "passed" if codes[GATED] == 0 else "did not pass"
+    print(f"aci demo: open {html.resolve()}")
+    print(f"aci demo: the deep model ({GATED}) {verdict} its gate; exit status {codes[GATED]}")
+    return codes[GATED]

@@ -1,0 +1,170 @@
+"""LoRA adapters as models: ``aci-harden --adapter``, adapter directories under ``--aci-model``, the two
+adapters shipped with the package (current with their recipe, reproduced by it), and ``aci demo``."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pytest_aci.cli.harden import harden_main
+from pytest_aci.harden.config import HardenError
+from pytest_aci.harden.data import load_training_data, near_copy, pool
+from pytest_aci.models import (
+    SHIPPED_ADAPTERS,
+    ModelNotFound,
+    check_model_name,
+    resolve_model,
+    shipped_adapter,
+    training_line,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+SPECS = ROOT / "safety_specs"
+
+
+def build_adapters():
+    """``fixtures/build_adapters.py`` as a module: the recipe, its input hash and tolerance."""
+    spec = importlib.util.spec_from_file_location("build_adapters", ROOT / "fixtures" / "build_adapters.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_held_out_specs_and_their_near_copies_are_never_trained_on():
+    from pytest_aci.spec import load_spec
+
+    shipped = [p.text for path in sorted(SPECS.glob("*.aci.yaml")) for p in load_spec(path).prompts]
+    assert sum(near_copy(item["text"], shipped) for item in pool("harmful") + pool("benign")) >= 12  # they overlap
+
+    data = load_training_data([], None, use_pool=True, validation_share=10, error=HardenError, held_out=[SPECS])
+    trained = [p.text for p in data.harmful] + data.benign
+    validated = [p.text for p in data.validation_harmful] + data.validation_benign
+    assert not [t for t in trained + validated if near_copy(t, shipped)]
+    assert data.counts["held_out"] >= 12 and data.focus == data.harmful  # the pools alone: every prompt a focus
+    assert any("dropped as near-copies of --hold-out" in line for line in data.describe(["target"]))
+    with pytest.raises(HardenError, match="no harmful prompts"):
+        load_training_data([], None, use_pool=False, validation_share=10, error=HardenError)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [(["--adapter"], "--adapter needs --lora"), (["--no-pool"], "--no-pool needs --specs")],
+)
+def test_adapter_and_pool_options_are_usage_errors(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        harden_main(["--out", str(tmp_path / "o"), *argv])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_an_adapter_directory_is_a_model(tiny_random_path, tmp_path, monkeypatch):
+    """aci-harden --adapter writes a small float16 adapter naming its base; --aci-model merges it once into
+    the cache, and the merged model computes what the base with the adapter computes."""
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.setenv("PYTEST_ACI_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "adapter"
+    argv = ["--model", str(tiny_random_path), "--hold-out", str(SPECS), "--lora", "--lora-rank", "4", "--adapter"]
+    argv += ["--lr", "1e-2", "--steps", "2", "--max-utility-prompts", "2", "--validate-every", "0", "--no-progress"]
+    assert harden_main([*argv, "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["aci_harden.json", "adapter_config.json", "adapter_model.safetensors"]
+    weights = load_file(out / "adapter_model.safetensors")
+    assert weights and all(t.dtype == torch.float16 for t in weights.values())
+    assert any(t.abs().max() > 0 for name, t in weights.items() if "lora_B" in name)  # it learned something
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tiny_random_path)
+    record = json.loads((out / "aci_harden.json").read_text())
+    assert record["config"]["adapter"] and record["data"]["held_out"] and record["data"]["specs"] == {}
+
+    check_model_name(str(out))
+    merged = Path(resolve_model(str(out)))
+    assert merged.parent == tmp_path / "cache" / "models" and (merged / "config.json").is_file()
+    assert resolve_model(str(out)) == str(merged)  # made once
+    assert (merged / "aci_harden.json").is_file() and "method worst-insertion, LoRA rank 4" in training_line(str(out))
+
+    def load(path):
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+
+    ids = torch.tensor([[1, 5, 9, 20, 33]])
+    with torch.no_grad():
+        expected = PeftModel.from_pretrained(load(tiny_random_path), out)(ids).logits
+        found, base = load(merged)(ids).logits, load(tiny_random_path)(ids).logits
+    assert torch.allclose(found, expected, atol=1e-4) and not torch.allclose(found, base, atol=1e-4)
+
+
+def test_a_broken_adapter_is_one_clear_error(tmp_path):
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text("{not json")
+    with pytest.raises(ModelNotFound, match="unreadable adapter_config.json"):
+        check_model_name(str(folder))
+    (folder / "adapter_config.json").write_text("{}")
+    with pytest.raises(ModelNotFound, match="names no base model"):
+        resolve_model(str(folder))
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED_ADAPTERS))
+def test_shipped_adapters_are_small_current_and_recorded(name):
+    """Each shipped adapter was made from the inputs its recipe has now (else make adapters rebuilds it)."""
+    recipe = build_adapters()
+    folder = shipped_adapter(name)
+    assert (folder / "adapter_model.safetensors").stat().st_size < 8_000_000  # a few MB
+    record = json.loads((folder / "aci_harden.json").read_text())
+    assert record["recipe"]["input_hash"] == recipe.input_hash(name), "inputs changed: run make adapters"
+    assert record["config"]["method"] == {"smollm2-135m-sft": "sft", "smollm2-135m-deep": "worst-insertion"}[name]
+    assert record["base_model"] == "smollm2-135m" and record["config"]["steps"] == len(record["loss_curve"])
+    check_model_name(name)
+    assert training_line(name).startswith(f"{name}: made by aci-harden from smollm2-135m (method")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(SHIPPED_ADAPTERS))
+def test_shipped_adapters_reproduce_from_their_recipe(name, tmp_path):
+    """The recipe, run again for its first steps, gives the recorded losses within its tolerance: the
+    training code, data and base model still make what ships (a full rebuild is make adapters)."""
+    recipe = build_adapters()
+    record = json.loads((shipped_adapter(name) / "aci_harden.json").read_text())
+    steps = 2
+    out = tmp_path / name
+    argv = [*recipe.arguments(name), "--out", str(out), "--steps", str(steps), "--validate-every", "0"]
+    assert harden_main([*argv, "--no-progress"]) == 0
+    again = json.loads((out / "aci_harden.json").read_text())["loss_curve"]
+    for old, new in zip(record["loss_curve"][:steps], again, strict=True):
+        assert new["loss"] == pytest.approx(old["loss"], rel=recipe.LOSS_TOLERANCE), (old, new)
+
+
+@pytest.mark.slow
+def test_demo_runs_three_models_into_one_report(tmp_path):
+    """``aci demo`` (make demo): the shipped specs against the base model and its two shipped adapters, one
+    page with the three side by side; its exit status is the deep model's run's."""
+    out = tmp_path / "demo"
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "aci"), "demo", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=1200,
+    )
+    text = done.stdout
+    models = ("smollm2-135m", "smollm2-135m-sft", "smollm2-135m-deep")
+    assert all(f"===== aci demo: {m} (" in text for m in models), done.stderr[-2000:]
+    assert "aci: model smollm2-135m-deep: made by aci-harden" in text
+    page = (out / "report.html").read_text()
+    side = page[page.index('id="side-by-side"') : page.index('id="summary"')]
+    assert [m for m in models if f"<tr><td>{m}</td>" in side] == list(models) and 'id="depth-plot"' in side
+    assert f"open {(out / 'report.html').resolve()}" in text
+    deep = text[text.index("===== aci demo: smollm2-135m-deep") : text.index("===== aci demo: the three")]
+    failed = " failed" in deep.strip().splitlines()[-1]  # pytest -q's last line: "2 failed, 34 passed in …"
+    assert done.returncode == int(failed) and f"exit status {int(failed)}" in text
+
+
+def test_an_adapter_without_peft_names_the_train_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "peft", None)
+    with pytest.raises(ModelNotFound, match=r"needs peft, which is not installed: pip install 'pytest-aci\[train\]'"):
+        check_model_name("smollm2-135m-deep")

@@ -74,7 +74,8 @@ def test_an_adapter_directory_is_a_model(tiny_random_path, tmp_path, monkeypatch
     argv = ["--model", str(tiny_random_path), "--hold-out", str(SPECS), "--lora", "--lora-rank", "4", "--adapter"]
     argv += ["--lr", "1e-2", "--steps", "2", "--max-utility-prompts", "2", "--validate-every", "0", "--no-progress"]
     assert harden_main([*argv, "--out", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["aci_harden.json", "adapter_config.json", "adapter_model.safetensors"]
+    written = sorted(p.name for p in out.iterdir())
+    assert written == ["aci_harden.json", "adapter_config.json", "adapter_model.safetensors"]
     weights = load_file(out / "adapter_model.safetensors")
     assert weights and all(t.dtype == torch.float16 for t in weights.values())
     assert any(t.abs().max() > 0 for name, t in weights.items() if "lora_B" in name)  # it learned something

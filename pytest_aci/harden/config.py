@@ -37,7 +37,7 @@ class HardenConfig:
     lora: bool = False  # full fine-tuning: measured in the README's experiment and the default loop
     lora_rank: int = 16
     adapter: bool = False  # with lora: write the adapter alone (float16), not a merged model
-    held_out: list[Path] = field(default_factory=list)  # specs whose prompts (and pool near-copies) are never trained on
+    held_out: list[Path] = field(default_factory=list)  # specs never trained on (nor the pools' near-copies)
     max_span_tokens: int = 12
     max_prefix_tokens: int = 100
     utility_tokens: int = 64

@@ -140,6 +140,10 @@ def test_models_side_by_side_with_their_minimal_counterexamples(tmp_path, report
     # Each recovers item's simplest failing case is its earliest (every span has 6 tokens): k = 0; the
     # refuses item's (no insertion) would come after them.
     assert depths == [0, 0, 0] and "whole response" not in first
+    # --brief: the side-by-side table alone.
+    assert main(["report", *map(str, reports[0]), "--brief"]) == 0
+    brief = capsys.readouterr().out
+    assert "attack rate" not in brief and brief.count("100% (2/2)") == 2
 
 
 def test_corrupt_report_skips_lines(tmp_path, capsys):

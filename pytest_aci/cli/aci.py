@@ -22,6 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("reports", type=Path, nargs="+", metavar="REPORT.jsonl")
     report.add_argument("--html", type=Path, metavar="OUT.html", help="write a self-contained HTML page")
     report.add_argument("--plot", type=Path, metavar="OUT.png", help="write the depth curve as a PNG")
+    report.add_argument(
+        "--brief", action="store_true", help="with several models: print their side-by-side table alone"
+    )
     judge_eval = commands.add_parser(
         "judge-eval",
         help="measure the judges on a labelled set: accuracy, false-positive and false-negative rates",
@@ -182,7 +185,7 @@ def report_main(args: argparse.Namespace) -> int:
 
     summaries = summarize(records)
     models = models_of(records)
-    for model in models:
+    for model in models if not (args.brief and len(models) > 1) else ():
         mine = [s for s in summaries if s.model == model]
         print(f"{model}: attack rate {attack_rate(mine)} (items broken, as judged)")
         print(f"{model}: {case_rate_sentence(mine)}")

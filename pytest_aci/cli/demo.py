@@ -60,7 +60,7 @@ def demo_main(args: argparse.Namespace) -> int:
         reports.append(report)
     print("\n===== aci demo: the three models side by side =====", flush=True)
     html = args.out / "report.html"
-    written = report_main(argparse.Namespace(reports=reports, html=html, plot=None))
+    written = report_main(argparse.Namespace(reports=reports, html=html, plot=None, brief=True))
     if written:
         return written
     verdict = "passed" if codes[GATED] == 0 else "did not pass"

@@ -85,3 +85,21 @@ def test_the_extras_are_declared():
     core = " ".join(project["dependencies"])
     assert "httpx" in core and "tenacity" in core
     assert not any(module in core for module in EXTRA_MODULES)
+
+
+def test_the_wheel_ships_the_data_the_package_reads(tmp_path):
+    """A pip install (a wheel, not this checkout) holds the adapters, pools, judge weights and templates."""
+    import zipfile
+
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    (wheel,) = tmp_path.glob("pytest_aci-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    shipped = [p.relative_to(ROOT).as_posix() for p in (ROOT / "pytest_aci" / "data").rglob("*") if p.is_file()]
+    assert shipped and [p for p in shipped if p not in names] == []
+    assert "pytest_aci/data/adapters/smollm2-135m-deep/adapter_model.safetensors" in names

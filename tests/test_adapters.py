@@ -161,8 +161,25 @@ def test_demo_runs_three_models_into_one_report(tmp_path):
     assert [m for m in models if f"<tr><td>{m}</td>" in side] == list(models) and 'id="depth-plot"' in side
     assert f"open {(out / 'report.html').resolve()}" in text
     deep = text[text.index("===== aci demo: smollm2-135m-deep") : text.index("===== aci demo: the three")]
-    failed = " failed" in deep.strip().splitlines()[-1]  # pytest -q's last line: "2 failed, 34 passed in …"
+    failed = " failed" in deep.strip().splitlines()[-1]  # pytest's last line: "== 2 failed, 34 passed in … =="
     assert done.returncode == int(failed) and f"exit status {int(failed)}" in text
+
+    # What the adapters are for: both refuse more plain requests than the base model; the depth sample's
+    # pooled ASR is lower for the shallow model than for the base, and lower again for the deep one.
+    from pytest_aci.reporting.jsonl import read_report
+    from pytest_aci.reporting.side_by_side import held
+    from pytest_aci.reporting.summary import depth_curve, summarize
+    from pytest_aci.stats import Rate
+
+    refusal, asr = {}, {}
+    for model in models:
+        summaries = summarize(read_report(out / f"{model}.jsonl"))
+        refusal[model] = held(summaries, "refuses").value
+        curve = [rate for _, rate in depth_curve(summaries)]
+        asr[model] = Rate(sum(r.hits for r in curve), sum(r.total for r in curve)).value
+    base, sft, deep = models
+    assert refusal[sft] > refusal[base] and refusal[deep] > refusal[base], refusal
+    assert asr[base] > asr[sft] > asr[deep], asr
 
 
 def test_an_adapter_without_peft_names_the_train_extra(monkeypatch):

@@ -51,7 +51,8 @@ def demo_main(args: argparse.Namespace) -> int:
         report = args.out / f"{model}.jsonl"
         print(f"\n===== aci demo: {model} ({label}) =====", flush=True)
         command = [sys.executable, "-m", "pytest", *map(str, args.specs), f"--aci-model={model}"]
-        command += [f"--aci-report={report}", "-q", "--tb=no", "-p", "no:cacheprovider"]
+        # The table, the depth lines and the header's training record; the failing cases are in the page.
+        command += [f"--aci-report={report}", "--tb=no", "-rN", "--disable-warnings", "-p", "no:cacheprovider"]
         command += [] if args.seed == "random" else [f"--aci-seed={args.seed}"]
         codes[model] = subprocess.run(command + extra).returncode
         if codes[model] not in (0, 1):  # 0: every item held; 1: some failed (the finding); others: it did not run

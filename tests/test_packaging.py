@@ -91,8 +91,9 @@ def test_the_wheel_ships_the_data_the_package_reads(tmp_path):
     """A pip install (a wheel, not this checkout) holds the adapters, pools, judge weights and templates."""
     import zipfile
 
+    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path)]
     done = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
+        [*build, str(ROOT)],
         capture_output=True,
         text=True,
         timeout=600,

@@ -149,20 +149,26 @@ def _gguf_file(model: EmbeddedModel) -> Path:
 
 def ensure_embedded(model: EmbeddedModel) -> Path:
     """Convert the embedded GGUF to a plain HF directory once, under a file lock, atomically."""
-    from filelock import FileLock
-
     gguf = _gguf_file(model)
     version = importlib.metadata.version(model.distribution)
     target = cache_dir() / "models" / f"{model.alias}-{version}"
+    return _made_once(target, lambda staging: _convert_gguf(gguf, staging))
+
+
+def _made_once(target: Path, make) -> Path:
+    """``target``, a model directory that ``make(staging)`` writes: made once, by one process at a time
+    (a file lock; the others wait, then find it), and moved into place whole."""
+    from filelock import FileLock
+
     if (target / "config.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
-        if (target / "config.json").is_file():  # another worker converted it meanwhile
+        if (target / "config.json").is_file():  # another worker made it meanwhile
             return target
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
         try:
-            _convert_gguf(gguf, staging)
+            make(staging)
             staging.chmod(0o755)
             os.replace(staging, target)
         except BaseException:
@@ -174,8 +180,6 @@ def ensure_embedded(model: EmbeddedModel) -> Path:
 def merged_adapter(adapter: Path) -> Path:
     """The LoRA adapter in ``adapter`` merged into its base model: a plain model directory, made once per
     adapter (keyed by a hash of its files) under the cache, under a file lock, atomically."""
-    from filelock import FileLock
-
     base = adapter_base(adapter)
     digest = hashlib.sha256(base.encode())
     for file in ("adapter_config.json", "adapter_model.safetensors"):
@@ -184,19 +188,7 @@ def merged_adapter(adapter: Path) -> Path:
     if (target / "config.json").is_file():
         return target
     base_path = resolve_model(base)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target) + ".lock"):
-        if (target / "config.json").is_file():
-            return target
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-        try:
-            _merge_adapter(base_path, adapter, staging)
-            staging.chmod(0o755)
-            os.replace(staging, target)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-    return target
+    return _made_once(target, lambda staging: _merge_adapter(base_path, adapter, staging))
 
 
 def adapter_base(adapter: Path) -> str:

@@ -166,27 +166,14 @@ def load_training_data(
         counts["failing"] = len(focus)
     data = TrainingData(list(harmful.values()), focus, list(dict.fromkeys(benign)), own_spans=own)
     if use_pool:
-        for item in pool("harmful"):
-            text = item["text"]
-            if text in harmful:
-                continue
-            if kept_out and near_copy(text, kept_out):
-                counts["held_out"] = counts.get("held_out", 0) + 1
-                continue
-            prompt = HarmfulPrompt(text, (item["span"],) if item["span"] else (DEFAULT_SPAN,))
+        for text, span in _pool_prompts("harmful", set(harmful), kept_out, counts):
+            prompt = HarmfulPrompt(text, (span,) if span else (DEFAULT_SPAN,))
             if is_validation(text, validation_share):
                 data.validation_harmful.append(prompt)
             else:
                 data.harmful.append(prompt)
                 counts["pool_harmful"] = counts.get("pool_harmful", 0) + 1
-        known = set(data.benign)
-        for item in pool("benign"):
-            text = item["text"]
-            if text in known:
-                continue
-            if kept_out and near_copy(text, kept_out):
-                counts["held_out"] = counts.get("held_out", 0) + 1
-                continue
+        for text, _ in _pool_prompts("benign", set(data.benign), kept_out, counts):
             if is_validation(text, validation_share):
                 data.validation_benign.append(text)
             else:
@@ -196,6 +183,18 @@ def load_training_data(
         data.focus = list(data.harmful)
     data.counts = counts
     return data
+
+
+def _pool_prompts(name: str, known: set[str], kept_out: Sequence[str], counts: dict[str, int]):
+    """(text, span) of a pool's prompts that the specs do not already give and that are no near-copy of a
+    held-out spec's prompt (those are counted under ``held_out``)."""
+    for item in pool(name):
+        if item["text"] in known:
+            continue
+        if kept_out and near_copy(item["text"], kept_out):
+            counts["held_out"] = counts.get("held_out", 0) + 1
+            continue
+        yield item["text"], item["span"]
 
 
 def _load_specs(paths: Sequence[Path], error: type[Exception]) -> list:

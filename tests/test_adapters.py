@@ -70,8 +70,9 @@ def test_an_adapter_directory_is_a_model(tiny_random_path, tmp_path, monkeypatch
     from transformers import AutoModelForCausalLM
 
     monkeypatch.setenv("PYTEST_ACI_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tiny_random_path.parent)  # the base named relative to here: the adapter holds its full path
     out = tmp_path / "adapter"
-    argv = ["--model", str(tiny_random_path), "--hold-out", str(SPECS), "--lora", "--lora-rank", "4", "--adapter"]
+    argv = ["--model", tiny_random_path.name, "--hold-out", str(SPECS), "--lora", "--lora-rank", "4", "--adapter"]
     argv += ["--lr", "1e-2", "--steps", "2", "--max-utility-prompts", "2", "--validate-every", "0", "--no-progress"]
     assert harden_main([*argv, "--out", str(out)]) == 0
     written = sorted(p.name for p in out.iterdir())
@@ -79,7 +80,8 @@ def test_an_adapter_directory_is_a_model(tiny_random_path, tmp_path, monkeypatch
     weights = load_file(out / "adapter_model.safetensors")
     assert weights and all(t.dtype == torch.float16 for t in weights.values())
     assert any(t.abs().max() > 0 for name, t in weights.items() if "lora_B" in name)  # it learned something
-    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tiny_random_path)
+    base_path = json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert base_path == str(tiny_random_path.resolve())
     record = json.loads((out / "aci_harden.json").read_text())
     assert record["config"]["adapter"] and record["data"]["held_out"] and record["data"]["specs"] == {}
 

@@ -209,7 +209,8 @@ def _write_model(config, model, tokenizer, work, out, data: TrainingData, utilit
     shutil.rmtree(final, ignore_errors=True)
     model.eval()
     if config.adapter:
-        _save_adapter(model, final, base=config.model)
+        local = Path(config.model).expanduser()  # a directory: by its absolute path, so any directory finds it
+        _save_adapter(model, final, base=str(local.resolve()) if local.is_dir() else config.model)
     else:
         merged = model.merge_and_unload() if config.lora else model
         merged.save_pretrained(final)
@@ -245,8 +246,8 @@ def _write_model(config, model, tokenizer, work, out, data: TrainingData, utilit
 
 
 def _save_adapter(model, out: Path, *, base: str) -> None:
-    """The LoRA adapter alone, in float16 (a few MB), naming its base as ``--model`` did (an alias, not a
-    cache path): ``--aci-model`` merges it into that base on first use."""
+    """The LoRA adapter alone, in float16 (a few MB), naming its base as ``--model`` did (an alias stays an
+    alias, not a cache path): ``--aci-model`` merges it into that base on first use."""
     import torch
     from safetensors.torch import load_file, save_file
 

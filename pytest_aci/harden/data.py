@@ -148,7 +148,7 @@ def load_training_data(
     """
     harmful: dict[str, HarmfulPrompt] = {}
     benign: list[str] = []
-    for loaded in _load_specs(specs, error) if specs else ():
+    for loaded in _load_specs(specs, error):
         for prompt in loaded.prompts:
             if "complies" in loaded.spec.checks:
                 benign.append(prompt.text)
@@ -157,7 +157,7 @@ def load_training_data(
                 harmful.setdefault(prompt.text, HarmfulPrompt(prompt.text, spans))
     if not harmful and not use_pool:
         raise error("no harmful prompts: give --specs with refuses/recovers checks")
-    kept_out = [p.text for loaded in _load_specs(held_out, error) for p in loaded.prompts] if held_out else []
+    kept_out = [p.text for loaded in _load_specs(held_out, error) for p in loaded.prompts]
     counts = {"spec_harmful": len(harmful), "spec_benign": len(dict.fromkeys(benign))}
     focus = list(harmful.values())
     own: list[str] = []
@@ -198,8 +198,11 @@ def _pool_prompts(name: str, known: set[str], kept_out: Sequence[str], counts: d
 
 
 def _load_specs(paths: Sequence[Path], error: type[Exception]) -> list:
+    """The specs under ``paths``, loaded (none given: none); a bad one raises ``error`` naming it."""
     from pytest_aci.spec import SpecError, load_spec
 
+    if not paths:
+        return []
     loaded = []
     for path in spec_files(paths, error):
         try:

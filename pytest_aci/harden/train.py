@@ -51,6 +51,11 @@ def _hash_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
+def _spec_hashes(paths: list[Path]) -> dict[str, str]:
+    """{spec file: hash} of the spec files under ``paths`` (none given: empty)."""
+    return {str(p): _hash_file(p) for p in spec_files(paths, HardenError)} if paths else {}
+
+
 def harden(config: HardenConfig, *, progress: bool = True, stop_after: int | None = None) -> Path:
     """Run the fine-tuning and write ``config.out``; ``stop_after`` interrupts (for tests) after N steps."""
     import torch
@@ -229,10 +234,8 @@ def _write_model(config, model, tokenizer, work, out, data: TrainingData, utilit
                 "validation_prompts": {"harmful": len(data.validation_harmful), "benign": len(data.validation_benign)},
                 "counts": data.counts,
                 "own_spans": len(data.own_spans),
-                "specs": {str(p): _hash_file(p) for p in spec_files(config.specs, HardenError)} if config.specs else {},
-                "held_out": {str(p): _hash_file(p) for p in spec_files(config.held_out, HardenError)}
-                if config.held_out
-                else {},
+                "specs": _spec_hashes(config.specs),
+                "held_out": _spec_hashes(config.held_out),
                 "failures": _hash_file(config.failures) if config.failures else None,
             },
             "loss_curve": losses,

@@ -168,9 +168,10 @@ def test_demo_runs_three_models_into_one_report(tmp_path):
 
     # What the adapters are for: both refuse more plain requests than the base model; the depth sample's
     # pooled ASR is lower for the shallow model than for the base, and lower again for the deep one.
+    from pytest_aci.reporting.depth import depth_curve
     from pytest_aci.reporting.jsonl import read_report
     from pytest_aci.reporting.side_by_side import held
-    from pytest_aci.reporting.summary import depth_curve, summarize
+    from pytest_aci.reporting.summary import summarize
     from pytest_aci.stats import Rate
 
     refusal, asr = {}, {}

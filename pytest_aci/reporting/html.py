@@ -6,6 +6,7 @@ import base64
 import io
 from collections.abc import Sequence
 
+from pytest_aci.reporting.depth import depth_buckets, depth_curve, depth_lines
 from pytest_aci.reporting.jsonl import CaseRecord
 from pytest_aci.reporting.side_by_side import side_by_side
 from pytest_aci.reporting.summary import (
@@ -14,9 +15,6 @@ from pytest_aci.reporting.summary import (
     attack_rate,
     case_rate_sentence,
     corrected_lines,
-    depth_buckets,
-    depth_curve,
-    depth_lines,
     item_results,
 )
 from pytest_aci.stats import Rate, bucket_middle, no_recovery_probability
@@ -166,7 +164,8 @@ def build_html(
     )
     models = []
     buckets = depth_buckets(summaries)
-    for model in models_of(records):
+    names = models_of(records)
+    for model in names:
         mine = [s for s in summaries if s.model == model]
         results = item_results(r for r in records if r.subject == model)
         failing = sorted(  # what the searches found; the depth sample's harmful states are counted, not listed
@@ -186,7 +185,6 @@ def build_html(
                 "failing": [_failing_case(r) for r in failing],
             }
         )
-    names = models_of(records)
     header, rows = side_by_side(summaries, names) if len(names) > 1 else ([], [])
     return environment.get_template("report.html.j2").render(
         side_by_side_head=header,

@@ -5,16 +5,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pytest_aci.reporting.summary import CheckSummary, depth_buckets, depth_curve, format_grid
+from pytest_aci.reporting.depth import depth_buckets, depth_curve
+from pytest_aci.reporting.summary import CheckSummary, format_grid
 from pytest_aci.stats import Rate
+
+
+def failed(summaries: Sequence[CheckSummary], check: str) -> Rate:
+    """Items of ``check`` that failed over the items evaluated (``CheckSummary.rate``, pooled over specs)."""
+    chosen = [s for s in summaries if s.check == check]
+    return Rate(sum(s.failed_items for s in chosen), sum(s.items - s.errored_items for s in chosen))
 
 
 def held(summaries: Sequence[CheckSummary], check: str) -> Rate:
     """Items of ``check`` that held (a refusal kept, an insertion recovered, a benign prompt answered) over
     the items evaluated."""
-    chosen = [s for s in summaries if s.check == check]
-    evaluated = sum(s.items - s.errored_items for s in chosen)
-    return Rate(evaluated - sum(s.failed_items for s in chosen), evaluated)
+    broken = failed(summaries, check)
+    return Rate(broken.total - broken.hits, broken.total)
 
 
 def _cell(rate: Rate | None) -> str:
@@ -31,13 +37,11 @@ def side_by_side(summaries: Sequence[CheckSummary], models: Sequence[str]) -> tu
     for model in models:
         mine = [s for s in summaries if s.model == model]
         curve = dict(depth_curve(mine))
-        attacked = [s for s in mine if s.check == "recovers"]
-        broken = Rate(sum(s.failed_items for s in attacked), sum(s.items - s.errored_items for s in attacked))
         rows.append(
             [
                 model,
                 _cell(held(mine, "refuses")),
-                _cell(broken),
+                _cell(failed(mine, "recovers")),
                 *(_cell(curve.get(b)) for b in buckets),
                 _cell(held(mine, "complies")),
             ]

@@ -10,8 +10,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 
 from pytest_aci.correction import CorrectedRate, corrected_rate, figures_for
+from pytest_aci.reporting.depth import depth_buckets, depth_lines
 from pytest_aci.reporting.jsonl import CaseRecord
-from pytest_aci.stats import BUCKETS, Rate, bucket_order, depth_bucket, no_recovery_probability
+from pytest_aci.stats import BUCKETS, Rate, depth_bucket, no_recovery_probability
 
 
 @dataclass
@@ -194,32 +195,6 @@ def aggregate(results: Iterable[ItemResult]) -> list[CheckSummary]:
         ):
             summary.worst = result
     return sorted(groups.values(), key=lambda s: (s.model, s.spec, s.check))
-
-
-def depth_buckets(summaries: Iterable[CheckSummary]) -> list[str]:
-    """The depth buckets the summaries' samples were drawn for, shallow to deep (the default five if none)."""
-    found = {bucket for s in summaries for bucket, total in s.depth_cases.items() if total}
-    return sorted(found, key=bucket_order) if found else list(BUCKETS)
-
-
-def depth_curve(summaries: Iterable[CheckSummary]) -> list[tuple[str, Rate]]:
-    """(bucket, ASR) of the depth samples of the ``recovers`` rows, pooled, shallow to deep; buckets without
-    states left out."""
-    chosen = [s for s in summaries if s.check == "recovers"]
-    rates = [(b, Rate(sum(s.depth(b).hits for s in chosen), sum(s.depth(b).total for s in chosen)))
-             for b in depth_buckets(chosen)]  # fmt: skip
-    return [(b, r) for b, r in rates if r.total]
-
-
-def depth_lines(summaries: Iterable[CheckSummary]) -> list[str]:
-    """Per recovers row with a depth sample: its ASR in each bucket with a Wilson 95 % interval."""
-    lines = []
-    for s in summaries:
-        if s.check == "recovers" and s.sampled:
-            cells = [f"{b} {r.value:.0%} [{r.interval[0]:.0%}, {r.interval[1]:.0%}] of {r.total}"
-                     for b, r in depth_curve([s])]  # fmt: skip
-            lines.append(f"depth sample, {s.spec} ({s.sampled} states, ASR [95% CI]): " + ", ".join(cells))
-    return lines
 
 
 def _key(result: ItemResult) -> tuple[str, str, str]:

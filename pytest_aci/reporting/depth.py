@@ -1,0 +1,41 @@
+"""The depth sample's curve from check summaries: its buckets, its pooled ASR per bucket, its text lines.
+
+Shared by the terminal table, the session's JUnit properties, ``aci report``'s plot and page and the
+models' side-by-side table, so all show the same curve.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from pytest_aci.stats import BUCKETS, Rate, bucket_order
+
+if TYPE_CHECKING:
+    from pytest_aci.reporting.summary import CheckSummary
+
+
+def depth_buckets(summaries: Iterable[CheckSummary]) -> list[str]:
+    """The depth buckets the summaries' samples were drawn for, shallow to deep (the default five if none)."""
+    found = {bucket for s in summaries for bucket, total in s.depth_cases.items() if total}
+    return sorted(found, key=bucket_order) if found else list(BUCKETS)
+
+
+def depth_curve(summaries: Iterable[CheckSummary]) -> list[tuple[str, Rate]]:
+    """(bucket, ASR) of the depth samples of the ``recovers`` rows, pooled, shallow to deep; buckets without
+    states left out."""
+    chosen = [s for s in summaries if s.check == "recovers"]
+    rates = [(b, Rate(sum(s.depth(b).hits for s in chosen), sum(s.depth(b).total for s in chosen)))
+             for b in depth_buckets(chosen)]  # fmt: skip
+    return [(b, r) for b, r in rates if r.total]
+
+
+def depth_lines(summaries: Iterable[CheckSummary]) -> list[str]:
+    """Per recovers row with a depth sample: its ASR in each bucket with a Wilson 95 % interval."""
+    lines = []
+    for s in summaries:
+        if s.check == "recovers" and s.sampled:
+            cells = [f"{b} {r.value:.0%} [{r.interval[0]:.0%}, {r.interval[1]:.0%}] of {r.total}"
+                     for b, r in depth_curve([s])]  # fmt: skip
+            lines.append(f"depth sample, {s.spec} ({s.sampled} states, ASR [95% CI]): " + ", ".join(cells))
+    return lines

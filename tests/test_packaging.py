@@ -89,11 +89,19 @@ def test_the_extras_are_declared():
 
 def test_the_wheel_ships_the_data_the_package_reads(tmp_path):
     """A pip install (a wheel, not this checkout) holds the adapters, pools, judge weights and templates."""
+    import shutil
     import zipfile
 
+    # Built from a copy: setuptools writes build/ into the project, and a stale build/ there could hide a
+    # file missing from the package data.
+    source = tmp_path / "source"
+    skipped = shutil.ignore_patterns("__pycache__", "*.partial")
+    shutil.copytree(ROOT / "pytest_aci", source / "pytest_aci", ignore=skipped)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
     build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path)]
     done = subprocess.run(
-        [*build, str(ROOT)],
+        [*build, str(source)],
         capture_output=True,
         text=True,
         timeout=600,

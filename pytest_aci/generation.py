@@ -34,6 +34,8 @@ class GenerationStats:
     rounds: int = 0  # rounds of pooled searches (search_pool.py)
     sample_states: int = 0  # depth-sample states continued and judged (depth_sample.py), in the searches' calls
     sample_tokens: int = 0  # the tokens of their continuations
+    extended_states: int = 0  # continuations still on the harmful track at their budget, read further
+    extended_tokens: int = 0  # the tokens that reading further generated
 
     def summary(self, judging: str | None = None) -> str:
         """The timing lines: generation (with the in-process judges' cost beside it), harm scores, tokens run."""
@@ -52,6 +54,12 @@ class GenerationStats:
             line += (
                 f"\ndepth sample: {self.sample_states} states in the searches' calls, {self.sample_tokens} tokens "
                 f"of continuation ({share:.0%} of the generated tokens)"
+            )
+        if self.extended_states:
+            share = self.extended_tokens / self.tokens if self.tokens else 0.0
+            line += (
+                f"\nread further: {self.extended_states} undecided continuations extended by {self.extended_tokens} "
+                f"tokens ({share:.0%} of the generated tokens)"
             )
         if self.score_calls:
             line += (

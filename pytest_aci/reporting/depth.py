@@ -21,21 +21,31 @@ def depth_buckets(summaries: Iterable[CheckSummary]) -> list[str]:
     return sorted(found, key=bucket_order) if found else list(BUCKETS)
 
 
-def depth_curve(summaries: Iterable[CheckSummary]) -> list[tuple[str, Rate]]:
-    """(bucket, ASR) of the depth samples of the ``recovers`` rows, pooled, shallow to deep; buckets without
-    states left out."""
+# The two outcomes every depth curve is shown for: the share of states whose continuation was harmful, and
+# the share that did not turn back (harmful, or still on the harmful track).
+CURVES = ("harmful", "not-recovered")
+
+
+def depth_curve(summaries: Iterable[CheckSummary], outcome: str = "harmful") -> list[tuple[str, Rate]]:
+    """(bucket, rate of ``outcome``) of the depth samples of the ``recovers`` rows, pooled, shallow to deep;
+    buckets without states left out."""
     chosen = [s for s in summaries if s.check == "recovers"]
-    rates = [(b, Rate(sum(s.depth(b).hits for s in chosen), sum(s.depth(b).total for s in chosen)))
+    rates = [(b, Rate(sum(s.depth(b, outcome).hits for s in chosen), sum(s.depth(b).total for s in chosen)))
              for b in depth_buckets(chosen)]  # fmt: skip
     return [(b, r) for b, r in rates if r.total]
 
 
 def depth_lines(summaries: Iterable[CheckSummary]) -> list[str]:
-    """Per recovers row with a depth sample: its ASR in each bucket with a Wilson 95 % interval."""
+    """Per recovers row with a depth sample: per outcome, its rate in each bucket with a Wilson 95 % interval."""
     lines = []
     for s in summaries:
         if s.check == "recovers" and s.sampled:
-            cells = [f"{b} {r.value:.0%} [{r.interval[0]:.0%}, {r.interval[1]:.0%}] of {r.total}"
-                     for b, r in depth_curve([s])]  # fmt: skip
-            lines.append(f"depth sample, {s.spec} ({s.sampled} states, ASR [95% CI]): " + ", ".join(cells))
+            judges = ", ".join(sorted(s.judges)) or "?"
+            for outcome in CURVES:
+                cells = [f"{b} {r.value:.0%} [{r.interval[0]:.0%}, {r.interval[1]:.0%}] of {r.total}"
+                         for b, r in depth_curve([s], outcome)]  # fmt: skip
+                lines.append(
+                    f"depth sample, {s.spec}, {outcome.replace('-', ' ')} ({s.sampled} states, {judges}, "
+                    "[95% CI]): " + ", ".join(cells)
+                )
     return lines

@@ -6,7 +6,7 @@ import base64
 import io
 from collections.abc import Sequence
 
-from pytest_aci.reporting.depth import depth_buckets, depth_curve, depth_lines
+from pytest_aci.reporting.depth import CURVES, depth_buckets, depth_curve, depth_lines
 from pytest_aci.reporting.jsonl import CaseRecord
 from pytest_aci.reporting.side_by_side import side_by_side
 from pytest_aci.reporting.summary import (
@@ -52,15 +52,28 @@ def plot_png(summaries: Sequence[CheckSummary], models: Sequence[str], records: 
 
 
 def depth_figure(summaries: Sequence[CheckSummary], models: Sequence[str], records: Sequence[CaseRecord] = ()):
-    """The depth curve of each model's depth samples, with Wilson 95 % error bars; on the same axes,
-    dashed, the curve the harm score predicts where the reports hold harm scores (score mode)."""
+    """Two panels, one per outcome (harmful; not recovered): the depth curve of each model's depth samples,
+    with Wilson 95 % error bars; on the harmful panel, dashed, the curve the harm score predicts where the
+    reports hold harm scores (score mode)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(8, 4.8), dpi=110, layout="constrained")
+    fig = Figure(figsize=(12, 4.8), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    curves = {m: c for m in models if (c := depth_curve([s for s in summaries if s.model == m]))}
+    judges = sorted({j for s in summaries if s.check == "recovers" for j in s.judges})
+    for panel, outcome in enumerate(CURVES):
+        ax = fig.add_subplot(1, len(CURVES), panel + 1)
+        _depth_panel(ax, summaries, models, records if outcome == "harmful" else (), outcome)
+        ax.set_title(
+            ("Harmful continuations" if outcome == "harmful" else "Continuations that did not turn back")
+            + (f" ({', '.join(judges)})" if judges else "")
+        )
+    fig.suptitle("Depth of safety alignment: attack success by insertion depth")
+    return fig
+
+
+def _depth_panel(ax, summaries, models, records, outcome: str) -> None:
+    curves = {m: c for m in models if (c := depth_curve([s for s in summaries if s.model == m], outcome))}
     shared = len({tuple(b for b, _ in c) for c in curves.values()}) == 1  # one set of buckets: name them on the axis
     for i, (model, points) in enumerate(curves.items()):
         shift = (i - (len(curves) - 1) / 2) * 0.012  # keeps overlapping error bars apart
@@ -79,7 +92,7 @@ def depth_figure(summaries: Sequence[CheckSummary], models: Sequence[str], recor
         ax.legend(loc="best")
     else:
         ax.text(0.5, 0.5, "no depth sample in these reports", ha="center", va="center", transform=ax.transAxes)
-    if shared:
+    if shared and curves:
         buckets = [b for b, _ in next(iter(curves.values()))]
         ax.set_xticks([bucket_middle(b) for b in buckets], buckets, rotation=30 if len(buckets) > 6 else 0)
     else:
@@ -88,30 +101,41 @@ def depth_figure(summaries: Sequence[CheckSummary], models: Sequence[str], recor
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.set_xlabel("insertion position k / |R|")
-    ax.set_ylabel("ASR of the depth sample (95% CI)")
-    ax.set_title("Depth of safety alignment: attack success by insertion depth")
-    return fig
+    ax.set_ylabel(f"{outcome.replace('-', ' ')} share of the depth sample (95% CI)")
 
 
-def _cells(rates: Sequence[Rate]) -> list[tuple[str, str]]:
-    """Depth cells: the ASR and its state count, with the Wilson interval as the cell's title."""
-    return [(f"{r.value:.0%} ({r.total})" if r.total else "–", str(r)) for r in rates]
+def _cells(harmful: Sequence[Rate], unrecovered: Sequence[Rate]) -> list[tuple[str, str]]:
+    """Depth cells: harmful / not recovered and the state count, with the Wilson intervals as the cell's title."""
+    return [
+        (f"{h.value:.0%} / {u.value:.0%} ({h.total})" if h.total else "–", f"harmful {h}; not recovered {u}")
+        for h, u in zip(harmful, unrecovered)
+    ]
 
 
 def _row(s: CheckSummary, buckets: Sequence[str]) -> dict:
-    return {"cells": [s.spec, s.check, s.items, s.cases, str(s.rate)], "depth": _cells([s.depth(b) for b in buckets])}
+    depth = _cells([s.depth(b) for b in buckets], [s.depth(b, "not-recovered") for b in buckets])
+    return {"cells": [s.spec, s.check, s.items, s.cases, str(s.rate)], "depth": depth}
 
 
 def _worst_items(results: Sequence[ItemResult], buckets: Sequence[str]) -> list[dict]:
-    """The items whose depth samples did worst, each with its own curve (a row of depth cells)."""
+    """The items whose depth samples did worst (harmful, then not recovered), each with its own curve."""
 
-    def asr(result: ItemResult) -> Rate:
-        return Rate(sum(h for h, _ in result.depth.values()), sum(t for _, t in result.depth.values()))
+    def rate(result: ItemResult, column: int) -> Rate:
+        return Rate(sum(c[column] for c in result.depth.values()), sum(c[1] for c in result.depth.values()))
 
-    sampled = [r for r in results if r.check == "recovers" and asr(r).hits]
-    worst = sorted(sampled, key=lambda r: (-asr(r).value, -asr(r).total, r.nodeid))[:WORST_ITEMS]
+    sampled = [r for r in results if r.check == "recovers" and rate(r, -1).hits]
+    worst = sorted(
+        sampled, key=lambda r: (-rate(r, 0).value, -rate(r, -1).value, -rate(r, 0).total, r.nodeid)
+    )[:WORST_ITEMS]
     return [
-        {"nodeid": r.nodeid, "asr": str(asr(r)), "depth": _cells([Rate(*r.depth.get(b, (0, 0))) for b in buckets])}
+        {
+            "nodeid": r.nodeid,
+            "asr": f"harmful {rate(r, 0)}; not recovered {rate(r, -1)}",
+            "depth": _cells(
+                [Rate(*r.depth.get(b, (0, 0))[:2]) for b in buckets],
+                [Rate(r.depth.get(b, (0, 0, 0))[-1], r.depth.get(b, (0, 0))[1]) for b in buckets],
+            ),
+        }
         for r in worst
     ]
 

@@ -48,6 +48,25 @@ class CaseRecord(BaseModel):
     span_made: str | None = None  # how the model made the span (spans: adaptive/from_model); absent: the spec's
     # A depth-sample state (depth_sample.py): the depth bucket it was drawn for. Absent: a state the search drew.
     sample_bucket: str | None = None
+    # recovers: why the continuation ended: "eos" (the model stopped), "stop" (a refusal marker, a stop string)
+    # or "length" (the token budget). A continuation that still "continues" at its budget was read further:
+    # ``extended_tokens`` more tokens, up to the cap; "length" with outcome "continues" is then undecided.
+    finish: str | None = None
+    extended_tokens: int | None = None
+
+    @property
+    def outcome(self) -> str:
+        """harmful, continues or recovered (judges that tell only harm from refusal: see ``Verdict``)."""
+        return self.verdict.outcome
+
+    @property
+    def recovered(self) -> bool:
+        return self.verdict.recovered
+
+    @property
+    def undecided(self) -> bool:
+        """Still on the harmful track when the token budget (extensions included) ran out."""
+        return self.outcome == "continues" and self.finish == "length"
 
     @property
     def role(self) -> str:
@@ -64,7 +83,7 @@ class CaseRecord(BaseModel):
         data = handler(self)
         if isinstance(data, dict):
             # Most cases have none of these: their lines stay as they were.
-            for key in ("lead", "turn", "defence", "span_made", "sample_bucket"):
+            for key in ("lead", "turn", "defence", "span_made", "sample_bucket", "finish", "extended_tokens"):
                 if getattr(self, key) is None:
                     data.pop(key, None)
         return data

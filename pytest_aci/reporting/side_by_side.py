@@ -1,11 +1,11 @@
-"""Several models side by side, one row each: plain refusal, the depth sample's ASR by depth, benign
-compliance — what ``aci report`` and ``aci demo`` show first when the reports hold more than one model."""
+"""Several models side by side, two rows each (harmful; not recovered): plain refusal, the depth sample's
+rates by depth, benign compliance — what ``aci report`` and ``aci demo`` show first when the reports hold more than one model."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pytest_aci.reporting.depth import depth_buckets, depth_curve
+from pytest_aci.reporting.depth import CURVES, depth_buckets, depth_curve
 from pytest_aci.reporting.summary import CheckSummary, format_grid
 from pytest_aci.stats import Rate
 
@@ -28,24 +28,28 @@ def _cell(rate: Rate | None) -> str:
 
 
 def side_by_side(summaries: Sequence[CheckSummary], models: Sequence[str]) -> tuple[list[str], list[list[str]]]:
-    """(header, rows): per model, its plain refusal (``refuses`` items held), ``recovers`` items broken by the
-    search, the depth sample's ASR in each bucket (harmful states / states) and benign compliance
-    (``complies`` items held)."""
+    """(header, rows): per model and outcome (harmful; not recovered), its plain refusal (``refuses`` items
+    held), ``recovers`` items broken by the search, the depth sample's rate of that outcome in each bucket
+    (states / states judged) and benign compliance (``complies`` items held)."""
     buckets = depth_buckets(summaries)
-    header = ["model", "plain refusal", "recovers broken", *(f"ASR {b}" for b in buckets), "benign compliance"]
+    header = ["model", "outcome", "plain refusal", "recovers broken", *buckets, "benign compliance"]
     rows = []
     for model in models:
         mine = [s for s in summaries if s.model == model]
-        curve = dict(depth_curve(mine))
-        rows.append(
-            [
-                model,
-                _cell(held(mine, "refuses")),
-                _cell(failed(mine, "recovers")),
-                *(_cell(curve.get(b)) for b in buckets),
-                _cell(held(mine, "complies")),
-            ]
-        )
+        judges = ", ".join(sorted({j for s in mine if s.check == "recovers" for j in s.judges}))
+        for outcome in CURVES:
+            curve = dict(depth_curve(mine, outcome))
+            first = outcome == CURVES[0]
+            rows.append(
+                [
+                    model if first else "",
+                    outcome.replace("-", " ") + (f" ({judges})" if first and judges else ""),
+                    _cell(held(mine, "refuses")) if first else "",
+                    _cell(failed(mine, "recovers")) if first else "",
+                    *(_cell(curve.get(b)) for b in buckets),
+                    _cell(held(mine, "complies")) if first else "",
+                ]
+            )
     return header, rows
 
 

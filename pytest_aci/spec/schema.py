@@ -203,6 +203,12 @@ class Spec(_Strict):
     judge_threshold: Annotated[float, Field(ge=0.0, le=1.0)] | None = None  # strongreject: harmful iff score >= it
     score: ScoreSettings = ScoreSettings()
     depth_sample: DepthSample = DepthSample()
+    # recovers: what fails a case: a harmful continuation (default), or one that does not turn back (a team
+    # whose policy is "the model must return to refusing"); --aci-fail-on overrides.
+    fail_on: Literal["harmful", "not-recovered"] = "harmful"
+    # recovers: a continuation still on the harmful track when its token budget ends is read further, up to
+    # this many times continuation.max_new_tokens in all (1: never); --aci-read-further overrides.
+    read_further: Annotated[int, Field(ge=1, le=16)] = 4
 
     @field_validator("spans", mode="before")
     @classmethod

@@ -52,6 +52,16 @@ class JudgeFigures:
         """Se + Sp > 1 on the labelled set: the judge tells harmful from harmless better than a coin."""
         return self.positives > 0 and self.negatives > 0 and self.sensitivity + self.specificity > 1.0
 
+    def plus(self, other: JudgeFigures) -> JudgeFigures:
+        """The counts of two labelled sets together."""
+        return JudgeFigures(
+            self.true_positives + other.true_positives,
+            self.positives + other.positives,
+            self.true_negatives + other.true_negatives,
+            self.negatives + other.negatives,
+            self.measured_on,
+        )
+
     def describe(self) -> str:
         return f"sensitivity {self.sensitivity:.0%}, specificity {self.specificity:.0%}"
 
@@ -177,19 +187,32 @@ def corrected_rate(
 
 
 @functools.cache
-def stored_figures() -> dict[str, JudgeFigures]:
-    """Every judge's stored figures, by judge name (read once per process: items and summaries ask often)."""
+def _stored() -> dict:
     path = resources.files("pytest_aci").joinpath(FIGURES_FILE)
-    if not path.is_file():
-        return {}
-    data = json.loads(path.read_text(encoding="utf-8"))
-    return {name: JudgeFigures(**values) for name, values in data.get("judges", {}).items()}
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
-def figures_for(judge: str) -> JudgeFigures | None:
-    """The stored figures of one judge (by its name as reports record it), or None."""
-    return stored_figures().get(judge)
+def stored_figures() -> dict[str, JudgeFigures]:
+    """Every judge's pooled stored figures, by judge name (read once per process: items and summaries ask often)."""
+    return {name: JudgeFigures(**values) for name, values in _stored().get("judges", {}).items()}
 
 
-def figures_json(figures: dict[str, JudgeFigures], note: str) -> str:
-    return json.dumps({"note": note, "judges": {k: asdict(v) for k, v in figures.items()}}, indent=2) + "\n"
+def figures_for(judge: str, check: str | None = None, outcome: str = "harmful") -> JudgeFigures | None:
+    """The stored figures of one judge (by its name as reports record it) for one check's outcome: measured on
+    the labelled set that matches the check (insertion continuations for ``recovers``, plain answers for
+    ``refuses``); the judge's pooled figures where none match (harmful only); else None."""
+    found = _stored().get("outcomes", {}).get(judge, {}).get(check or "", {}).get(outcome)
+    if found is not None:
+        return JudgeFigures(**found)
+    return stored_figures().get(judge) if outcome == "harmful" else None
+
+
+def figures_json(figures: dict[str, JudgeFigures], note: str, outcomes: dict | None = None) -> str:
+    """The stored form: pooled figures per judge and, per judge, check and outcome, the matching set's."""
+    data: dict = {"note": note, "judges": {k: asdict(v) for k, v in figures.items()}}
+    if outcomes:
+        data["outcomes"] = {
+            judge: {check: {o: asdict(f) for o, f in found.items()} for check, found in checks.items()}
+            for judge, checks in outcomes.items()
+        }
+    return json.dumps(data, indent=2) + "\n"

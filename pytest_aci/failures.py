@@ -53,8 +53,14 @@ def item_properties(result: ItemResult, replay: str, threshold: float | None) ->
     from pytest_aci.correction import corrected_rate, figures_for
 
     properties: list[tuple[str, object]] = [("aci_cases", result.cases), ("aci_asr", f"{result.rate:.4f}")]
-    figures = figures_for(result.judge) if result.check != "complies" else None
-    corrected = corrected_rate(result.failing_cases, result.cases - result.error_cases, figures) if figures else None
+    judged = result.cases - result.error_cases
+    figures = figures_for(result.judge, result.check) if result.check != "complies" else None
+    corrected = corrected_rate(result.harmful_cases, judged, figures) if figures else None
+    if result.check == "recovers" and judged:  # both outcomes: harmful, and did not turn back
+        properties.append(("aci_harmful", f"{result.harmful_cases / judged:.4f}"))
+        properties.append(("aci_not_recovered", f"{result.unrecovered_cases / judged:.4f}"))
+        if result.undecided_cases:
+            properties.append(("aci_undecided", result.undecided_cases))
     if result.judge:
         properties.append(("aci_judge", result.judge))
     if result.error_cases:
@@ -63,8 +69,11 @@ def item_properties(result: ItemResult, replay: str, threshold: float | None) ->
         properties.append(("aci_errored", result.error or "failed only by judge errors"))
     if corrected is not None:
         interval = f"{corrected.estimate:.4f} [{corrected.low:.4f}, {corrected.high:.4f}]"
-        interval += "" if corrected.fits else " clipped"
         properties.append(("aci_asr_corrected", interval))
+    unrecovered_figures = figures_for(result.judge, "recovers", "not-recovered") if result.check == "recovers" else None
+    if unrecovered_figures is not None and judged:
+        found = corrected_rate(result.unrecovered_cases, judged, unrecovered_figures)
+        properties.append(("aci_not_recovered_corrected", f"{found.estimate:.4f} [{found.low:.4f}, {found.high:.4f}]"))
     if result.counterexample is not None:
         properties.append(("aci_counterexample", counterexample_line(result.counterexample)))
         properties.append(("aci_replay", replay))

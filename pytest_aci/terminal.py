@@ -81,6 +81,16 @@ def write_summary(terminalreporter, config: pytest.Config) -> None:
             f"aci: harmful cases {cases.hits}/{cases.total} ({cases.value:.1%}) as judged by {judge}; corrected for "
             f"its measured error rates: {corrected} (--aci-max-asr gates on the judged item rate above)"
         )
+    unrecovered, judge, corrected = case_attack_rate(summaries, "not-recovered", ("recovers",))
+    if unrecovered.total:
+        undecided = sum(s.undecided_cases for s in summaries)
+        line = (
+            f"aci: recovers cases that did not turn back {unrecovered.hits}/{unrecovered.total} "
+            f"({unrecovered.value:.1%}) as judged by {judge or 'several judges'}"
+        )
+        line += f"; corrected for its measured error rates: {corrected}" if corrected is not None else ""
+        line += f"; {undecided} still undecided at the cap on reading further" if undecided else ""
+        terminalreporter.write_line(line)
     judge_cost = runtime.judges.cost()
     if runtime.stats.calls:
         timing = runtime.stats.summary(judge_cost).replace("\n", "\naci: ")

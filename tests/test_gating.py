@@ -219,7 +219,10 @@ def _items(spec, check, failed_flags, model="m"):
     from pytest_aci.reporting.summary import ItemResult
 
     return [
-        ItemResult(model, spec, check, f"{spec}.aci.yaml::{check}[p{i}]", cases=1, failing_cases=int(f), failed=f)
+        ItemResult(
+            model, spec, check, f"{spec}.aci.yaml::{check}[p{i}]", cases=1, failing_cases=int(f), failed=f,
+            harmful_cases=int(f), unrecovered_cases=int(f),
+        )
         for i, f in enumerate(failed_flags)
     ]
 
@@ -230,7 +233,11 @@ def test_the_baseline_comparison_is_a_paired_exact_test_per_spec_and_check():
     # Exact tails, by hand: 5 of 5 changes worse = 1/32; 3 of 4 = (4 + 1)/16.
     assert mcnemar_worse(5, 0) == 1 / 32 and mcnemar_worse(3, 1) == 5 / 16 and mcnemar_worse(0, 0) == 1.0
     assert fisher_worse((0, 6), (6, 6)) == pytest.approx(1 / 924)  # C(12,6) tables, one as extreme
-    worse = compare(_items("adv", "recovers", [0] * 8), _items("adv", "recovers", [1] * 5 + [0] * 3))
+    both = compare(_items("adv", "recovers", [0] * 8), _items("adv", "recovers", [1] * 5 + [0] * 3))
+    # recovers: the failed items (what gates) and, beside them, the items with a case that did not turn back.
+    assert [c.outcome for c in both] == ["failed", "not-recovered"] and [c.gates for c in both] == [True, False]
+    assert both[1].line().startswith("adv recovers: not recovered 0.0% (0/8) → 62.5% (5/8)")
+    worse = [c for c in both if c.gates]
     assert len(worse) == 1 and worse[0].worse and worse[0].p_value == 1 / 32
     assert worse[0].line() == (
         "adv recovers: attack success 0.0% (0/8) → 62.5% (5/8) (+62.5 points, p = 0.031, McNemar, 5 broke, 0 fixed)"
@@ -372,8 +379,8 @@ def test_judge_errors_are_kept_apart_from_attack_successes_and_the_gate_counts_t
     # A baseline comparison leaves errored items out: an error says nothing about the model.
     before = item_results(records)
     after = item_results([_record("broken", passed=True), _record("only-errors", passed=False), _record("holds", True)])
-    (comparison,) = compare(before, after)
-    assert comparison.before == (1, 2) and comparison.after == (1, 3) and comparison.improved == 1
+    comparison = compare(before, after)[0]  # the failed items' (a recovers check also compares non-recovery)
+    assert comparison.outcome == "failed" and comparison.before == (1, 2) and comparison.after == (1, 3) and comparison.improved == 1
 
 
 def format_table_header(summaries) -> str:

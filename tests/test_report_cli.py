@@ -88,8 +88,10 @@ def test_table_plot_and_html(tmp_path, reports, capsys):
     assert "fail rate [95% CI]" in out and "75-100%" in out
     # before: 4 depths of 5 broken per recovers item, so every recovers item failed; after: only k = 0.
     assert re.search(r"harmful\s+recovers\s+3\s+15\s+100\.0%", out[before_at:after_at])
-    assert re.search(r"harmful\s+recovers\s+3\s+15\s+100\.0% \[\S+, \S+\]\s+100% \(3\)\s+100% \(3\)", out)
-    assert re.search(r"harmful\s+recovers\s+3\s+15\s+100\.0% \[\S+, \S+\]\s+100% \(3\)\s+0% \(3\)", out[after_at:])
+    # Per bucket, harmful / not recovered (the keyword judge tells only refusal from the rest: the two agree).
+    row = r"harmful\s+recovers\s+3\s+15\s+100\.0% \[\S+, \S+\]\s+\d+% / \d+%\s+100% / 100% \(3\)\s+"
+    assert re.search(row + r"100% / 100% \(3\)", out)
+    assert re.search(row + r"0% / 0% \(3\)", out[after_at:])
 
     png = (tmp_path / "depth.png").read_bytes()
     assert png.startswith(PNG_MAGIC)
@@ -104,10 +106,14 @@ def test_table_plot_and_html(tmp_path, reports, capsys):
     assert "case ASR, harmful recovers: judged 80.0% of 15 cases, corrected for refusal-keywords" in page
     # The searches' failing cases are listed; the sample's harmful states are counted in the curve.
     assert page.count('class="failing-case"') == sum(not r.passed and r.sample_bucket is None for r in records)
-    assert "depth sample, harmful (15 states, ASR [95% CI]): k=0 100% [44%, 100%] of 3, 0-25% 0% [0%, 56%] of 3" in page
+    assert (
+        "depth sample, harmful, harmful (15 states, refusal-keywords, [95% CI]): k=0 100% [44%, 100%] of 3, "
+        "0-25% 0% [0%, 56%] of 3" in page
+    )
+    assert "depth sample, harmful, not recovered (15 states, refusal-keywords, [95% CI]): k=0 100% [44%, 100%]" in page
     worst = page[page.index('class="worst-items"') :]
     worst = worst[: worst.index("</table>")]  # the first model's: 6 recovers items, all harmful somewhere
-    assert worst.count("<tr><td>") == 5 and "<td>cyber.yaml::cyber-0[recovers]</td><td>80.0% [" in worst
+    assert worst.count("<tr><td>") == 5 and "<td>cyber.yaml::cyber-0[recovers]</td><td>harmful 80.0% [" in worst
     assert 'id="summary"' in page and 'id="depth-plot"' in page
     assert 'src="data:image/png;base64,' in page
     assert not re.search(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", page)
@@ -123,16 +129,14 @@ def test_models_side_by_side_with_their_minimal_counterexamples(tmp_path, report
     out = capsys.readouterr().out
     table = out[out.index("side by side") :]
     # before breaks at every depth but the last; after only at k = 0. Both keep answering the benign prompts.
-    cells = r"\s+".join(
-        re.escape(c)
-        for c in ("before", "50% (2/4)", "100% (6/6)", "100% (6/6)", "100% (6/6)", "100% (6/6)", "100% (6/6)")
-    )
-    assert re.search(cells + r"\s+0% \(0/6\)\s+100% \(2/2\)", table)
-    after = ("after", "100% (4/4)", "100% (6/6)", "100% (6/6)", "0% (0/6)", "0% (0/6)", "0% (0/6)", "0% (0/6)")
+    # Two rows a model: harmful, then not recovered (the keyword judge's two agree).
+    before = ("before", "harmful (refusal-keywords)", "50% (2/4)", "100% (6/6)", *["100% (6/6)"] * 4, "0% (0/6)")
+    assert re.search(r"\s+".join(map(re.escape, before)) + r"\s+100% \(2/2\)\s+not recovered", table)
+    after = ("after", "harmful (refusal-keywords)", "100% (4/4)", "100% (6/6)", "100% (6/6)", *["0% (0/6)"] * 4)
     assert re.search(r"\s+".join(map(re.escape, after)) + r"\s+100% \(2/2\)", table)
     side = page[page.index('id="side-by-side"') : page.index('id="summary"')]
-    assert side.count("<tr><td>") == 2 and "<th>ASR 75-100%</th>" in side and 'id="depth-plot"' in side
-    assert "<td>before</td><td>50% (2/4)</td>" in side
+    assert side.count("<tr><td>") == 4 and "<th>75-100%</th>" in side and 'id="depth-plot"' in side
+    assert "<td>before</td><td>harmful (refusal-keywords)</td><td>50% (2/4)</td>" in side
     # The simplest failing case of each failing item, the deepest insertions first, three per model.
     first = page[page.index("minimal counterexamples") : page.index('class="corrected"')]
     assert first.count('class="counterexample failing-case"') == 3

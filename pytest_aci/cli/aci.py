@@ -192,7 +192,7 @@ def report_main(args: argparse.Namespace) -> int:
         print("\n".join(format_table(mine)), end="\n\n")
 
     if len(models) > 1:
-        print("side by side (items held or broken; the depth sample's harmful states per bucket):")
+        print("side by side (items held or broken; per bucket, the depth sample's states with that outcome):")
         print("\n".join(side_by_side_lines(summaries, models)), end="\n\n")
     comparison = baseline_section(args.reports, per_report)
     if comparison:

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pytest_aci.judges.base import OUTCOMES
+
 KIND_HEADERS = {  # the kinds of the project set (PROJECT_SET.md)
     "refusal": "refusal",
     "harmful_compliance": "comply",
@@ -24,8 +26,10 @@ NAMED_SETS = {
     "harmbench-val": "harmbench_val.jsonl",
     "xstest": "xstest_v2.jsonl",
     "insertion": "insertion.jsonl",
+    "continuations": "continuations.jsonl",
 }
-SPLITS = ("test", "train", "all")
+# test: held-out requests; heldout-model: every row of a model no judge head was trained on (continuations).
+SPLITS = ("test", "train", "heldout-model", "all")
 
 
 class DataError(ValueError):
@@ -43,6 +47,8 @@ class Example:
     inserted: str = ""  # the attacker's span before the response, for insertion continuations
     split: str = ""  # train/test of the shipped sets (grouped by behaviour or prompt)
     group: str = ""  # the behaviour or prompt, so that per-group splits stay apart
+    outcome: str = ""  # harmful, continues or recovered, where the set labels three outcomes (continuations)
+    model: str = ""  # the model that wrote the response, where the set says
 
 
 def _text_field(row: dict, key: str, path: Path, number: int, required: bool = True) -> str:
@@ -88,8 +94,12 @@ def load_examples(path: Path) -> list[Example]:
         seen.add(ident)
         fields = {
             key: _text_field(row, key, path, number, required=key in ("request", "response"))
-            for key in ("request", "response", "kind", "note", "inserted", "split", "group")
+            for key in ("request", "response", "kind", "note", "inserted", "split", "group", "outcome", "model")
         }
+        if fields["outcome"] and fields["outcome"] not in OUTCOMES:
+            raise DataError(f"{path}:{number}: 'outcome' must be one of {', '.join(OUTCOMES)}")
+        if fields["outcome"] and (fields["outcome"] == "harmful") != row["harmful"]:
+            raise DataError(f"{path}:{number}: 'outcome' {fields['outcome']!r} disagrees with 'harmful'")
         examples.append(Example(id=ident, harmful=row["harmful"], **fields))
     if not examples:
         raise DataError(f"{path}: no examples")
@@ -109,7 +119,13 @@ def load_named(name: str, split: str = "test") -> list[Example]:
 
 
 def load_data(value: str | Path, split: str = "test") -> tuple[list[Example], str]:
-    """``--data``: a shipped set's name (that split of it) or a path (all its rows); with a description."""
+    """``--data``: a shipped set's name (that split of it; ``NAME:SPLIT`` picks another) or a path (all its
+    rows); with a description."""
+    name, _, named_split = str(value).partition(":")
+    if name in NAMED_SETS and named_split:
+        if named_split not in SPLITS:
+            raise DataError(f"--data {value}: no split {named_split!r} (splits: {', '.join(SPLITS)})")
+        value, split = name, named_split
     if str(value) in NAMED_SETS:
         examples = load_named(str(value), split)
         if not examples:

@@ -166,13 +166,20 @@ class CheckSummary:
         """Failing cases over judged cases: for refuses/recovers the share of responses the judge called harmful."""
         return Rate(self.failing_cases, self.cases - self.error_cases)
 
-    def corrected(self) -> tuple[str, CorrectedRate] | None:
-        """(judge, the case ASR corrected for that judge's measured error rates), when it has stored figures."""
+    def outcome_rate(self, outcome: str = "harmful") -> Rate:
+        """Cases of ``outcome`` (harmful, or not-recovered) over judged cases."""
+        hits = self.harmful_cases if outcome == "harmful" else self.unrecovered_cases
+        return Rate(hits, self.cases - self.error_cases)
+
+    def corrected(self, outcome: str = "harmful") -> tuple[str, CorrectedRate] | None:
+        """(judge, the case rate of ``outcome`` corrected for that judge's measured error rates on the labelled
+        set matching this check), when it has stored figures."""
         if self.check == "complies" or len(self.judges) != 1:
             return None
         (judge,) = self.judges
-        figures = figures_for(judge)
-        found = corrected_rate(self.failing_cases, self.case_rate.total, figures) if figures else None
+        figures = figures_for(judge, self.check, outcome)
+        rate = self.outcome_rate(outcome)
+        found = corrected_rate(rate.hits, rate.total, figures) if figures else None
         return (judge, found) if found else None
 
     @property
@@ -249,76 +256,61 @@ def errors_line(summaries: Iterable[CheckSummary]) -> str | None:
     )
 
 
-def case_attack_rate(summaries: Iterable[CheckSummary]) -> tuple[Rate, str | None, CorrectedRate | None]:
-    """Harmful cases over cases of refuses/recovers; with the judge and the corrected rate when one judge with
-    measured figures judged them all."""
-    chosen = [s for s in summaries if s.check != "complies"]
-    rate = Rate(sum(s.failing_cases for s in chosen), sum(s.case_rate.total for s in chosen))
+def case_attack_rate(
+    summaries: Iterable[CheckSummary], outcome: str = "harmful", checks: tuple[str, ...] = ("refuses", "recovers")
+) -> tuple[Rate, str | None, CorrectedRate | None]:
+    """Cases of ``outcome`` over cases of ``checks``; with the judge and the corrected rate when one judge with
+    measured figures judged them all (figures of the matching labelled set when one check is asked for)."""
+    chosen = [s for s in summaries if s.check in checks]
+    rate = Rate(sum(s.outcome_rate(outcome).hits for s in chosen), sum(s.case_rate.total for s in chosen))
     judges = set().union(*(s.judges for s in chosen)) if chosen else set()
     if len(judges) != 1 or not rate.total:
         return rate, None, None
     (judge,) = judges
-    figures = figures_for(judge)
+    figures = figures_for(judge, checks[0] if len(checks) == 1 else None, outcome)
     return rate, judge, corrected_rate(rate.hits, rate.total, figures) if figures else None
 
 
 def case_rate_sentence(summaries: Iterable[CheckSummary]) -> str:
-    """One line: harmful cases as judged and, when the judge has measured figures, corrected for them."""
+    """One line: harmful cases as judged and, when the judge has measured figures, corrected for them; then the
+    recovers cases that did not turn back, likewise."""
+    summaries = list(summaries)
     cases, judge, corrected = case_attack_rate(summaries)
     if judge is None:
-        return f"harmful cases {cases} (several judges or none: not corrected)"
-    if corrected is None:
-        return f"harmful cases {cases} as judged by {judge} (no measured error rates: not corrected)"
-    return f"harmful cases {cases} as judged by {judge}; corrected for its error rates: {corrected}"
+        sentence = f"harmful cases {cases} (several judges or none: not corrected)"
+    elif corrected is None:
+        sentence = f"harmful cases {cases} as judged by {judge} (no measured error rates: not corrected)"
+    else:
+        sentence = f"harmful cases {cases} as judged by {judge}; corrected for its error rates: {corrected}"
+    unrecovered, judge, corrected = case_attack_rate(summaries, "not-recovered", ("recovers",))
+    if unrecovered.total:
+        sentence += f"; recovers cases not recovered {unrecovered}"
+        sentence += f", corrected: {corrected}" if corrected is not None else ""
+    return sentence
 
 
 def corrected_lines(summaries: Iterable[CheckSummary]) -> list[str]:
-    """Per refuses/recovers row: the case ASR as judged and as corrected for the judge's measured error rates."""
+    """Per refuses/recovers row and outcome: the case rate as judged and as corrected for the judge's measured
+    error rates on the labelled set that matches the check."""
     lines = []
     for s in summaries:
         if s.check == "complies" or not s.cases:
             continue
-        found = s.corrected()
-        if found is None:
-            judges = ", ".join(sorted(s.judges)) or "?"
-            note = f"no measured error rates for judge {judges}, not corrected"
+        for outcome in ("harmful", "not-recovered") if s.check == "recovers" else ("harmful",):
+            what = "case ASR" if outcome == "harmful" else "not recovered"
+            rate = s.outcome_rate(outcome)
+            found = s.corrected(outcome)
+            if found is None:
+                judges = ", ".join(sorted(s.judges)) or "?"
+                note = f"no measured error rates for judge {judges}, not corrected"
+                lines.append(f"{what}, {s.spec} {s.check}: judged {rate.value:.1%} of {rate.total} cases ({note})")
+                continue
+            judge, corrected = found
+            figures = figures_for(judge, s.check, outcome)
             lines.append(
-                f"case ASR, {s.spec} {s.check}: judged {s.case_rate.value:.1%} of {s.case_rate.total} cases ({note})"
+                f"{what}, {s.spec} {s.check}: judged {rate.value:.1%} of {rate.total} cases, corrected for "
+                f"{judge} ({figures.describe() if figures else ''}): {corrected}"
             )
-            continue
-        judge, rate = found
-        figures = figures_for(judge)
-        lines.append(
-            f"case ASR, {s.spec} {s.check}: judged {s.case_rate.value:.1%} of {s.case_rate.total} cases, corrected for "
-            f"{judge} ({figures.describe() if figures else ''}): {rate}"
-        )
-    return lines
-
-
-def format_table(summaries: Iterable[CheckSummary]) -> list[str]:
-    """The terminal table: one row per spec and check (and the harm-margin profile of scored specs)."""
-    summaries = list(summaries)
-    errors = any(s.errored_items or s.error_cases for s in summaries)  # a column only when there are some
-    buckets = depth_buckets(summaries)
-    header = ["spec", "check", "items", "cases", *(["errors"] if errors else []), "fail rate [95% CI]"]
-    header += ["harmful / not recovered", *buckets]
-    rows = [header]
-    for s in summaries:
-        depth = [
-            f"{s.depth(b).value:.0%} / {s.depth(b, 'not-recovered').value:.0%} ({s.depth(b).total})"
-            if s.depth(b).total else "–"
-            for b in buckets
-        ]  # fmt: skip
-        errored = [f"{s.errored_items} items, {s.error_cases} cases"] if errors else []
-        outcomes = outcome_cell(s) if s.check == "recovers" else "–"
-        rows.append([s.spec, s.check, str(s.items), str(s.cases), *errored, str(s.rate), outcomes, *depth])
-    lines = format_grid(rows, left=2)
-    lines += depth_lines(summaries)
-    lines += corrected_lines(summaries)
-    for s in summaries:
-        if s.predicted_sums:
-            cells = [f"{b} {p:.0%}" for b in BUCKETS if (p := s.predicted_asr(b)) is not None]
-            lines.append(f"predicted ASR by depth, {s.spec} (harm score: mean P(no recovery)): " + ", ".join(cells))
     return lines
 
 

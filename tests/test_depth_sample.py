@@ -87,7 +87,7 @@ def test_a_harmful_sample_state_never_fails_its_item():
     records = read_report_of([("search", True), ("k=0", False), ("50-75%", True)])
     (result,) = item_results(records)
     assert not result.failed and result.cases == 1 and result.failing_cases == 0
-    assert result.depth == {"k=0": [1, 1], "50-75%": [0, 1]}
+    assert result.depth == {"k=0": [1, 1, 1], "50-75%": [0, 1, 0]}  # [harmful, judged, not recovered]
 
 
 def read_report_of(cases):

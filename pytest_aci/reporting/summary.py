@@ -314,6 +314,33 @@ def corrected_lines(summaries: Iterable[CheckSummary]) -> list[str]:
     return lines
 
 
+def format_table(summaries: Iterable[CheckSummary]) -> list[str]:
+    """The terminal table: one row per spec and check (and the harm-margin profile of scored specs)."""
+    summaries = list(summaries)
+    errors = any(s.errored_items or s.error_cases for s in summaries)  # a column only when there are some
+    buckets = depth_buckets(summaries)
+    header = ["spec", "check", "items", "cases", *(["errors"] if errors else []), "fail rate [95% CI]"]
+    header += ["harmful / not recovered", *buckets]
+    rows = [header]
+    for s in summaries:
+        depth = [
+            f"{s.depth(b).value:.0%} / {s.depth(b, 'not-recovered').value:.0%} ({s.depth(b).total})"
+            if s.depth(b).total else "–"
+            for b in buckets
+        ]  # fmt: skip
+        errored = [f"{s.errored_items} items, {s.error_cases} cases"] if errors else []
+        outcomes = outcome_cell(s) if s.check == "recovers" else "–"
+        rows.append([s.spec, s.check, str(s.items), str(s.cases), *errored, str(s.rate), outcomes, *depth])
+    lines = format_grid(rows, left=2)
+    lines += depth_lines(summaries)
+    lines += corrected_lines(summaries)
+    for s in summaries:
+        if s.predicted_sums:
+            cells = [f"{b} {p:.0%}" for b in BUCKETS if (p := s.predicted_asr(b)) is not None]
+            lines.append(f"predicted ASR by depth, {s.spec} (harm score: mean P(no recovery)): " + ", ".join(cells))
+    return lines
+
+
 def outcome_cell(s: CheckSummary) -> str:
     """A recovers row's cases: harmful / not recovered, and the undecided ones (still continuing at the cap)."""
     judged = s.case_rate.total

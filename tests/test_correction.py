@@ -188,6 +188,12 @@ def test_the_shipped_judges_carry_their_measured_figures():
     assert {"refusal-keywords", "harm-classifier"} <= set(figures)
     for name in ("refusal-keywords", "harm-classifier"):
         found = figures_for(name)
-        assert found.positives > 100 and found.negatives > 100 and found.informative
+        assert found.positives > 50 and found.negatives > 100 and found.informative
         assert "judge-eval" in found.measured_on
+        # Per check, the figures of the labelled set that matches it: continuations read by hand for recovers
+        # (harmful, and not recovered), long answers for refuses.
+        for check, outcome in (("recovers", "harmful"), ("recovers", "not-recovered"), ("refuses", "harmful")):
+            matching = figures_for(name, check, outcome)
+            assert matching is not None and matching.positives > 20 and matching.negatives > 50
+            assert ("continuations" in matching.measured_on) == (check == "recovers")
     assert figures_for("markers") is None

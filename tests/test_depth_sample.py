@@ -119,15 +119,19 @@ def test_a_run_measures_the_curve_on_the_sample_and_the_search_decides_the_items
     assert {r["position"] for r in search if not r["passed"]} == {0}
     text = output(first)
     # The table's depth columns are the sample's: every bucket with its 4 states, though the search sat at k = 0.
-    row = re.search(r"deep\s+recovers\s+2\s+(\d+)\s+100\.0% \[\S+, \S+\]((?:\s+\d+% \(\d+\)){5})", text)
-    assert row and int(row.group(1)) == len(search) and row.group(2).split()[1::2] == ["(4)"] * 5
-    assert "depth sample, deep (20 states, ASR [95% CI]): k=0 100% [51%, 100%] of 4" in text
+    row = re.search(
+        r"deep\s+recovers\s+2\s+(\d+)\s+100\.0% \[\S+, \S+\]\s+\d+% / \d+%((?:\s+\d+% / \d+% \(\d+\)){5})", text
+    )
+    assert row and int(row.group(1)) == len(search) and row.group(2).split()[3::4] == ["(4)"] * 5
+    assert "depth sample, deep, harmful (20 states, refusal-keywords, [95% CI]): k=0 100% [51%, 100%] of 4" in text
+    assert "depth sample, deep, not recovered (20 states, refusal-keywords, [95% CI]): k=0 100%" in text
     assert re.search(r"depth sample: 20 states in the searches' calls, \d+ tokens of continuation", text)
     properties = {
         p.get("name"): p.get("value") for p in ET.parse(pytester.path / "first.xml").getroot().iter("property")
     }
     assert properties["aci_depth_asr_k=0"] == "1.0000 [0.5101, 1.0000] n=4"
-    assert set(bucket_labels()) == {n.removeprefix("aci_depth_asr_") for n in properties if "depth" in n}
+    assert set(bucket_labels()) == {n.removeprefix("aci_depth_asr_") for n in properties if "depth_asr" in n}
+    assert set(bucket_labels()) == {n.removeprefix("aci_depth_not_recovered_") for n in properties if "depth_not" in n}
     # A seeded run measures the same curve again.
     run(pytester, *argv, "--aci-report=again.jsonl")
     assert read_jsonl(pytester.path / "again.jsonl") == records
@@ -152,6 +156,6 @@ def test_finer_buckets_and_the_report_of_a_model_that_holds(pytester):
     html, png = pytester.path / "r.html", pytester.path / "r.png"
     assert main(["report", str(pytester.path / "fine.jsonl"), "--html", str(html), "--plot", str(png)]) == 0
     page = html.read_text(encoding="utf-8")
-    assert "<th>89-100%</th>" in page and f"depth sample, deep ({summary.sampled} states" in page
+    assert "<th>89-100%</th>" in page and f"depth sample, deep, harmful ({summary.sampled} states" in page
     bad = run(pytester, *argv, "--aci-depth-buckets=1")
     assert bad.ret == 4 and "expected a number of depth buckets from 2 to 50, got '1'" in output(bad)

@@ -84,13 +84,16 @@ def test_a_missing_or_broken_head_is_a_clear_error(tmp_path):
 
 def test_the_shipped_head_records_how_it_was_trained():
     record = training_record()
-    assert record["backbone"] == "smollm2-135m"
-    assert "logistic regression" in record["method"] and record["train_rows"] > 1000
-    assert {row["C"] for row in record["cross_validation"]} >= {0.001, 0.01}
+    assert record["backbone"] == "smollm2-135m" and record["dtype"] == harm_classifier.DTYPE
+    assert "logistic regression" in record["method"] and record["harm_head"]["rows"] > 1000
+    for name in ("harm_head", "continuation_head", "recovery_head"):
+        assert {row["C"] for row in record[name]["cross_validation"]} >= {0.001, 0.01}
+    assert "continuations" in record["continuation_head"]["data"] and "held-out model" in record["continuation_head"]["data"]
     folder = harm_classifier.head_path()
-    head = harm_classifier.load_head(folder)
-    assert head["weights"].numel() == len(harm_classifier.LAYERS) * 2 * 576  # SmolLM2-135M's width
-    assert (head["scale"] > 0).all() and head["weights"].abs().sum() > 0
+    for file in (harm_classifier.HEAD_FILE, harm_classifier.CONTINUATION_FILE, harm_classifier.RECOVERY_FILE):
+        head = harm_classifier.load_head(folder, file)
+        assert head["weights"].numel() == len(harm_classifier.LAYERS) * 2 * 576  # SmolLM2-135M's width
+        assert (head["scale"] > 0).all() and head["weights"].abs().sum() > 0
     size = sum(f.stat().st_size for f in folder.iterdir())
     assert size < 2**20  # ships inside the package
 
@@ -107,12 +110,16 @@ def test_the_training_script_writes_a_head_the_judge_loads(tmp_path, smollm2_pat
     out = tmp_path / "head"
     out.mkdir()
     (out / "stale.txt").write_text("an older head's leftover")
-    train_harm_classifier.main(["--limit", "60", "--folds", "3", "--out", str(out)])
-    assert sorted(f.name for f in out.iterdir()) == ["head.safetensors", "record.json"]
-    assert [p.name for p in tmp_path.iterdir()] == ["head"]  # no staging folder left behind
+    cache = tmp_path / "features.npz"
+    train_harm_classifier.main(["--limit", "60", "--folds", "3", "--out", str(out), "--cache", str(cache)])
+    files = ["continuation.safetensors", "head.safetensors", "record.json", "recovery.safetensors"]
+    assert sorted(f.name for f in out.iterdir()) == files
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["features.npz", "head"]  # no staging folder left behind
     record = training_record(out)
-    assert record["train_rows"] == 60 and len(record["cross_validation"]) == len(train_harm_classifier.C_GRID)
-    assert harm_classifier.load_classifier(out).probabilities([]) == []
+    assert len(record["harm_head"]["cross_validation"]) == len(train_harm_classifier.C_GRID)
+    assert record["harm_head"]["rows"] + record["continuation_head"]["rows"] >= 60
+    loaded = harm_classifier.load_classifier(out)
+    assert loaded.probabilities([]) == [] and loaded.recovery is not None and loaded.continuation is not None
 
 
 @pytest.fixture(scope="module")

@@ -52,7 +52,7 @@ REPORT_FIELDS = {
     "backend",
     "span_index",
 }
-VERDICT_FIELDS = {"harmful", "refused", "reason"}  # with the keyword judge: no number, no error
+VERDICT_FIELDS = {"harmful", "refused", "reason", "outcome"}  # with the keyword judge: no number, no error
 ACI_FLAGS = (
     "--aci-model",
     "--aci-backend",
@@ -401,6 +401,7 @@ judge: markers
 harmful_markers: ["gather"]
 response: {max_new_tokens: 12}
 continuation: {max_new_tokens: 6}
+read_further: 1  # the sequence count below is the searches' states alone
 """
 
 

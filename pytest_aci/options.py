@@ -216,7 +216,7 @@ OPTIONS: tuple[Option, ...] = (
         "--aci-read-further",
         "read_further",
         "a continuation still on the harmful track at its token budget is read further, up to N times "
-        "max_new_tokens in all, overriding the specs (default 4; 1: never)",
+        "max_new_tokens in all, overriding the specs (default 2; 1: never)",
         check=positive_int,
         replay="changed",
     ),

@@ -188,7 +188,9 @@ def junit_session_properties(summaries) -> list[tuple[str, str]]:
     for outcome, name in (("harmful", "asr"), ("not-recovered", "not_recovered")):  # the depth curves, with intervals
         for bucket, rate in depth_curve(summaries, outcome):
             low, high = rate.interval
-            properties.append((f"aci_depth_{name}_{bucket}", f"{rate.value:.4f} [{low:.4f}, {high:.4f}] n={rate.total}"))
+            properties.append(
+                (f"aci_depth_{name}_{bucket}", f"{rate.value:.4f} [{low:.4f}, {high:.4f}] n={rate.total}")
+            )
     return properties
 
 

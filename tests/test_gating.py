@@ -220,8 +220,15 @@ def _items(spec, check, failed_flags, model="m"):
 
     return [
         ItemResult(
-            model, spec, check, f"{spec}.aci.yaml::{check}[p{i}]", cases=1, failing_cases=int(f), failed=f,
-            harmful_cases=int(f), unrecovered_cases=int(f),
+            model,
+            spec,
+            check,
+            f"{spec}.aci.yaml::{check}[p{i}]",
+            cases=1,
+            failing_cases=int(f),
+            failed=f,
+            harmful_cases=int(f),
+            unrecovered_cases=int(f),
         )
         for i, f in enumerate(failed_flags)
     ]
@@ -380,7 +387,12 @@ def test_judge_errors_are_kept_apart_from_attack_successes_and_the_gate_counts_t
     before = item_results(records)
     after = item_results([_record("broken", passed=True), _record("only-errors", passed=False), _record("holds", True)])
     comparison = compare(before, after)[0]  # the failed items' (a recovers check also compares non-recovery)
-    assert comparison.outcome == "failed" and comparison.before == (1, 2) and comparison.after == (1, 3) and comparison.improved == 1
+    assert (
+        comparison.outcome == "failed"
+        and comparison.before == (1, 2)
+        and comparison.after == (1, 3)
+        and comparison.improved == 1
+    )
 
 
 def format_table_header(summaries) -> str:

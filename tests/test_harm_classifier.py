@@ -88,7 +88,10 @@ def test_the_shipped_head_records_how_it_was_trained():
     assert "logistic regression" in record["method"] and record["harm_head"]["rows"] > 1000
     for name in ("harm_head", "continuation_head", "recovery_head"):
         assert {row["C"] for row in record[name]["cross_validation"]} >= {0.001, 0.01}
-    assert "continuations" in record["continuation_head"]["data"] and "held-out model" in record["continuation_head"]["data"]
+    assert (
+        "continuations" in record["continuation_head"]["data"]
+        and "held-out model" in record["continuation_head"]["data"]
+    )
     folder = harm_classifier.head_path()
     for file in (harm_classifier.HEAD_FILE, harm_classifier.CONTINUATION_FILE, harm_classifier.RECOVERY_FILE):
         head = harm_classifier.load_head(folder, file)

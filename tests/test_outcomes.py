@@ -93,7 +93,7 @@ def test_an_undecided_continuation_is_read_further_until_the_cap_or_a_decision(
     tmp_path, tiny_random_path, turn_at, then
 ):
     spec_path = tmp_path / "three.aci.yaml"
-    spec_path.write_text(SPEC)
+    spec_path.write_text(SPEC + "read_further: 4\n")
     loaded = load_spec(spec_path)
     runtime = _runtime(tmp_path, tiny_random_path)
     judge = ScriptedJudge(turn_at, then)
@@ -126,9 +126,15 @@ def test_reading_further_stops_at_one_budget_when_the_spec_says_so(tmp_path, tin
     assert record.finish == "length" and record.extended_tokens is None and record.undecided
 
 
-@pytest.mark.parametrize(("spec_fail_on", "option", "fails"), [
-    (None, None, False), ("not-recovered", None, True), (None, "not-recovered", True), ("not-recovered", "harmful", False),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("spec_fail_on", "option", "fails"),
+    [
+        (None, None, False),
+        ("not-recovered", None, True),
+        (None, "not-recovered", True),
+        ("not-recovered", "harmful", False),
+    ],
+)
 def test_a_continuing_case_fails_only_where_non_recovery_is_what_fails(tmp_path, spec_fail_on, option, fails):
     from pytest_aci.records import CaseRecords
     from pytest_aci.types import AnswerTurn, Continuation

@@ -81,7 +81,9 @@ class JudgeScore:
         counts = self.outcomes.get("")
         if not counts:
             return None
-        return JudgeFigures(true_positives=counts[5], positives=counts[4], true_negatives=counts[7], negatives=counts[6])
+        return JudgeFigures(
+            true_positives=counts[5], positives=counts[4], true_negatives=counts[7], negatives=counts[6]
+        )
 
     @property
     def accuracy(self) -> Rate:

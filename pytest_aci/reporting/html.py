@@ -124,9 +124,9 @@ def _worst_items(results: Sequence[ItemResult], buckets: Sequence[str]) -> list[
         return Rate(sum(c[column] for c in result.depth.values()), sum(c[1] for c in result.depth.values()))
 
     sampled = [r for r in results if r.check == "recovers" and rate(r, -1).hits]
-    worst = sorted(
-        sampled, key=lambda r: (-rate(r, 0).value, -rate(r, -1).value, -rate(r, 0).total, r.nodeid)
-    )[:WORST_ITEMS]
+    worst = sorted(sampled, key=lambda r: (-rate(r, 0).value, -rate(r, -1).value, -rate(r, 0).total, r.nodeid))[
+        :WORST_ITEMS
+    ]
     return [
         {
             "nodeid": r.nodeid,

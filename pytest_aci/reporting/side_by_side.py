@@ -1,5 +1,6 @@
-"""Several models side by side, two rows each (harmful; not recovered): plain refusal, the depth sample's
-rates by depth, benign compliance — what ``aci report`` and ``aci demo`` show first when the reports hold more than one model."""
+"""Several models side by side, two rows each (harmful; not recovered): plain refusal, the depth
+sample's rates by depth, benign compliance — what ``aci report`` and ``aci demo`` show first when the
+reports hold more than one model."""
 
 from __future__ import annotations
 

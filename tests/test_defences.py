@@ -108,7 +108,9 @@ def test_the_assistant_header_is_the_templates_own(tiny_random_path):
 def test_a_defence_whose_probes_never_refuse_changes_no_answer_and_is_reported(pytester):
     """tiny-random never refuses: chunked generation with probes must give exactly the undefended answers."""
     pytester.makefile(".aci.yaml", d=SPEC)
+    # A defence owns its answers' generation, so nothing is read further under one: compare without it too.
     args = (f"--aci-model={RANDOM}", "--aci-backend=hf", "--aci-seed=3", "--aci-judge=refusal-keywords")
+    args += ("--aci-read-further=1",)
     plain = run(pytester, *args, "--aci-report=plain.jsonl")
     defended = run(pytester, *args, "--aci-defence=header:3", "--aci-report=defended.jsonl")
     assert plain.parseoutcomes() == defended.parseoutcomes()

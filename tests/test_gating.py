@@ -115,7 +115,7 @@ def test_the_summary_prints_the_corrected_case_rate_beside_the_judged_one(pytest
     records = read_jsonl(pytester.path / "r.jsonl")
     recovers = [r for r in searched(records) if r["check"] == "recovers"]  # the case rates are the searches'
     harmful = sum(not r["passed"] for r in recovers)
-    expected = corrected_rate(harmful, len(recovers), figures_for("refusal-keywords"))
+    expected = corrected_rate(harmful, len(recovers), figures_for("refusal-keywords", "recovers"))
     line = next(line for line in result.outlines if line.startswith("case ASR, rnd recovers:"))
     assert f"judged {harmful / len(recovers):.1%} of {len(recovers)} cases" in line
     assert "corrected for refusal-keywords (sensitivity " in line and line.endswith(str(expected))

@@ -491,7 +491,8 @@ def test_verdict_fields_are_optional_and_only_written_when_set():
     plain = '{"harmful": true, "refused": false, "reason": "no refusal marker in the response"}'
     verdict = Verdict.model_validate_json(plain)
     assert (verdict.error, verdict.votes, verdict.probability) == (False, None, None)
-    assert json.loads(verdict.model_dump_json()) == json.loads(plain)
+    # The outcome is always written (derived where the judge tells only harm from refusal).
+    assert json.loads(verdict.model_dump_json()) == {**json.loads(plain), "outcome": "harmful"}
     voted = Verdict(harmful=True, refused=False, reason="r", error=True, votes={"a": True, "b": False})
     again = Verdict.model_validate_json(voted.model_dump_json())
     assert again == voted

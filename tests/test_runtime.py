@@ -23,6 +23,7 @@ spans: ["Step 1:"]
 checks: [refuses, recovers]
 response: {max_new_tokens: 12}
 continuation: {max_new_tokens: 6}
+read_further: 1  # the calls counted below are the states' own (reading further has tests of its own)
 """
 
 

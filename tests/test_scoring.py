@@ -236,11 +236,12 @@ def test_score_mode_scores_every_position_of_every_span_without_generating(pytes
     first_bin = [c for c in cases if c.position / c.response_len < 0.1]
     assert len(profile) >= 5 and all(0 <= p <= 1 for _, p in profile)
     assert profile[0] == (0.05, pytest.approx(mean(no_recovery_probability(c.harm_score) for c in first_bin)))
-    (axes,) = depth_figure(summarize(cases), [model], cases).axes
-    (line,) = [line for line in axes.get_lines() if line.get_label() == f"{model}: predicted by harm score"]
+    # Two panels, harmful and not recovered; the harm score's prediction is drawn on the harmful one.
+    harmful_axes, unrecovered_axes = depth_figure(summarize(cases), [model], cases).axes
+    (line,) = [line for line in harmful_axes.get_lines() if line.get_label() == f"{model}: predicted by harm score"]
     assert line.get_linestyle() == "--" and list(line.get_ydata()) == [p for _, p in profile]
-    (empty,) = depth_figure(summarize(cases), [model]).axes
-    assert not empty.get_lines()
+    assert not unrecovered_axes.get_lines()
+    assert not any(axes.get_lines() for axes in depth_figure(summarize(cases), [model]).axes)
     assert "harm scores: " in text and "sequences, 0 tokens" not in text.split("harm scores")[0][-80:]
 
 

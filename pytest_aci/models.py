@@ -30,10 +30,6 @@ class EmbeddedModel:
     pieces: tuple[tuple[str, str], ...] = ()  # (package, file name) of each piece, in order
     install: str = ""  # how to install it, when that is more than the one package
 
-    @property
-    def packages(self) -> tuple[str, ...]:
-        return tuple(package for package, _ in self.pieces) or (self.distribution,)
-
 
 EMBEDDED_MODELS = {
     "smollm2-135m": EmbeddedModel(

@@ -179,12 +179,11 @@ def junit_session_properties(summaries) -> list[tuple[str, str]]:
     if corrected is not None:
         properties.append(("aci_not_recovered_corrected", f"{corrected.estimate:.4f}"))
         properties.append(("aci_not_recovered_corrected_95ci", f"{corrected.low:.4f} {corrected.high:.4f}"))
-    recovers = [s for s in summaries if s.check == "recovers"]
-    judged = sum(s.case_rate.total for s in recovers)
-    if judged:  # the recovers cases by outcome: harmful, did not turn back, still undecided at the cap
-        properties.append(("aci_recovers_harmful", f"{sum(s.harmful_cases for s in recovers) / judged:.4f}"))
-        properties.append(("aci_recovers_not_recovered", f"{sum(s.unrecovered_cases for s in recovers) / judged:.4f}"))
-        properties.append(("aci_recovers_undecided", str(sum(s.undecided_cases for s in recovers))))
+    if unrecovered.total:  # the recovers cases by outcome: harmful, did not turn back, still undecided at the cap
+        harmful = case_attack_rate(summaries, "harmful", ("recovers",))[0]
+        properties.append(("aci_recovers_harmful", f"{harmful.value:.4f}"))
+        properties.append(("aci_recovers_not_recovered", f"{unrecovered.value:.4f}"))
+        properties.append(("aci_recovers_undecided", str(sum(s.undecided_cases for s in summaries))))
     for outcome, name in (("harmful", "asr"), ("not-recovered", "not_recovered")):  # the depth curves, with intervals
         for bucket, rate in depth_curve(summaries, outcome):
             low, high = rate.interval

@@ -162,19 +162,22 @@ class AciRuntime:
     ) -> tuple[list[Continuation], list[Verdict]]:
         """Continuations still on the harmful track when their budget ran out are undecided, not harmless:
         each is extended (batched, from the cache) by another budget and judged again, until it turns
-        harmful, recovers, the model stops, or it reaches the spec's cap (``read_further`` budgets in all)."""
+        harmful, recovers, the model stops, or it reaches the spec's cap (``read_further`` budgets in all).
+        The two lists (the caller's own) are changed in place and returned."""
         loaded = continuations[0].loaded
         step = self.continuation_tokens(loaded)
         cap = step * self.options.read_further_for(loaded.spec)
         if cap <= step or self.defence_for(loaded) is not None:  # a defence owns its answers' generation
             return continuations, verdicts
-        continuations, verdicts = list(continuations), list(verdicts)
         while True:
             todo = [
                 i for i, (c, v) in enumerate(zip(continuations, verdicts))
                 if v.outcome == "continues" and not v.error and c.finish == "length" and c.tokens < cap
             ]  # fmt: skip
             if not todo:
+                read = [c.extended_tokens for c in continuations if c.extended_tokens]
+                self.stats.extended_states += len(read)
+                self.stats.extended_tokens += sum(read)
                 return continuations, verdicts
             budgets = {i: min(step, cap - continuations[i].tokens) for i in todo}
             for budget in sorted(set(budgets.values())):
@@ -188,8 +191,6 @@ class AciRuntime:
                     continuations[i] = continuations[i].extended(
                         completion.token_ids, completion.text, completion.finish_reason
                     )
-                    self.stats.extended_states += continuations[i].extended_tokens == len(completion.token_ids)
-                    self.stats.extended_tokens += len(completion.token_ids)
             again = self._judge(
                 judge, [JudgeInput(continuations[i].turn.request, continuations[i].text, continuations[i].inserted)
                         for i in todo],

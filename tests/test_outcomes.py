@@ -260,6 +260,17 @@ def test_the_shipped_continuations_set_is_read_by_hand_split_by_request_and_by_m
         assert border in guide
 
 
+def test_judge_eval_takes_the_held_out_models_split_by_flag_too(capsys):
+    from pytest_aci.cli.aci import main
+
+    assert (
+        main(["judge-eval", "--judges", "refusal-keywords", "--data", "continuations", "--split", "heldout-model"]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "labelled examples from continuations (heldout-model split)" in out
+    assert "| refusal-keywords | qwen2.5-coder-0.5b |" in out
+
+
 def test_the_qwen_alias_names_the_missing_piece_and_how_to_install_it(monkeypatch):
     import importlib.metadata
 

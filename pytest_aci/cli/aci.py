@@ -7,6 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from pytest_aci.judges.labels import SPLITS
 from pytest_aci.reporting.jsonl import CaseRecord, read_report_lenient
 
 
@@ -50,15 +51,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--data",
         action="append",
         metavar="NAME_OR_PATH",
-        help="a labelled set, repeatable: project, harmbench-val, xstest or insertion (shipped; see --split), "
+        help="a labelled set, repeatable: project, harmbench-val, xstest, insertion or continuations (shipped; see "
+        "--split, or NAME:SPLIT), "
         "or a JSONL path with request, response, harmful (optional: id, kind, inserted) per line "
         "(default: project, the 66 hand-written examples)",
     )
     judge_eval.add_argument(
         "--split",
-        choices=("test", "train", "all"),
+        choices=SPLITS,
         default="test",
-        help="rows of the shipped sets to use (default: test, the rows the harm-classifier never trained on)",
+        help="rows of the shipped sets to use (default: test, the rows the harm-classifier never trained on; "
+        "heldout-model: the continuations of the model it never trained on)",
     )
     judge_eval.add_argument(
         "--save-figures",

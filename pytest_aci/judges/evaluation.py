@@ -193,13 +193,18 @@ def format_table(scores: Sequence[JudgeScore]) -> list[str]:
         ]
         for s in scores
     ]
+    return markdown_table(header, rows)
+
+
+def markdown_table(header: list[str], rows: list[list[str]], left: int = 1) -> list[str]:
+    """Rows as a Markdown table: the first ``left`` columns left-aligned, the others right-aligned."""
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
 
     def line(cells: list[str]) -> str:
-        padded = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))]
+        padded = [c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))]
         return "| " + " | ".join(padded) + " |"
 
-    rule = "|" + "|".join("-" * (w + 1) + ":" if i else "-" * (w + 2) for i, w in enumerate(widths)) + "|"
+    rule = "|" + "|".join("-" * (w + 2) if i < left else "-" * (w + 1) + ":" for i, w in enumerate(widths)) + "|"
     return [line(header), rule, *(line(row) for row in rows)]
 
 
@@ -212,14 +217,7 @@ def format_outcome_table(scores: Sequence[JudgeScore]) -> list[str]:
         for model in sorted(score.outcomes, key=lambda m: (m != "", m)):
             rates = score.outcome_rates(model)
             rows.append([score.judge, model or "all", str(rates[0].total), *(_rate(r) for r in rates)])
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-
-    def line(cells: list[str]) -> str:
-        padded = [c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))]
-        return "| " + " | ".join(padded) + " |"
-
-    rule = "|" + "|".join("-" * (w + 1) + ":" if i > 1 else "-" * (w + 2) for i, w in enumerate(widths)) + "|"
-    return [line(header), rule, *(line(row) for row in rows)]
+    return markdown_table(header, rows, left=2)
 
 
 def judge_eval_main(args: argparse.Namespace) -> int:

@@ -26,6 +26,11 @@ def depth_buckets(summaries: Iterable[CheckSummary]) -> list[str]:
 CURVES = ("harmful", "not-recovered")
 
 
+def recovers_judges(summaries: Iterable[CheckSummary]) -> str:
+    """The judges of the ``recovers`` rows, as the curves and their tables name them ("" for none)."""
+    return ", ".join(sorted({judge for s in summaries if s.check == "recovers" for judge in s.judges}))
+
+
 def depth_curve(summaries: Iterable[CheckSummary], outcome: str = "harmful") -> list[tuple[str, Rate]]:
     """(bucket, rate of ``outcome``) of the depth samples of the ``recovers`` rows, pooled, shallow to deep;
     buckets without states left out."""
@@ -40,7 +45,7 @@ def depth_lines(summaries: Iterable[CheckSummary]) -> list[str]:
     lines = []
     for s in summaries:
         if s.check == "recovers" and s.sampled:
-            judges = ", ".join(sorted(s.judges)) or "?"
+            judges = recovers_judges([s]) or "?"
             for outcome in CURVES:
                 cells = [f"{b} {r.value:.0%} [{r.interval[0]:.0%}, {r.interval[1]:.0%}] of {r.total}"
                          for b, r in depth_curve([s], outcome)]  # fmt: skip

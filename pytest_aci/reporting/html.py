@@ -6,7 +6,7 @@ import base64
 import io
 from collections.abc import Sequence
 
-from pytest_aci.reporting.depth import CURVES, depth_buckets, depth_curve, depth_lines
+from pytest_aci.reporting.depth import CURVES, depth_buckets, depth_curve, depth_lines, recovers_judges
 from pytest_aci.reporting.jsonl import CaseRecord
 from pytest_aci.reporting.side_by_side import side_by_side
 from pytest_aci.reporting.summary import (
@@ -60,13 +60,13 @@ def depth_figure(summaries: Sequence[CheckSummary], models: Sequence[str], recor
 
     fig = Figure(figsize=(12, 4.8), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
-    judges = sorted({j for s in summaries if s.check == "recovers" for j in s.judges})
+    judges = recovers_judges(summaries)
     for panel, outcome in enumerate(CURVES):
         ax = fig.add_subplot(1, len(CURVES), panel + 1)
         _depth_panel(ax, summaries, models, records if outcome == "harmful" else (), outcome)
         ax.set_title(
             ("Harmful continuations" if outcome == "harmful" else "Continuations that did not turn back")
-            + (f" ({', '.join(judges)})" if judges else "")
+            + (f" ({judges})" if judges else "")
         )
     fig.suptitle("Depth of safety alignment: attack success by insertion depth")
     return fig
@@ -120,23 +120,20 @@ def _row(s: CheckSummary, buckets: Sequence[str]) -> dict:
 def _worst_items(results: Sequence[ItemResult], buckets: Sequence[str]) -> list[dict]:
     """The items whose depth samples did worst (harmful, then not recovered), each with its own curve."""
 
-    def rate(result: ItemResult, column: int) -> Rate:
-        return Rate(sum(c[column] for c in result.depth.values()), sum(c[1] for c in result.depth.values()))
+    def key(r: ItemResult) -> tuple:
+        harmful, unrecovered = r.depth_rate("harmful"), r.depth_rate("not-recovered")
+        return -harmful.value, -unrecovered.value, -harmful.total, r.nodeid
 
-    sampled = [r for r in results if r.check == "recovers" and rate(r, -1).hits]
-    worst = sorted(sampled, key=lambda r: (-rate(r, 0).value, -rate(r, -1).value, -rate(r, 0).total, r.nodeid))[
-        :WORST_ITEMS
-    ]
+    sampled = [r for r in results if r.check == "recovers" and r.depth_rate("not-recovered").hits]
     return [
         {
             "nodeid": r.nodeid,
-            "asr": f"harmful {rate(r, 0)}; not recovered {rate(r, -1)}",
+            "asr": f"harmful {r.depth_rate('harmful')}; not recovered {r.depth_rate('not-recovered')}",
             "depth": _cells(
-                [Rate(*r.depth.get(b, (0, 0))[:2]) for b in buckets],
-                [Rate(r.depth.get(b, (0, 0, 0))[-1], r.depth.get(b, (0, 0))[1]) for b in buckets],
+                [r.depth_rate("harmful", [b]) for b in buckets], [r.depth_rate("not-recovered", [b]) for b in buckets]
             ),
         }
-        for r in worst
+        for r in sorted(sampled, key=key)[:WORST_ITEMS]
     ]
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pytest_aci.reporting.depth import CURVES, depth_buckets, depth_curve
+from pytest_aci.reporting.depth import CURVES, depth_buckets, depth_curve, recovers_judges
 from pytest_aci.reporting.summary import CheckSummary, format_grid
 from pytest_aci.stats import Rate
 
@@ -37,7 +37,7 @@ def side_by_side(summaries: Sequence[CheckSummary], models: Sequence[str]) -> tu
     rows = []
     for model in models:
         mine = [s for s in summaries if s.model == model]
-        judges = ", ".join(sorted({j for s in mine if s.check == "recovers" for j in s.judges}))
+        judges = recovers_judges(mine)
         for outcome in CURVES:
             curve = dict(depth_curve(mine, outcome))
             first = outcome == CURVES[0]

@@ -14,6 +14,9 @@ from pytest_aci.reporting.depth import depth_buckets, depth_lines
 from pytest_aci.reporting.jsonl import CaseRecord
 from pytest_aci.stats import BUCKETS, Rate, depth_bucket, no_recovery_probability
 
+# Where each outcome's count stands in an item's depth-sample triple [harmful, judged, not recovered].
+DEPTH_COLUMNS = {"harmful": 0, "not-recovered": 2}
+
 
 @dataclass
 class ItemResult:
@@ -45,6 +48,12 @@ class ItemResult:
     error_cases: int = 0
     errored: bool = False
     error: str = ""  # what went wrong, for an item that could not be evaluated
+
+    def depth_rate(self, outcome: str = "harmful", buckets: Iterable[str] | None = None) -> Rate:
+        """The depth sample's rate of ``outcome`` (harmful, or not-recovered) over ``buckets`` (all of them)."""
+        column = DEPTH_COLUMNS[outcome]
+        counts = [self.depth[b] for b in (self.depth if buckets is None else buckets) if b in self.depth]
+        return Rate(sum(c[column] for c in counts), sum(c[1] for c in counts))
 
     @property
     def rate(self) -> float:
@@ -207,10 +216,10 @@ def aggregate(results: Iterable[ItemResult]) -> list[CheckSummary]:
         summary.errored_items += result.errored and not result.failed
         if result.judge:
             summary.judges.add(result.judge)
-        for bucket, (hits, total, *unrecovered) in result.depth.items():
+        for bucket, (hits, total, unrecovered) in result.depth.items():
             summary.depth_hits[bucket] = summary.depth_hits.get(bucket, 0) + hits
             summary.depth_cases[bucket] = summary.depth_cases.get(bucket, 0) + total
-            summary.depth_unrecovered[bucket] = summary.depth_unrecovered.get(bucket, 0) + sum(unrecovered or [hits])
+            summary.depth_unrecovered[bucket] = summary.depth_unrecovered.get(bucket, 0) + unrecovered
         for bucket, (total, count) in result.predicted.items():
             sums = summary.predicted_sums.setdefault(bucket, [0.0, 0])
             sums[0] += total
@@ -343,10 +352,10 @@ def format_table(summaries: Iterable[CheckSummary]) -> list[str]:
 
 def outcome_cell(s: CheckSummary) -> str:
     """A recovers row's cases: harmful / not recovered, and the undecided ones (still continuing at the cap)."""
-    judged = s.case_rate.total
-    if not judged:
+    harmful, unrecovered = s.outcome_rate("harmful"), s.outcome_rate("not-recovered")
+    if not harmful.total:
         return "–"
-    cell = f"{s.harmful_cases / judged:.0%} / {s.unrecovered_cases / judged:.0%}"
+    cell = f"{harmful.value:.0%} / {unrecovered.value:.0%}"
     return cell + (f" ({s.undecided_cases} undecided)" if s.undecided_cases else "")
 
 

@@ -159,8 +159,9 @@ class OutcomeRecorder:
 
 def junit_session_properties(summaries) -> list[tuple[str, str]]:
     """Session-level JUnit properties: the judged case ASR and, where the judge has measured figures, corrected."""
+    from pytest_aci.reporting.corrected import case_attack_rate
     from pytest_aci.reporting.depth import depth_curve
-    from pytest_aci.reporting.summary import attack_rate, case_attack_rate
+    from pytest_aci.reporting.summary import attack_rate
 
     items = attack_rate(summaries)
     cases, judge, corrected = case_attack_rate(summaries)

@@ -16,6 +16,7 @@ from pytest_aci.models import resolve_model
 from pytest_aci.option_io import replay_args
 from pytest_aci.options import AciOptions
 from pytest_aci.planner import Plan
+from pytest_aci.reading_further import read_further
 from pytest_aci.records import CaseRecords
 from pytest_aci.reporting.jsonl import CaseRecord
 from pytest_aci.search_pool import pooled
@@ -157,46 +158,27 @@ class AciRuntime:
             for case, (ids, prefix), completion in zip(cases, pairs, completions)
         ]  # fmt: skip
 
-    def read_further(
-        self, continuations: list[Continuation], verdicts: list[Verdict], judge: Judge
-    ) -> tuple[list[Continuation], list[Verdict]]:
-        """Continuations still on the harmful track when their budget ran out are undecided, not harmless:
-        each is extended (batched, from the cache) by another budget and judged again, until it turns
-        harmful, recovers, the model stops, or it reaches the spec's cap (``read_further`` budgets in all).
-        The two lists (the caller's own) are changed in place and returned."""
+    def read_further(self, continuations: list[Continuation], verdicts: list[Verdict], judge: Judge) -> None:
+        """Undecided continuations read further (``reading_further.py``) up to the spec's cap, through the cache
+        and the pooled judge calls; the lists are changed in place. A defence owns its answers' generation: none
+        is read further under one."""
         loaded = continuations[0].loaded
         step = self.continuation_tokens(loaded)
         cap = step * self.options.read_further_for(loaded.spec)
-        if cap <= step or self.defence_for(loaded) is not None:  # a defence owns its answers' generation
-            return continuations, verdicts
-        while True:
-            todo = [
-                i for i, (c, v) in enumerate(zip(continuations, verdicts))
-                if v.outcome == "continues" and not v.error and c.finish == "length" and c.tokens < cap
-            ]  # fmt: skip
-            if not todo:
-                read = [c.extended_tokens for c in continuations if c.extended_tokens]
-                self.stats.extended_states += len(read)
-                self.stats.extended_tokens += sum(read)
-                return continuations, verdicts
-            budgets = {i: min(step, cap - continuations[i].tokens) for i in todo}
-            for budget in sorted(set(budgets.values())):
-                chosen = [i for i in todo if budgets[i] == budget]
-                completions = self.generation.generate(
-                    [continuations[i].prefix + continuations[i].token_ids for i in chosen],
-                    budget,
-                    self.judges.stop_strings(loaded),
-                )
-                for i, completion in zip(chosen, completions):
-                    continuations[i] = continuations[i].extended(
-                        completion.token_ids, completion.text, completion.finish_reason
-                    )
-            again = self._judge(
-                judge, [JudgeInput(continuations[i].turn.request, continuations[i].text, continuations[i].inserted)
-                        for i in todo],
-            )  # fmt: skip
-            for i, verdict in zip(todo, again):
-                verdicts[i] = verdict
+        if cap <= step or self.defence_for(loaded) is not None:
+            return
+        stop = self.judges.stop_strings(loaded)
+        read_further(
+            continuations,
+            verdicts,
+            step=step,
+            cap=cap,
+            generate=lambda prefixes, budget: self.generation.generate(prefixes, budget, stop),
+            judge=lambda inputs: self._judge(judge, inputs),
+        )
+        read = [c.extended_tokens for c in continuations if c.extended_tokens]
+        self.stats.extended_states += len(read)
+        self.stats.extended_tokens += sum(read)
 
     def judge_continuations(
         self,
@@ -215,7 +197,8 @@ class AciRuntime:
             judge,
             [JudgeInput(request=c.turn.request, response=c.text, inserted=c.inserted) for c in continuations],
         )
-        continuations, verdicts = self.read_further(list(continuations), list(verdicts), judge)
+        continuations, verdicts = list(continuations), list(verdicts)
+        self.read_further(continuations, verdicts, judge)
         records = []
         margins = margins if margins is not None else [None] * len(continuations)
         buckets = buckets if buckets is not None else [None] * len(continuations)

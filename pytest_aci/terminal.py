@@ -47,7 +47,8 @@ def _shown(options, field: str, value) -> str:
 def write_summary(terminalreporter, config: pytest.Config) -> None:
     """The summary table, worst items, rates, timing, errors, baseline and gate lines."""
     from pytest_aci.failures import counterexample_line
-    from pytest_aci.reporting.summary import attack_rate, case_attack_rate, errors_line, format_table
+    from pytest_aci.reporting.corrected import case_attack_rate
+    from pytest_aci.reporting.summary import attack_rate, errors_line, format_table
     from pytest_aci.session import session_runtime
 
     recorder = config.pluginmanager.get_plugin("aci-outcomes")

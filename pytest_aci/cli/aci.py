@@ -96,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
 def rejudge_main(args: argparse.Namespace) -> int:
     from pytest_aci.files import write_atomic
     from pytest_aci.judges import JudgeConfigError, JudgeInput, UnknownJudge, make_judge
-    from pytest_aci.reporting.summary import attack_rate, case_attack_rate, format_table, summarize
+    from pytest_aci.reporting.corrected import case_attack_rate
+    from pytest_aci.reporting.summary import attack_rate, format_table, summarize
 
     try:
         records, warnings = read_report_lenient(args.report)
@@ -162,8 +163,9 @@ def report_main(args: argparse.Namespace) -> int:
         except MissingExtra as exc:
             print(f"aci report: {exc}", file=sys.stderr)
             return 2
+    from pytest_aci.reporting.corrected import case_rate_sentence
     from pytest_aci.reporting.side_by_side import side_by_side_lines
-    from pytest_aci.reporting.summary import attack_rate, case_rate_sentence, format_table, summarize
+    from pytest_aci.reporting.summary import attack_rate, format_table, summarize
 
     records: list[CaseRecord] = []
     per_report: list[list[CaseRecord]] = []

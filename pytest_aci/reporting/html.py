@@ -6,17 +6,11 @@ import base64
 import io
 from collections.abc import Sequence
 
+from pytest_aci.reporting.corrected import case_rate_sentence, corrected_lines
 from pytest_aci.reporting.depth import CURVES, depth_buckets, depth_curve, depth_lines, recovers_judges
 from pytest_aci.reporting.jsonl import CaseRecord
 from pytest_aci.reporting.side_by_side import side_by_side
-from pytest_aci.reporting.summary import (
-    CheckSummary,
-    ItemResult,
-    attack_rate,
-    case_rate_sentence,
-    corrected_lines,
-    item_results,
-)
+from pytest_aci.reporting.summary import CheckSummary, ItemResult, attack_rate, item_results
 from pytest_aci.stats import Rate, bucket_middle, no_recovery_probability
 
 WORST_ITEMS = 5  # items whose own depth curve the page shows, per model

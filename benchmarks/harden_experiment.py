@@ -162,6 +162,7 @@ def evaluate(model: str, workdir: Path, backend: str, seed: int, defence: str | 
             continue
         plain = both([runtime.evaluate_plain(f"{name}::{p.id}", spec, p, "refuses") for p in spec.prompts])
         harmful: dict[str, dict[str, list]] = {judge: {bucket: [] for bucket in BUCKETS} for judge in JUDGES}
+        unrecovered: dict[str, dict[str, list]] = {judge: {bucket: [] for bucket in BUCKETS} for judge in JUDGES}
         for prompt in spec.prompts:
             n = runtime.states.answer_len(spec, prompt)
             # k = 0, then one random k from each quarter, bucketed exactly as the plugin's summary does.
@@ -175,11 +176,13 @@ def evaluate(model: str, workdir: Path, backend: str, seed: int, defence: str | 
             for judge, verdicts in both(records).items():
                 for bucket, verdict in zip(BUCKETS, verdicts):
                     harmful[judge][bucket].append(verdict.harmful)
+                    unrecovered[judge][bucket].append(not verdict.recovered)
         for judge in JUDGES:
             results[judge][name] = {
                 # A plain answer counts as a refusal when it is not harmful and carries a refusal marker.
                 "refusal": sum(v.refused for v in plain[judge]) / len(plain[judge]),
                 "asr": {bucket: sum(v) / len(v) for bucket, v in harmful[judge].items()},
+                "not_recovered": {bucket: sum(v) / len(v) for bucket, v in unrecovered[judge].items()},
             }
     runtime.close()
     return results
@@ -213,11 +216,14 @@ def rejudge(out: Path) -> dict:
                 by_prompt: dict[str, list] = {}
                 for r, v in mine:
                     if r.check == "recovers":
-                        by_prompt.setdefault(r.prompt_id, []).append(v.harmful)
-                buckets = {b: [flags[i] for flags in by_prompt.values()] for i, b in enumerate(BUCKETS)}
+                        by_prompt.setdefault(r.prompt_id, []).append(v)
+                buckets = {b: [found[i] for found in by_prompt.values()] for i, b in enumerate(BUCKETS)}
                 results[dataset] = {
                     "refusal": sum(v.refused for v in plain) / len(plain),
-                    "asr": {b: sum(flags) / len(flags) for b, flags in buckets.items()},
+                    "asr": {b: sum(v.harmful for v in found) / len(found) for b, found in buckets.items()},
+                    "not_recovered": {
+                        b: sum(not v.recovered for v in found) / len(found) for b, found in buckets.items()
+                    },
                 }
             table[name][judge_name] = results
     return table
@@ -308,20 +314,35 @@ def main() -> None:
     print_table(table, args.steps)
 
 
+# What each table counts: harmful continuations, and continuations that did not turn back (the keyword judge
+# tells only a refusal marker from none, so its two tables are one: no marker is "harmful" and "not recovered").
+OUTCOME_TABLES = (("asr", "harmful"), ("not_recovered", "not recovered"))
+
+
 def print_table(table: dict, steps: int) -> None:
     for judge in JUDGES:
-        print(f"\nheld-out: AdvBench 400-439, JBB harmful 0-39 (never trained on); {steps} steps each; judge {judge}")
-        head = f"{'model':<24}{'train s':>8}{'set':>10}{'refusal':>9}" + "".join(f"{b:>9}" for b in BUCKETS)
-        print(head + f"{'XSTest':>9}")
-        print("-" * (len(head) + 9))
-        for name, row in table.items():
-            mine = row[judge]
-            for i, dataset in enumerate(("advbench", "jbb")):
-                asr = mine[dataset]["asr"]
-                cells = f"{mine[dataset]['refusal']:>9.1%}" + "".join(f"{asr[b]:>9.1%}" for b in BUCKETS)
-                first = f"{name:<24}{row['train_seconds']:>8.0f}" if i == 0 else " " * 32
-                tail = f"{mine['xstest']['compliance']:>9.1%}" if i == 0 else ""
-                print(f"{first}{dataset:>10}{cells}{tail}")
+        for key, counted in OUTCOME_TABLES if judge == JUDGES[0] else OUTCOME_TABLES[:1]:
+            if any(key not in row[judge]["advbench"] for row in table.values()):
+                continue  # results.json from before the three outcomes
+            print(
+                f"\nheld-out: AdvBench 400-439, JBB harmful 0-39 (never trained on); {steps} steps each; "
+                f"judge {judge}; insertion cases {counted if judge == JUDGES[0] else 'harmful = not recovered'}"
+            )
+            print_rows(table, judge, key)
+
+
+def print_rows(table: dict, judge: str, key: str) -> None:
+    head = f"{'model':<24}{'train s':>8}{'set':>10}{'refusal':>9}" + "".join(f"{b:>9}" for b in BUCKETS)
+    print(head + f"{'XSTest':>9}")
+    print("-" * (len(head) + 9))
+    for name, row in table.items():
+        mine = row[judge]
+        for i, dataset in enumerate(("advbench", "jbb")):
+            asr = mine[dataset][key]
+            cells = f"{mine[dataset]['refusal']:>9.1%}" + "".join(f"{asr[b]:>9.1%}" for b in BUCKETS)
+            first = f"{name:<24}{row['train_seconds']:>8.0f}" if i == 0 else " " * 32
+            tail = f"{mine['xstest']['compliance']:>9.1%}" if i == 0 else ""
+            print(f"{first}{dataset:>10}{cells}{tail}")
 
 
 if __name__ == "__main__":

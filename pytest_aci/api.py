@@ -75,14 +75,15 @@ def insertion_states(
     max_span_tokens: int | None = None,
     judge: str | None = None,
     system: str | None = None,
-    history: Sequence[tuple[str, str]] = (),
+    history: Sequence[tuple[str, str]] | Sequence[dict[str, str]] = (),
     insert_in: str = "last",
 ) -> st.SearchStrategy[InsertionState]:
     """Insertion states of ``spans`` into the model's own answer to ``prompt``, drawn like a spec's.
 
     ``name`` is the spec name the report lines carry; ``response_tokens`` and ``continuation_tokens``
     are the spec's ``response``/``continuation`` lengths; ``judge`` the spec's judge (default: the
-    session's); ``system`` and ``history`` (``(user, assistant)`` pairs) the conversation around the
+    session's); ``system`` and ``history`` (``(user, assistant)`` pairs, or chat messages ``{"role": …,
+    "content": …}``) the conversation around the
     prompt, ``insert_in="any"`` to insert into the history's answers too. The model's answer is
     generated once per session, on the first draw.
     """
@@ -95,7 +96,7 @@ def insertion_states(
         max_span_tokens=max_span_tokens,
         judge=judge,
         system=system,
-        history=tuple(tuple(pair) for pair in history),
+        history=tuple(item if isinstance(item, dict) else tuple(item) for item in history),
         insert_in=insert_in,
     )
     (the_prompt,) = loaded.prompts
@@ -123,8 +124,13 @@ def in_memory_spec(prompt: str, spans: Sequence[str], *, name: str, **settings) 
     for index, span in enumerate(spans):  # named as the caller wrote them (the spec's are spans.text)
         if not isinstance(span, str) or not span:
             raise ValueError(f"insertion_states: spans.{index}: expected a non-empty string, got {span!r}")
-    if any(len(pair) != 2 for pair in settings["history"]):
-        raise ValueError("insertion_states: history: expected (user, assistant) pairs")
+    history = list(settings["history"])
+    if history and all(isinstance(item, dict) for item in history):
+        pass  # chat messages: the spec's own validator reads them
+    elif any(isinstance(item, dict) or len(item) != 2 for item in history):
+        raise ValueError("insertion_states: history: expected (user, assistant) pairs or chat messages")
+    else:
+        history = [{"user": user, "assistant": assistant} for user, assistant in history]
     try:
         spec = Spec(
             name=name,
@@ -136,7 +142,7 @@ def in_memory_spec(prompt: str, spans: Sequence[str], *, name: str, **settings) 
             max_span_tokens=settings["max_span_tokens"],
             judge=settings["judge"],
             system=settings["system"],
-            history=[{"user": user, "assistant": assistant} for user, assistant in settings["history"]],
+            history=history,
             insert_in=settings["insert_in"],
         )
     except ValidationError as exc:

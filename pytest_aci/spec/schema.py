@@ -34,12 +34,52 @@ class Exchange(_Strict):
     assistant: Annotated[str, Field(min_length=1)]
 
 
+ROLES = ("user", "assistant")
+
+
+def _as_exchanges(value: Any) -> Any:
+    """``history:`` as (user, assistant) exchanges: given so, or as the message list every chat API and chat
+    template takes (``- {role: user, content: …}``, then ``- {role: assistant, content: …}``, in turn)."""
+    if not isinstance(value, list) or not any(isinstance(item, dict) and "role" in item for item in value):
+        return value
+    for number, message in enumerate(value):
+        if not isinstance(message, dict) or set(message) != {"role", "content"}:
+            raise ValueError(f"message {number}: expected {{role, content}}, as every message of a message list")
+        expected = ROLES[number % 2]
+        if message["role"] == "system":  # the first one became system: unless that was given too
+            raise ValueError(f"message {number}: a system message goes first, once, and not beside system:")
+        if message["role"] != expected:
+            raise ValueError(
+                f"message {number}: role {message['role']!r}, expected {expected!r} (user and assistant in turn, "
+                "the user first)"
+            )
+        if not isinstance(message["content"], str) or not message["content"]:
+            raise ValueError(f"message {number}: content must be non-empty text")
+    if len(value) % 2:
+        raise ValueError(f"message {len(value) - 1}: the last user message has no answer (the prompt is the last one)")
+    return [{"user": u["content"], "assistant": a["content"]} for u, a in zip(value[::2], value[1::2])]
+
+
+def _system_message_first(data: Any) -> Any:
+    """A message-list ``history:`` may open with the system message: it becomes ``system:`` (given once)."""
+    history = data.get("history") if isinstance(data, dict) else None
+    first = history[0] if isinstance(history, list) and history else None
+    if not (isinstance(first, dict) and first.get("role") == "system" and set(first) == {"role", "content"}):
+        return data
+    if data.get("system") is not None:
+        return data  # given twice: the history's check names the message
+    return {**data, "system": first["content"], "history": history[1:]}
+
+
 class Prompt(_Strict):
     id: Annotated[str, Field(min_length=1, pattern=r"^[^\s\[\]:]+$")] | None = None
     text: Annotated[str, Field(min_length=1)]
     span: Annotated[str, Field(min_length=1)] | None = None
     system: Annotated[str, Field(min_length=1)] | None = None  # overrides the spec's
     history: list[Exchange] | None = None  # overrides the spec's ([]: none)
+
+    _system_first = model_validator(mode="before")(_system_message_first)
+    _history_messages = field_validator("history", mode="before")(_as_exchanges)
 
     @field_validator("id", mode="before")
     @classmethod
@@ -180,7 +220,9 @@ class Spec(_Strict):
     # The deployment's conversation around every prompt: a system prompt and earlier exchanges, rendered
     # with the model's own chat template; the prompt is the last user turn, its answer the one attacked.
     system: Annotated[str, Field(min_length=1)] | None = None
-    history: list[Exchange] = Field(default_factory=list)
+    history: list[Exchange] = Field(default_factory=list)  # or a message list ({role, content}), see _as_exchanges
+    _system_first = model_validator(mode="before")(_system_message_first)
+    _history_messages = field_validator("history", mode="before")(_as_exchanges)
     insert_in: Literal["last", "any"] = "last"  # any: insertions also go into the history's assistant turns
     defence: Annotated[str, AfterValidator(_defence)] | None = None  # around every answer (defences.py)
     prompts: list[Prompt] | PromptFile

@@ -163,6 +163,7 @@ class HarmScorer:
             )
             self.runtime.records.emit(record, (nodeid, case.position, ids))
             records.append(record)
+        self.runtime.records.sync()
         return records
 
     def evaluate_targeted(

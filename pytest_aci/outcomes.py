@@ -212,9 +212,11 @@ def finish_session(session: pytest.Session) -> None:
     runtime = active_runtime(session.config)
     if runtime is None:
         return
-    if runtime.records.report is not None and controller:
+    # An interrupted run (Ctrl-C, SIGTERM, pytest-timeout's exit) keeps its journal: aci report reads it as unfinished.
+    finished = session.exitstatus != pytest.ExitCode.INTERRUPTED
+    if runtime.records.report is not None and controller and finished:
         runtime.records.report.merge_worker_files()
-    runtime.close()
+    runtime.close(finished)
 
 
 def _junit_xml(config: pytest.Config):

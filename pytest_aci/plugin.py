@@ -71,7 +71,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     from pytest_aci import api
+    from pytest_aci.session import restore_sigterm
 
+    restore_sigterm(config)
     if config in api._sessions:
         api._sessions.remove(config)
 

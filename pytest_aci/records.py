@@ -135,6 +135,8 @@ class CaseRecords:
         A pooled search's records wait for its item's turn (``replay_deferred``), so the report keeps
         the order of a run without the pool.
         """
+        if self.report is not None:  # on disk as soon as judged, whichever item's turn it waits for
+            self.report.journal(record, key)
         search = current_search()
         if search is not None:
             search.deferred.append((record, key))
@@ -154,9 +156,14 @@ class CaseRecords:
         for record, key in records:
             self.emit(record, key)
 
-    def close(self) -> None:
+    def sync(self) -> None:
+        """What was judged this round, on disk (a killed run keeps it)."""
         if self.report is not None:
-            self.report.close()
+            self.report.sync()
+
+    def close(self, finished: bool = True) -> None:
+        if self.report is not None:
+            self.report.close(finished)
 
 
 def _redacted_error(verdict: Verdict) -> Verdict:

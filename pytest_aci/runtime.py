@@ -107,6 +107,7 @@ class AciRuntime:
             verdict=verdict, passed=passed,
         )  # fmt: skip
         self.records.emit(record, (nodeid,))
+        self.records.sync()
         return record
 
     def prefetch(self, loaded: LoadedSpec, prefixes: Sequence[tuple[int, ...]]) -> None:
@@ -211,13 +212,15 @@ class AciRuntime:
             # A sample state is kept apart from the same state drawn by the search: each is counted in its own role.
             self.records.emit(record, (nodeid, bucket, c.case.position, c.inserted_ids))
             records.append(record)
+        self.records.sync()  # one round of judged states, on disk
         return records
 
     def replay_options(self) -> list[str]:
         """The options that make another run evaluate exactly the same cases."""
         return replay_args(self.options, self.backend_name)
 
-    def close(self) -> None:
-        self.records.close()
+    def close(self, finished: bool = True) -> None:
+        """Close the report (written whole when ``finished``; else its journal is kept), the engine and judges."""
+        self.records.close(finished)
         self._backend.close()
         self.judges.close()

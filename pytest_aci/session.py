@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 options_key = pytest.StashKey[AciOptions]()
 runtime_key = pytest.StashKey["AciRuntime"]()
+sigterm_key = pytest.StashKey[bool]()
 
 
 def session_options(config: pytest.Config) -> AciOptions:
@@ -42,7 +43,33 @@ def session_runtime(config: pytest.Config) -> AciRuntime:
     runtime = active_runtime(config)
     if runtime is None:
         runtime = config.stash[runtime_key] = start_runtime(session_options(config), is_controller(config))
+        interrupt_on_sigterm(config)
     return runtime
+
+
+def interrupt_on_sigterm(config: pytest.Config) -> None:
+    """SIGTERM (a CI time-out, a scheduler's preemption) ends the run as Ctrl-C does: pytest finishes the
+    session, and the report's journal is kept, synced. Only where nothing else handles SIGTERM; undone when
+    the session ends (``restore_sigterm``)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt("SIGTERM")
+
+    signal.signal(signal.SIGTERM, interrupt)
+    config.stash[sigterm_key] = True
+
+
+def restore_sigterm(config: pytest.Config) -> None:
+    import signal
+
+    if config.stash.get(sigterm_key, False):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        config.stash[sigterm_key] = False
 
 
 def start_runtime(options: AciOptions, controller: bool = True) -> AciRuntime:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from pytest_aci.judges.labels import SPLITS
-from pytest_aci.reporting.jsonl import CaseRecord, read_report_lenient
+from pytest_aci.reporting.jsonl import CaseRecord, read_report_lenient, read_run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -170,9 +170,10 @@ def report_main(args: argparse.Namespace) -> int:
     records: list[CaseRecord] = []
     per_report: list[list[CaseRecord]] = []
     warnings: list[str] = []
+    unfinished: list[str] = []
     for path in args.reports:
         try:
-            found, skipped = read_report_lenient(path)
+            found, skipped, note = read_run(path)
         except FileNotFoundError:
             print(f"aci report: {path}: no such file", file=sys.stderr)
             return 2
@@ -182,8 +183,11 @@ def report_main(args: argparse.Namespace) -> int:
         records += found
         per_report.append(found)
         warnings += skipped
+        unfinished += [note] if note else []
     for warning in warnings:
         print(f"aci report: {warning}", file=sys.stderr)
+    for note in unfinished:
+        print(f"aci report: {note}")
     if not records:
         print(f"aci report: no case records in {', '.join(map(str, args.reports))}", file=sys.stderr)
         return 2
@@ -208,7 +212,7 @@ def report_main(args: argparse.Namespace) -> int:
     if args.plot:
         outputs.append((args.plot, png))
     if args.html:
-        page = build_html(records, summaries, png, [str(p) for p in args.reports], warnings, comparison)
+        page = build_html(records, summaries, png, [str(p) for p in args.reports], unfinished + warnings, comparison)
         outputs.append((args.html, page.encode("utf-8")))
     for path, data in outputs:
         try:

@@ -1,4 +1,4 @@
-"""Case records and the JSONL report, written line by line and renamed into place at the end."""
+"""Case records and the JSONL report: journalled as judged, written whole in the run's order at the end."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import IO
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_serializer, model_validator
 
-from pytest_aci.files import read_jsonl
+from pytest_aci.files import read_jsonl, write_atomic
 from pytest_aci.judges import Verdict, upgrade_legacy_score
 
 
@@ -105,42 +105,73 @@ def redact(text: str | None) -> str | None:
 
 
 class ReportWriter:
-    """Appends records to ``PATH.partial`` and moves it to ``PATH`` when closed, so ``PATH`` is never half-written."""
+    """The ``--aci-report`` file: every record reaches the disk as it is judged, and ``PATH`` is never half-written.
+
+    Records are appended to the journal ``PATH.partial`` in the order they were judged (``journal``; a pooled
+    search judges items together) and synced once per round (``sync``). The report proper keeps the run's
+    order (``write``): a run that finishes writes it to ``PATH`` at once, atomically, and drops the journal.
+    A run that is interrupted or killed leaves the journal, which ``aci report`` reads as an unfinished run.
+    """
 
     def __init__(self, path: Path):
         self.path = path
-        self.partial = path.with_name(path.name + ".partial")
+        self.partial = journal_path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._handle: IO[str] | None = self.partial.open("w", encoding="utf-8")
-        self.count = 0
+        self._journal: IO[str] | None = self.partial.open("w", encoding="utf-8")
+        self._lines: list[str] = []
+        self._journalled: set[tuple] = set()
+
+    @property
+    def count(self) -> int:
+        return len(self._lines)
+
+    def journal(self, record: CaseRecord, key: tuple) -> None:
+        """Append a judged record to the journal, once per key (flushed to the OS; ``sync`` makes it durable)."""
+        if self._journal is None or key in self._journalled:
+            return
+        self._journalled.add(key)
+        self._journal.write(record.model_dump_json() + "\n")
+
+    def sync(self) -> None:
+        """The journal on disk: once per round of judged records, not per line."""
+        if self._journal is not None:
+            self._journal.flush()
+            os.fsync(self._journal.fileno())
 
     def write(self, record: CaseRecord) -> None:
-        assert self._handle is not None, "report already closed"
-        self._handle.write(record.model_dump_json() + "\n")
-        self._handle.flush()
-        self.count += 1
+        """A record in the report's order (``journal`` has it already)."""
+        assert self._journal is not None, "report already closed"
+        self._lines.append(record.model_dump_json())
 
     def merge_worker_files(self) -> None:
         """Append the reports of pytest-xdist workers (``PATH.gw0`` …) and remove them."""
         for worker_file in sorted(self.path.parent.glob(self.path.name + ".gw*")):
             if worker_file.name.endswith(".partial"):
                 continue
-            assert self._handle is not None, "report already closed"
             with worker_file.open(encoding="utf-8") as handle:
-                for line in handle:
-                    if line.strip():
-                        self._handle.write(line if line.endswith("\n") else line + "\n")
-                        self.count += 1
+                self._lines += [line.rstrip("\n") for line in handle if line.strip()]
             worker_file.unlink()
 
-    def close(self) -> None:
-        if self._handle is None:
+    def close(self, finished: bool = True) -> None:
+        """A finished run: ``PATH`` in the run's order, then no journal. Otherwise the journal stays, synced."""
+        if self._journal is None:
             return
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
-        self._handle.close()
-        self._handle = None
-        os.replace(self.partial, self.path)
+        self.sync()
+        self._journal.close()
+        self._journal = None
+        if finished:
+            write_atomic(self.path, "".join(line + "\n" for line in self._lines))
+            self.partial.unlink(missing_ok=True)
+
+
+def journal_path(path: Path) -> Path:
+    return path.with_name(path.name + ".partial")
+
+
+def unfinished_journals(path: Path) -> list[Path]:
+    """The journals a run that did not finish left for report ``path``: its own and its xdist workers'."""
+    found = [journal_path(path)] if journal_path(path).is_file() else []
+    return found + sorted(p for p in path.parent.glob(path.name + ".gw*.partial") if p.is_file())
 
 
 def parse_record(line: str) -> CaseRecord:
@@ -178,3 +209,28 @@ def read_report_for(option: str, path: Path, error: type[Exception]) -> list[Cas
         raise error(f"{option} {path}: {exc.strerror or exc}") from None
     except ValueError as exc:
         raise error(f"{option} {exc}") from None
+
+
+def read_run(path: Path) -> tuple[list[CaseRecord], list[str], str | None]:
+    """A report, or what a run that did not finish left for it (its journals): (records, warnings, and a line
+    saying the run did not finish, or None). ``FileNotFoundError`` when there is neither."""
+    if path.is_file() and not path.name.endswith(".partial"):
+        records, warnings = read_report_lenient(path)
+        newer = [j for j in unfinished_journals(path) if j.stat().st_mtime > path.stat().st_mtime]
+        if newer:
+            warnings.append(f"{path}: a later run that did not finish left {', '.join(j.name for j in newer)}")
+        return records, warnings, None
+    journals = [path] if path.name.endswith(".partial") and path.is_file() else unfinished_journals(path)
+    if not journals:
+        raise FileNotFoundError(path)
+    records, warnings = [], []
+    for journal in journals:
+        found, skipped = read_report_lenient(journal)
+        records += found
+        warnings += skipped
+    items = len({r.nodeid for r in records})
+    note = (
+        f"{path}: the run did not finish: {len(records)} case records of {items} items, "
+        f"read from {', '.join(j.name for j in journals)}"
+    )
+    return records, warnings, note

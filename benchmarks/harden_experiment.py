@@ -24,11 +24,15 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import random
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+# Measured runs generate everything: no store of generations and verdicts from earlier runs (store.py).
+os.environ.setdefault("PYTEST_ACI_STORE", "off")
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "safety_specs" / "data"

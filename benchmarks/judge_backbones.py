@@ -21,10 +21,14 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import shutil
 import sys
 import time
 from pathlib import Path
+
+# Measured runs generate everything: no store of generations and verdicts from earlier runs (store.py).
+os.environ.setdefault("PYTEST_ACI_STORE", "off")
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))

@@ -16,9 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
+
+# Measured runs generate everything: no store of generations and verdicts from earlier runs (store.py).
+os.environ.setdefault("PYTEST_ACI_STORE", "off")
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -23,11 +23,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 from statistics import mean, median
+
+# Measured runs generate everything: no store of generations and verdicts from earlier runs (store.py).
+os.environ.setdefault("PYTEST_ACI_STORE", "off")
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))

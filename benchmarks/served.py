@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+# Measured runs generate everything: no store of generations and verdicts from earlier runs (store.py).
+os.environ.setdefault("PYTEST_ACI_STORE", "off")
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "safety_specs" / "data" / "harmful_behaviors.csv"

@@ -39,6 +39,9 @@ import tempfile
 import time
 from pathlib import Path
 
+# Measured runs generate everything: no store of generations and verdicts from earlier runs (store.py).
+os.environ.setdefault("PYTEST_ACI_STORE", "off")
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "safety_specs" / "data" / "harmful_behaviors.csv"
 HARDEN_ARGS = ["--steps", "12", "--validate-every", "0", "--seed", "0"]

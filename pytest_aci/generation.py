@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from pytest_aci.backends import Backend, Completion
 from pytest_aci.lru import LruCache
 from pytest_aci.search_pool import pooled
+from pytest_aci.store import Store, completion_bytes, completion_of, digest
 
 if TYPE_CHECKING:
     from pytest_aci.defences import Defence
@@ -36,6 +37,7 @@ class GenerationStats:
     sample_tokens: int = 0  # the tokens of their continuations
     extended_states: int = 0  # continuations still on the harmful track at their budget, read further
     extended_tokens: int = 0  # the tokens that reading further generated
+    store: str = ""  # the persistent store's line (store.py), when there is one
 
     def summary(self, judging: str | None = None) -> str:
         """The timing lines: generation (with the in-process judges' cost beside it), harm scores, tokens run."""
@@ -66,6 +68,8 @@ class GenerationStats:
                 f"\nharm scores: {self.score_calls} backend calls, {self.scored} teacher-forced continuations "
                 f"in {self.score_s:.1f} s"
             )
+        if self.store:
+            line += f"\n{self.store}"
         return line + f"\nmodel tokens run: {self.model_tokens}"
 
 
@@ -75,10 +79,15 @@ class Generation:
     Inside a pooled search (``search_pool.py``) a request joins every other search's of the round, in one call.
     """
 
-    def __init__(self, backend: Callable[[], Backend], cache_size: int):
+    def __init__(
+        self, backend: Callable[[], Backend], cache_size: int, store: Store | None = None, identity=lambda: None
+    ):
         self._backend = backend  # started on first use
         self.cache = ContinuationCache(cache_size)
         self.stats = GenerationStats()
+        # Across runs: the store, under the model's identity (its fingerprint, the backend and its settings;
+        # None where the model has no fingerprint: a hub id, a served engine).
+        self.store, self._identity = store, identity
 
     def generate(
         self,
@@ -97,6 +106,9 @@ class Generation:
         keys = [(prompt, max_new_tokens, stop) for prompt in prompts]
         found = {key: self.cache.get(key) for key in dict.fromkeys(keys)}
         todo = [key for key, value in found.items() if value is None]
+        stored = self._stored(todo)
+        found.update(stored)
+        todo = [key for key in todo if key not in stored]
         if todo:
             backend = self._backend()
             started, before = time.perf_counter(), getattr(backend, "computed_tokens", 0)
@@ -109,4 +121,30 @@ class Generation:
                 self.cache.put(key, completion)
                 found[key] = completion
                 self.stats.tokens += len(completion.token_ids)
+            self._keep({key: found[key] for key in todo})
         return [found[key] for key in keys]  # type: ignore[misc]
+
+    def _store_key(self, key: tuple) -> bytes | None:
+        identity = self._identity() if self.store is not None else None
+        if identity is None:
+            return None
+        prompt, max_new_tokens, stop = key
+        return digest("generation", identity, list(prompt), max_new_tokens, list(stop))
+
+    def _stored(self, todo: Sequence[tuple]) -> dict[tuple, Completion]:
+        """What earlier runs generated for these keys (into the session's cache too)."""
+        keys = {key: stored for key in todo if (stored := self._store_key(key)) is not None}
+        if not keys:
+            return {}
+        values = self.store.get_many("generation", keys.values())
+        found = {
+            key: completion for key, k in keys.items() if (completion := completion_of(values.get(k, b""))) is not None
+        }
+        for key, completion in found.items():
+            self.cache.put(key, completion)
+        return found
+
+    def _keep(self, generated: dict[tuple, Completion]) -> None:
+        entries = {k: completion_bytes(c) for key, c in generated.items() if (k := self._store_key(key)) is not None}
+        if entries:
+            self.store.put_many("generation", entries)

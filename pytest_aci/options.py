@@ -72,6 +72,9 @@ class AciOptions:
     concurrent_items: int = 64  # recovers items of a spec whose searches run together (search_pool.py); 1: one by one
     fail_on: str | None = None  # recovers: harmful or not-recovered, overriding the specs
     read_further: int | None = None  # recovers: the continuation cap in multiples of max_new_tokens, overriding
+    cache_dir: Path | None = None  # the persistent store of generations and verdicts (store.py); None: the default
+    no_cache: bool = False  # no persistent store
+    cache_max_mb: int = 2048  # the store's size cap
 
     def depth_sample_for(self, spec: Spec) -> tuple[int, int]:
         """(states per bucket, buckets) of a spec's depth sample: the options, else the spec's."""
@@ -294,6 +297,20 @@ OPTIONS: tuple[Option, ...] = (
         "(default 64; 1: one item at a time, its cases planned by dry runs)",
         check=positive_int,
     ),
+    Option(
+        "--aci-cache-dir",
+        "cache_dir",
+        "where generations and verdicts are kept across runs, keyed by the model's fingerprint, the token ids and "
+        "the settings, so that a rerun generates only what is new (default: $PYTEST_ACI_STORE, else the model "
+        "cache's store/)",
+    ),
+    Option("--aci-no-cache", "no_cache", "keep no generations or verdicts across runs", kind="switch"),
+    Option(
+        "--aci-cache-max-mb",
+        "cache_max_mb",
+        "size cap of the --aci-cache-dir store in MB; least recently used entries go first (default 2048)",
+        check=positive_int,
+    ),
     Option("--aci-report", "report", "write a JSONL report, one line per evaluated case"),
     Option(
         "--aci-max-asr",
@@ -327,6 +344,6 @@ OPTIONS: tuple[Option, ...] = (
     ),
 )
 BY_INI = {option.ini: option for option in OPTIONS}
-PATH_FIELDS = {"report", "baseline"}
+PATH_FIELDS = {"report", "baseline", "cache_dir"}
 _FIELDS = {f.name for f in fields(AciOptions)}
 assert all(option.field in _FIELDS for option in OPTIONS), "an option sets a field AciOptions does not have"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from pytest_aci.backends import Backend, LazyBackend, create_backend, pick_backend
 from pytest_aci.defences import Defence, make_defence
@@ -22,6 +23,7 @@ from pytest_aci.reporting.jsonl import CaseRecord
 from pytest_aci.search_pool import pooled
 from pytest_aci.spec import LoadedPrompt, LoadedSpec
 from pytest_aci.states import InsertionStates
+from pytest_aci.store import digest, open_store, verdict_of
 from pytest_aci.types import Continuation, HarmScore, InsertionCase
 
 
@@ -35,7 +37,9 @@ class AciRuntime:
         self.judges = SessionJudges(options, self.backend_name)
         self.states = InsertionStates(self)
         self.plan = Plan()
-        self.generation = Generation(lambda: self.backend, options.cache_size)
+        self.store = open_store(options.cache_dir, options.no_cache, options.cache_max_mb)
+        self._identity: list | None = None
+        self.generation = Generation(lambda: self.backend, options.cache_size, self.store, self.model_identity)
         self.records = CaseRecords(options, self.backend_name)
         self.scorer = HarmScorer(self)
 
@@ -52,6 +56,20 @@ class AciRuntime:
             api_key_env=o.api_key_env,
             ca_bundle=o.ca_bundle,
         )
+
+    def model_identity(self) -> list | None:
+        """What determines the model's generations beside the context: its fingerprint (the hash of its files),
+        the backend and its engine arguments. None for a model without files here (a hub id, a served engine)."""
+        if self._identity is None:
+            path = Path(resolve_model(self.options.model))
+            local = self.store is not None and self.backend_name != "openai" and path.is_dir()
+            fingerprint = self.store.fingerprint(path) if local else None
+            self._identity = [fingerprint, self.backend_name, sorted(self.options.engine_args.items())]
+        return self._identity if self._identity[0] is not None else None
+
+    def store_line(self) -> str:
+        """The timing line's word on the store: what came from it."""
+        return self.store.summary() if self.store is not None else ""
 
     @property
     def backend(self) -> Backend:
@@ -90,6 +108,22 @@ class AciRuntime:
         return pooled(("judge", id(judge)), inputs, lambda todo: self._judge_now(judge, todo))
 
     def _judge_now(self, judge: Judge, inputs: Sequence[JudgeInput]) -> list[Verdict]:
+        """The judge's verdicts; through the store for a judge with a fingerprint (its name, version, settings)."""
+        fingerprint = getattr(judge, "fingerprint", None) if self.store is not None else None
+        if not fingerprint:
+            return self._judged(judge, inputs)
+        keys = [digest("verdict", fingerprint, i.request, i.inserted, i.response) for i in inputs]
+        stored = self.store.get_many("verdict", keys)
+        found = {k: v for k in keys if (v := verdict_of(stored.get(k, b""))) is not None}
+        todo = {k: item for k, item in zip(keys, inputs) if k not in found}
+        if todo:
+            fresh = dict(zip(todo, self._judged(judge, list(todo.values()))))
+            kept = {k: v.model_dump_json().encode("utf-8") for k, v in fresh.items() if not v.error}
+            self.store.put_many("verdict", kept)  # a judge error is not kept: the next run asks again
+            found.update(fresh)
+        return [found[k] for k in keys]
+
+    def _judged(self, judge: Judge, inputs: Sequence[JudgeInput]) -> list[Verdict]:
         if inputs:
             self.stats.judge_calls += 1
         return judge.judge(inputs)
@@ -222,5 +256,7 @@ class AciRuntime:
     def close(self, finished: bool = True) -> None:
         """Close the report (written whole when ``finished``; else its journal is kept), the engine and judges."""
         self.records.close(finished)
+        if self.store is not None:
+            self.store.close()
         self._backend.close()
         self.judges.close()

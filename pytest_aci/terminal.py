@@ -93,7 +93,10 @@ def write_summary(terminalreporter, config: pytest.Config) -> None:
         line += f"; {undecided} still undecided at the cap on reading further" if undecided else ""
         terminalreporter.write_line(line)
     judge_cost = runtime.judges.cost()
-    if runtime.stats.calls:
+    for warning in runtime.store.warnings if runtime.store is not None else ():
+        terminalreporter.write_line(f"aci: {warning}")
+    runtime.stats.store = runtime.store_line()
+    if runtime.stats.calls or runtime.stats.store:
         timing = runtime.stats.summary(judge_cost).replace("\n", "\naci: ")
         terminalreporter.write_line(f"aci: {timing}; cache {runtime.cache.hits} hits, {len(runtime.cache)} entries")
     elif judge_cost:

@@ -17,6 +17,9 @@ def pytest_configure(config: pytest.Config) -> None:
     which unset this variable; runs that tests start inherit it.
     """
     os.environ.setdefault("PYTEST_ACI_DEFAULT_JUDGE", "refusal-keywords")
+    # No store of generations and verdicts across runs unless a test asks (--aci-cache-dir): each test's
+    # counts of model calls are its own, not what an earlier test left (tests/test_store.py tests the store).
+    os.environ.setdefault("PYTEST_ACI_STORE", "off")
 
 
 @pytest.fixture

@@ -378,3 +378,24 @@ def test_select_worst_picks_the_state_the_model_recovers_from_worst(tiny_random_
     with torch.no_grad():
         losses = per_example_loss(model, [easy, hard], pad, "cpu")
     assert loss == pytest.approx(float(losses.max())) and float(losses[1]) > float(losses[0])
+
+
+def test_a_resumed_run_takes_the_base_models_utility_answers_from_the_store(
+    tiny_random_path, specs, tmp_path, capsys, monkeypatch
+):
+    """The set-up every aci-harden run pays (the base model's answers to the benign prompts) is paid once."""
+    import torch
+    from safetensors.torch import load_file
+
+    monkeypatch.setenv("PYTEST_ACI_STORE", str(tmp_path / "store"))
+    settings = dict(method="sft", max_utility_prompts=2, validate_every=0)
+    straight = harden(config(tiny_random_path, specs, tmp_path / "straight", **settings), progress=False)
+    assert "aci-harden: 0 of 2 utility answers came from" in capsys.readouterr().out
+    interrupted = config(tiny_random_path, specs, tmp_path / "resumed", **settings)
+    with pytest.raises(KeyboardInterrupt):
+        harden(interrupted, progress=False, stop_after=2)
+    interrupted.resume = True
+    resumed = harden(interrupted, progress=False)
+    assert capsys.readouterr().out.count("aci-harden: 2 of 2 utility answers came from") == 2
+    a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pytest_aci.backends import chat_prompt_ids
 from pytest_aci.harden.data import SPAN_STYLES, HarmfulPrompt
@@ -137,9 +137,36 @@ def select_worst(model, candidates: Sequence[Example], pad_id: int, device: str)
     return candidates[index], float(losses[index])
 
 
-def generate_answers(model, tokenizer, builder: ExampleBuilder, prompts: Sequence[str], tokens: int, device: str):
-    """The base model's own greedy answers to benign prompts: the utility targets."""
-    from pytest_aci.backends.hf import TransformersBackend
+def generate_answers(
+    model, tokenizer, builder: ExampleBuilder, prompts: Sequence[str], tokens: int, device: str, model_path: str = ""
+):
+    """The base model's own greedy answers to benign prompts: the utility targets. Kept in the store (store.py)
+    under the model's fingerprint, so a resumed or repeated run does not generate them again."""
+    from pathlib import Path
 
-    backend = TransformersBackend.from_loaded(model, tokenizer, device=device)
-    return [c.token_ids for c in backend.generate([builder.chat(p) for p in prompts], tokens)]
+    from pytest_aci.backends.hf import TransformersBackend
+    from pytest_aci.store import Store, completion_bytes, completion_of, default_store_dir, digest
+
+    chats = [builder.chat(p) for p in prompts]
+    folder = default_store_dir() if model_path and Path(model_path).is_dir() else None
+    store = Store(folder) if folder is not None else None
+    found: dict[int, Any] = {}
+    keys: list[bytes] = []
+    if store is not None:
+        for warning in store.warnings:
+            print(f"aci-harden: {warning}", flush=True)
+        identity = [store.fingerprint(Path(model_path)), "aci-harden", str(device).split(":")[0]]
+        keys = [digest("generation", identity, list(chat), tokens, []) for chat in chats]
+        stored = store.get_many("generation", keys)
+        found = {i: c for i, key in enumerate(keys) if (c := completion_of(stored.get(key, b""))) is not None}
+    todo = [i for i in range(len(chats)) if i not in found]
+    if todo:
+        backend = TransformersBackend.from_loaded(model, tokenizer, device=device)
+        found.update(zip(todo, backend.generate([chats[i] for i in todo], tokens)))
+    if store is not None:
+        store.put_many("generation", {keys[i]: completion_bytes(found[i]) for i in todo})
+        print(
+            f"aci-harden: {len(chats) - len(todo)} of {len(chats)} utility answers came from {store.path}", flush=True
+        )
+        store.close()
+    return [found[i].token_ids for i in range(len(chats))]

@@ -116,7 +116,9 @@ def harden(config: HardenConfig, *, progress: bool = True, stop_after: int | Non
     model.eval()
     # The base model's answers: computed once by the main process, shared with the others.
     answers = [
-        generate_answers(model, tokenizer, builder, benign, config.utility_tokens, device) if benign and main else None
+        generate_answers(model, tokenizer, builder, benign, config.utility_tokens, device, model_path)
+        if benign and main
+        else None
     ]
     if world > 1:
         broadcast_object_list(answers)

@@ -14,10 +14,12 @@ call: nothing the model wrote can help anyone.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -254,6 +256,16 @@ class HarmClassifierJudge:
         self.startup_s = 0.0
         self.seconds = 0.0
         self.responses = 0
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """What its verdicts depend on: the package's version, this module, the heads, the threshold, the markers."""
+        from pytest_aci import __version__
+
+        parts = [__version__, Path(__file__).read_bytes(), DTYPE, BACKBONE, repr(self.threshold)]
+        parts += [path.read_bytes() for path in sorted(head_path().iterdir()) if path.is_file()]
+        parts += [repr(self.keywords.markers).encode("utf-8")]
+        return hashlib.sha256(b"\0".join(p if isinstance(p, bytes) else p.encode() for p in parts)).hexdigest()
 
     def _load(self) -> None:
         if self._classifier is None:

@@ -1,6 +1,6 @@
 """Spans the model writes itself against spans written in the spec, at an equal budget of model tokens.
 
-    python benchmarks/spans.py [--models smollm2-135m runs/h14/sft runs/h14/worst-insertion]
+    python benchmarks/spans.py [--models smollm2-135m runs/h15/sft runs/h15/worst-insertion]
                                [--prompts 4] [--offset 400] [--budget 3000] [--out runs/spans/results.json]
 
 For each model and each span source — ``fixed`` (the data set's target span, as the shipped specs use),
@@ -11,7 +11,8 @@ building the spans (top-k and harm-score calls, prefilled answers), scoring and 
 plain answer R is computed once beforehand and counted for none. Prints, per model and source: distinct
 failing states, failing states per 1k model tokens, items broken, and the depth curve (the failing share
 of the generated states in each depth bucket), by the harm-classifier (the project's best judge) with
-the refusal-keyword judge's count of the same continuations beside it.
+the refusal-keyword judge's count of the same continuations beside it, and the states that did not turn back
+(the harm-classifier's third outcome: harmful or continues) with their own depth curve.
 """
 
 from __future__ import annotations
@@ -85,22 +86,26 @@ def depth_curve(records, keyword_judge) -> dict:
     keyword = keyword_judge.judge(
         [JudgeInput(request=r.prompt, response=r.continuation, inserted=r.span or "") for r in records]
     )
-    counts = {b: [0, 0] for b in BUCKETS}
+    counts = {b: [0, 0, 0] for b in BUCKETS}  # failing (harmful), not recovered, states
     for record in records:
         cell = counts[depth_bucket(record.position, record.response_len)]
         cell[0] += not record.passed
-        cell[1] += 1
+        cell[1] += not record.recovered
+        cell[2] += 1
     keyword_failing = {(r.prompt_id, r.position, r.span) for r, v in zip(records, keyword) if v.harmful}
+    unrecovered = {(r.prompt_id, r.position, r.span) for r in records if not r.recovered}
     return {
-        "depth": {b: (c[0] / c[1] if c[1] else None, c[1]) for b, c in counts.items()},
+        "depth": {b: (c[0] / c[2] if c[2] else None, c[2]) for b, c in counts.items()},
+        "depth_not_recovered": {b: (c[1] / c[2] if c[2] else None, c[2]) for b, c in counts.items()},
         "keyword_failures": len(keyword_failing),
+        "not_recovered": len(unrecovered),
         "states": len(records),
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["smollm2-135m", "runs/h14/sft", "runs/h14/worst-insertion"])
+    parser.add_argument("--models", nargs="+", default=["smollm2-135m", "runs/h15/sft", "runs/h15/worst-insertion"])
     parser.add_argument("--data", type=Path, default=ROOT / "safety_specs/data/harmful_behaviors.csv")
     parser.add_argument("--offset", type=int, default=400)
     parser.add_argument("--prompts", type=int, default=4)
@@ -141,18 +146,23 @@ def main() -> None:
         f"request and source (span building included), random search, judge {args.judge} "
         "(refusal-keywords on the same continuations beside it)"
     )
-    head = f"  {'model':<28}{'spans':<12}{'failing':>8}{'(keyw.)':>8}{'per 1k tok':>11}{'items':>7}{'states':>7}"
-    print(head + f"{'build tok':>10}  " + " ".join(f"{b:>9}" for b in BUCKETS))
+    head = f"  {'model':<28}{'spans':<12}{'failing':>8}{'(keyw.)':>8}{'not rec.':>9}{'per 1k tok':>11}{'items':>7}"
+    print(head + f"{'states':>7}{'build tok':>10}  " + " ".join(f"{b:>9}" for b in BUCKETS))
     for model, by_source in results.items():
         for source, row in by_source.items():
             per_k = 1000 * row["failures"] / max(1, row["tokens"])
-            depth = " ".join(
-                f"{'–' if rate is None else f'{rate:.0%}':>5}({n:>2})" for rate, n in (row["depth"][b] for b in BUCKETS)
-            )
-            print(
-                f"  {Path(model).name:<28}{source:<12}{row['failures']:>8}{row['keyword_failures']:>8}{per_k:>11.2f}"
-                f"{row['items_broken']:>4}/{args.prompts:<2}{row['states']:>7}{row['build_tokens']:>10}  {depth}"
-            )
+            for key, label in (("depth", "harmful"), ("depth_not_recovered", "not recovered")):
+                depth = " ".join(
+                    f"{'–' if rate is None else f'{rate:.0%}':>5}({n:>2})" for rate, n in (row[key][b] for b in BUCKETS)
+                )
+                if key == "depth":
+                    print(
+                        f"  {Path(model).name:<28}{source:<12}{row['failures']:>8}{row['keyword_failures']:>8}"
+                        f"{row['not_recovered']:>9}{per_k:>11.2f}{row['items_broken']:>4}/{args.prompts:<2}"
+                        f"{row['states']:>7}{row['build_tokens']:>10}  {depth}"
+                    )
+                else:
+                    print(f"  {'':<28}{label:<12}{'':>59}  {depth}")
     if args.out:
         from pytest_aci.files import write_json
 

@@ -399,3 +399,36 @@ def test_a_resumed_run_takes_the_base_models_utility_answers_from_the_store(
     assert capsys.readouterr().out.count("aci-harden: 2 of 2 utility answers came from") == 2
     a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_weights(tiny_random_path, specs, tmp_path):
+    """A real process killed (kill -9, as the OOM killer or a CI time-out does) after a checkpoint, then run
+    again with --resume: the weights of a run that was never stopped."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import torch
+    from safetensors.torch import load_file
+
+    argv = [sys.executable, "-m", "pytest_aci.cli", "--model", str(tiny_random_path), "--specs", str(specs)]
+    argv += ["--steps", "12", "--checkpoint-every", "3", "--method", "worst-insertion", "--full"]
+    argv += ["--max-utility-prompts", "1", "--no-progress", "--device", "cpu", "--validate-every", "0"]
+    straight = _run_bounded([*argv, "--out", str(tmp_path / "straight")], timeout=600)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    out = tmp_path / "killed"
+    process = subprocess.Popen([*argv, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    index, deadline = tmp_path / "killed.partial" / "checkpoint.json", time.monotonic() + 600
+    while not (index.is_file() and json.loads(index.read_text() or "{}").get("step", 0) >= 3):
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    assert not out.exists()
+    resumed = _run_bounded([*argv, "--out", str(out), "--resume"], timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = load_file(tmp_path / "straight" / "model.safetensors"), load_file(out / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    curve = json.loads((out / "aci_harden.json").read_text())["loss_curve"]
+    assert len(curve) == 12

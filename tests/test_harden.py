@@ -432,3 +432,57 @@ def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_weights(tiny_ran
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     curve = json.loads((out / "aci_harden.json").read_text())["loss_curve"]
     assert len(curve) == 12
+
+
+@pytest.mark.slow
+def test_fsdp_processes_killed_and_resumed_train_the_single_process_model(tiny_random_path, specs, tmp_path):
+    """Two CPU processes under accelerate's FSDP (FULL_SHARD, gloo), killed with SIGKILL after a checkpoint and
+    resumed, reach the one-process weights up to float noise. (On CPU FSDP cannot sync module states at start:
+    every process loads the same weights itself, so ``--fsdp_sync_module_states false``.)"""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import torch
+    from safetensors.torch import load_file
+
+    from pytest_aci.backends.server import free_port
+
+    argv = ["-m", "pytest_aci.cli", "--model", str(tiny_random_path), "--specs", str(specs), "--steps", "30"]
+    argv += ["--method", "worst-insertion", "--max-utility-prompts", "1", "--no-progress", "--device", "cpu"]
+    argv += ["--full", "--lr", "1e-3", "--checkpoint-every", "2", "--validate-every", "0"]
+    single = _run_bounded([sys.executable, *argv, "--out", str(tmp_path / "one")], timeout=600)
+    assert single.returncode == 0, single.stderr[-2000:]
+
+    def fsdp(*extra: str) -> list[str]:
+        launch = [sys.executable, "-m", "accelerate.commands.launch", "--use_fsdp", "--num_processes", "2"]
+        launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+        launch += ["--fsdp_sharding_strategy", "FULL_SHARD", "--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP"]
+        launch += ["--fsdp_transformer_layer_cls_to_wrap", "LlamaDecoderLayer", "--fsdp_sync_module_states", "false"]
+        launch += ["--fsdp_cpu_ram_efficient_loading", "false"]
+        launch += ["--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port())]
+        return [*launch, *argv, "--out", str(tmp_path / "two"), *extra]
+
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo"}
+    killed = subprocess.Popen(
+        fsdp(), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    index, deadline = tmp_path / "two.partial" / "checkpoint.json", time.monotonic() + 600
+    while not (index.is_file() and json.loads(index.read_text() or "{}").get("step", 0) >= 2):
+        assert killed.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    os.killpg(killed.pid, signal.SIGKILL)  # the launcher and both workers
+    killed.wait(timeout=60)
+    assert not (tmp_path / "two").exists()
+    resumed = _run_bounded(fsdp("--resume"), timeout=900, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((tmp_path / "two" / "aci_harden.json").read_text())["processes"] == 2
+    one, two = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
+    base = load_file(tiny_random_path / "model.safetensors")
+    assert one.keys() == two.keys()
+    moved = max(float((one[k].float() - base[k].float()).abs().max()) for k in one)
+    assert moved > 1e-3  # training changed the weights well beyond the tolerance below
+    for key in one:
+        assert torch.allclose(one[key], two[key], atol=1e-5, rtol=1e-4), key

@@ -34,8 +34,10 @@ def _save_tensors(tensors: dict[str, Any], path: Path, metadata: dict[str, str] 
 def _load_tensors(path: Path, device: str) -> tuple[dict[str, Any], dict[str, str]]:
     from safetensors import safe_open
 
+    device = str(device)
+    device = "cpu" if device.split(":")[0] == "cpu" else device  # accelerate names a CPU rank "cpu:0"; safetensors not
     try:
-        with safe_open(str(path), framework="pt", device=str(device)) as f:
+        with safe_open(str(path), framework="pt", device=device) as f:
             return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
     except Exception as exc:  # noqa: BLE001 - OSError, or safetensors' own SafetensorError for a corrupt header
         raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from pytest_aci.backends import vllm_available
 from pytest_aci.cli.harden import harden_main
 from pytest_aci.harden.config import HardenConfig, HardenError
 from pytest_aci.harden.data import HarmfulPrompt
@@ -486,3 +487,26 @@ def test_fsdp_processes_killed_and_resumed_train_the_single_process_model(tiny_r
     assert moved > 1e-3  # training changed the weights well beyond the tolerance below
     for key in one:
         assert torch.allclose(one[key], two[key], atol=1e-5, rtol=1e-4), key
+
+
+@pytest.mark.skipif(not vllm_available(), reason="vLLM is not installed")
+def test_the_base_models_utility_answers_come_through_vllm_on_a_cpu_host(tiny_random_path, specs, tmp_path, capsys):
+    """Enough answers to pay for an engine's start go through vLLM: the same greedy tokens, faster."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pytest_aci.backends.hf import TransformersBackend
+    from pytest_aci.harden.examples import VLLM_ANSWERS, generate_answers
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_random_path)
+    model = AutoModelForCausalLM.from_pretrained(tiny_random_path, dtype=torch.float32)
+    builder = ExampleBuilder(tokenizer, config(tiny_random_path, specs, tmp_path / "out"), random.Random(0))
+    prompts = [f"How do I bake bread number {i}?" for i in range(VLLM_ANSWERS)]
+    answers = generate_answers(model, tokenizer, builder, prompts, 6, "cpu", str(tiny_random_path))
+    assert f"the base model's {VLLM_ANSWERS} utility answers through vLLM" in capsys.readouterr().out
+    direct = TransformersBackend.from_loaded(model, tokenizer, device="cpu").generate(
+        [builder.chat(p) for p in prompts], 6
+    )
+    assert answers == [c.token_ids for c in direct]
+    few = generate_answers(model, tokenizer, builder, prompts[:2], 6, "cpu", str(tiny_random_path))
+    assert "through vLLM" not in capsys.readouterr().out and few == answers[:2]

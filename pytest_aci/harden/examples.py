@@ -137,6 +137,28 @@ def select_worst(model, candidates: Sequence[Example], pad_id: int, device: str)
     return candidates[index], float(losses[index])
 
 
+# Enough answers that vLLM's start (about half a minute on this CPU) pays for itself.
+VLLM_ANSWERS = 32
+
+
+def answer_backend(model, tokenizer, device: str, model_path: str, answers: int):
+    """The fastest way to the base model's answers: vLLM on a CPU host when it is installed and there are
+    enough of them, else transformers on the model already loaded. (On a GPU the training shares the card:
+    transformers there, vLLM would take most of its memory.)"""
+    from pathlib import Path
+
+    from pytest_aci.backends import vllm_available
+    from pytest_aci.backends.hf import TransformersBackend
+
+    cpu = str(device).split(":")[0] == "cpu"
+    if cpu and answers >= VLLM_ANSWERS and vllm_available() and model_path and Path(model_path).is_dir():
+        from pytest_aci.backends.vllm import VllmBackend
+
+        print(f"aci-harden: the base model's {answers} utility answers through vLLM", flush=True)
+        return VllmBackend(model_path, engine_args={})
+    return TransformersBackend.from_loaded(model, tokenizer, device=device)
+
+
 def generate_answers(
     model, tokenizer, builder: ExampleBuilder, prompts: Sequence[str], tokens: int, device: str, model_path: str = ""
 ):
@@ -144,7 +166,6 @@ def generate_answers(
     under the model's fingerprint, so a resumed or repeated run does not generate them again."""
     from pathlib import Path
 
-    from pytest_aci.backends.hf import TransformersBackend
     from pytest_aci.store import Store, completion_bytes, completion_of, default_store_dir, digest
 
     chats = [builder.chat(p) for p in prompts]
@@ -161,8 +182,12 @@ def generate_answers(
         found = {i: c for i, key in enumerate(keys) if (c := completion_of(stored.get(key, b""))) is not None}
     todo = [i for i in range(len(chats)) if i not in found]
     if todo:
-        backend = TransformersBackend.from_loaded(model, tokenizer, device=device)
-        found.update(zip(todo, backend.generate([chats[i] for i in todo], tokens)))
+        backend = answer_backend(model, tokenizer, device, model_path, len(todo))
+        try:
+            found.update(zip(todo, backend.generate([chats[i] for i in todo], tokens)))
+        finally:
+            if backend.name == "vllm":
+                backend.close()
     if store is not None:
         store.put_many("generation", {keys[i]: completion_bytes(found[i]) for i in todo})
         print(

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from pytest_aci.backends import Backend, Completion
 from pytest_aci.lru import LruCache
 from pytest_aci.search_pool import pooled
-from pytest_aci.store import Store, completion_bytes, completion_of, digest
+from pytest_aci.store import Store, digest, keep_completions, stored_completions
 
 if TYPE_CHECKING:
     from pytest_aci.defences import Defence
@@ -37,9 +37,8 @@ class GenerationStats:
     sample_tokens: int = 0  # the tokens of their continuations
     extended_states: int = 0  # continuations still on the harmful track at their budget, read further
     extended_tokens: int = 0  # the tokens that reading further generated
-    store: str = ""  # the persistent store's line (store.py), when there is one
 
-    def summary(self, judging: str | None = None) -> str:
+    def summary(self, judging: str | None = None, store: str = "") -> str:
         """The timing lines: generation (with the in-process judges' cost beside it), harm scores, tokens run."""
         rate = self.tokens / self.generate_s if self.generate_s else 0.0
         line = (
@@ -68,8 +67,8 @@ class GenerationStats:
                 f"\nharm scores: {self.score_calls} backend calls, {self.scored} teacher-forced continuations "
                 f"in {self.score_s:.1f} s"
             )
-        if self.store:
-            line += f"\n{self.store}"
+        if store:  # the persistent store's line (store.py), when there is one
+            line += f"\n{store}"
         return line + f"\nmodel tokens run: {self.model_tokens}"
 
 
@@ -136,15 +135,13 @@ class Generation:
         keys = {key: stored for key in todo if (stored := self._store_key(key)) is not None}
         if not keys:
             return {}
-        values = self.store.get_many("generation", keys.values())
-        found = {
-            key: completion for key, k in keys.items() if (completion := completion_of(values.get(k, b""))) is not None
-        }
+        stored = stored_completions(self.store, keys.values())
+        found = {key: stored[k] for key, k in keys.items() if k in stored}
         for key, completion in found.items():
             self.cache.put(key, completion)
         return found
 
     def _keep(self, generated: dict[tuple, Completion]) -> None:
-        entries = {k: completion_bytes(c) for key, c in generated.items() if (k := self._store_key(key)) is not None}
+        entries = {k: c for key, c in generated.items() if (k := self._store_key(key)) is not None}
         if entries:
-            self.store.put_many("generation", entries)
+            keep_completions(self.store, entries)

@@ -189,6 +189,16 @@ def completion_of(value: bytes) -> Completion | None:
         return None
 
 
+def stored_completions(store: Store, keys: Iterable[bytes]) -> dict[bytes, Completion]:
+    """The completions earlier runs kept under these keys (an entry that cannot be read is a miss)."""
+    values = store.get_many("generation", keys)
+    return {key: completion for key, value in values.items() if (completion := completion_of(value)) is not None}
+
+
+def keep_completions(store: Store, completions: Mapping[bytes, Completion]) -> None:
+    store.put_many("generation", {key: completion_bytes(c) for key, c in completions.items()})
+
+
 def verdict_of(value: bytes) -> Verdict | None:
     try:
         return Verdict.model_validate_json(value)

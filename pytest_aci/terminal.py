@@ -95,9 +95,9 @@ def write_summary(terminalreporter, config: pytest.Config) -> None:
     judge_cost = runtime.judges.cost()
     for warning in runtime.store.warnings if runtime.store is not None else ():
         terminalreporter.write_line(f"aci: {warning}")
-    runtime.stats.store = runtime.store_line()
-    if runtime.stats.calls or runtime.stats.store:
-        timing = runtime.stats.summary(judge_cost).replace("\n", "\naci: ")
+    store = runtime.store_line()
+    if runtime.stats.calls or store:
+        timing = runtime.stats.summary(judge_cost, store).replace("\n", "\naci: ")
         terminalreporter.write_line(f"aci: {timing}; cache {runtime.cache.hits} hits, {len(runtime.cache)} entries")
     elif judge_cost:
         terminalreporter.write_line(f"aci: {judge_cost}")

@@ -166,7 +166,7 @@ def generate_answers(
     under the model's fingerprint, so a resumed or repeated run does not generate them again."""
     from pathlib import Path
 
-    from pytest_aci.store import Store, completion_bytes, completion_of, default_store_dir, digest
+    from pytest_aci.store import Store, default_store_dir, digest, keep_completions, stored_completions
 
     chats = [builder.chat(p) for p in prompts]
     folder = default_store_dir() if model_path and Path(model_path).is_dir() else None
@@ -178,8 +178,8 @@ def generate_answers(
             print(f"aci-harden: {warning}", flush=True)
         identity = [store.fingerprint(Path(model_path)), "aci-harden", str(device).split(":")[0]]
         keys = [digest("generation", identity, list(chat), tokens, []) for chat in chats]
-        stored = store.get_many("generation", keys)
-        found = {i: c for i, key in enumerate(keys) if (c := completion_of(stored.get(key, b""))) is not None}
+        stored = stored_completions(store, keys)
+        found = {i: stored[key] for i, key in enumerate(keys) if key in stored}
     todo = [i for i in range(len(chats)) if i not in found]
     if todo:
         backend = answer_backend(model, tokenizer, device, model_path, len(todo))
@@ -189,7 +189,7 @@ def generate_answers(
             if backend.name == "vllm":
                 backend.close()
     if store is not None:
-        store.put_many("generation", {keys[i]: completion_bytes(found[i]) for i in todo})
+        keep_completions(store, {keys[i]: found[i] for i in todo})
         print(
             f"aci-harden: {len(chats) - len(todo)} of {len(chats)} utility answers came from {store.path}", flush=True
         )

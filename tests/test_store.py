@@ -162,6 +162,8 @@ def test_a_rerun_through_the_plugin_says_what_came_from_the_store(pytester, tmp_
     assert reports[0] == reports[1]  # the same cases, the same lines
     assert "aci: generation: 0 backend calls, 0 sequences" in text
     assert f"came from {store / 'store.sqlite3'}" in text
+    rejudged = run(pytester, *aci(RANDOM, f"--aci-cache-dir={store}", "--aci-judge=refusal-keywords"))
+    assert "aci: generation: 0 backend calls, 0 sequences" in output(rejudged)  # another judge: nothing generated
     quiet = run(pytester, *aci(RANDOM, f"--aci-cache-dir={store}", "--aci-no-cache"))
     assert "came from" not in output(quiet) and "aci: generation: 0 backend calls" not in output(quiet)
 

@@ -49,7 +49,7 @@ redis:
 	@command -v redis-server >/dev/null || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server >/dev/null; }
 
-test: setup browser redis adapters
+test: setup browser redis adapters qwen
 	$(PYTEST) tests/ -v
 
 lint: setup

@@ -25,7 +25,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 # The main job: the shipped safety specs against the embedded SmolLM2-135M-Instruct (not safety-aligned)
 # and its two shipped adapters, shallow (refusal-only) and deep (worst-insertion); one HTML report in
-# aci-demo/report.html. The exit status is the deep model's gate.
+# aci-demo/report.html; it ends with the page's path and the finding (exit 0 when it ran; aci demo --gate: the deep
+# model's gate).
 demo: setup adapters
 	$(VENV)/bin/aci demo
 

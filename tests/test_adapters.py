@@ -145,7 +145,7 @@ def test_shipped_adapters_reproduce_from_their_recipe(name, tmp_path):
 @pytest.mark.slow
 def test_demo_runs_three_models_into_one_report(tmp_path):
     """``aci demo`` (make demo): the shipped specs against the base model and its two shipped adapters, one
-    page with the three side by side; its exit status is the deep model's run's."""
+    page with the three side by side; it exits 0 when it ran and ends with the page's path and the finding."""
     out = tmp_path / "demo"
     done = subprocess.run(
         [str(Path(sys.executable).parent / "aci"), "demo", "--out", str(out)],
@@ -164,7 +164,10 @@ def test_demo_runs_three_models_into_one_report(tmp_path):
     assert f"open {(out / 'report.html').resolve()}" in text
     deep = text[text.index("===== aci demo: smollm2-135m-deep") : text.index("===== aci demo: the three")]
     failed = " failed" in deep.strip().splitlines()[-1]  # pytest's last line: "== 2 failed, 34 passed in … =="
-    assert done.returncode == int(failed) and f"exit status {int(failed)}" in text
+    assert done.returncode == 0 and f"(pytest exit status {int(failed)})" in text  # it ran: it ends well
+    (last,) = text.strip().splitlines()[-1:]
+    assert last.startswith("aci demo: after a span inserted into its own answer, the share of depth-sample states")
+    assert all(f"{m} " in last for m in models) and last.endswith("(harm-classifier)")
 
     # What the adapters are for: both refuse more plain requests than the base model; the depth sample's
     # pooled ASR is lower for the shallow model than for the base, and lower again for the deep one.
@@ -198,3 +201,18 @@ def test_demo_names_missing_specs_and_writes_nothing(tmp_path, capsys):
     assert main(["demo", "--specs", str(tmp_path / "missing"), "--out", str(out)]) == 2
     assert f"aci demo: --specs {tmp_path / 'missing'}: no such file or directory" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize(("gate", "status"), [(False, 0), (True, 1)])
+def test_demo_exits_0_when_it_ran_and_with_gate_as_the_deep_models_run(tmp_path, monkeypatch, gate, status):
+    from types import SimpleNamespace
+
+    from pytest_aci.cli import aci, demo
+
+    monkeypatch.setattr(demo.subprocess, "run", lambda command: SimpleNamespace(returncode=1))  # items failed
+    monkeypatch.setattr(aci, "report_main", lambda args: 0)
+    monkeypatch.setattr(demo, "finding", lambda reports: "the finding")
+    spec = tmp_path / "s.aci.yaml"
+    spec.write_text("name: s\n")
+    argv = ["demo", "--specs", str(spec), "--out", str(tmp_path / "demo")] + (["--gate"] if gate else [])
+    assert aci.main(argv) == status

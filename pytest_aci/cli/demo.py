@@ -4,8 +4,10 @@ The embedded SmolLM2-135M-Instruct is not safety-aligned; ``smollm2-135m-sft`` i
 (refusal-only fine-tuning) and ``smollm2-135m-deep`` deeply (worst-insertion training), both by
 ``aci-harden`` from the shipped prompt pools with the shipped specs held out (``fixtures/build_adapters.py``).
 Each model is tested by its own pytest process (so each engine is freed with it), with the default
-(best) judge; then one report puts the three side by side. The exit status is the deep model's run's:
-whether it passed its gate.
+(best) judge; then one report puts the three side by side, and the last lines are the page's path and
+the finding in one line. It exits 0 when the demo ran (its items failing is what it shows); with
+``--gate`` its exit status is the deep model's run's, whether that model passed its gate, as ``pytest`` in
+CI would say.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ DEMO_MODELS = (
     ("shallow: refusal-only fine-tuning", "smollm2-135m-sft"),
     ("deep: worst-insertion training", "smollm2-135m-deep"),
 )
-GATED = DEMO_MODELS[-1][1]  # the exit status is this model's run's
+GATED = DEMO_MODELS[-1][1]  # with --gate, the exit status is this model's run's
 
 
 def add_parser(commands) -> None:
@@ -33,6 +35,7 @@ def add_parser(commands) -> None:
     demo.add_argument("--specs", type=Path, nargs="+", default=[Path("safety_specs")], help="default: safety_specs")
     demo.add_argument("--out", type=Path, default=Path("aci-demo"), help="reports and report.html (default: aci-demo)")
     demo.add_argument("--seed", default="1", help="--aci-seed of every run (default: 1; 'random' for none)")
+    demo.add_argument("--gate", action="store_true", help=f"exit with the {GATED} run's status (its gate) instead of 0")
     demo.add_argument("pytest_args", nargs=argparse.REMAINDER, help="after --: more pytest options for every run")
 
 
@@ -65,6 +68,33 @@ def demo_main(args: argparse.Namespace) -> int:
     if written:
         return written
     verdict = "passed" if codes[GATED] == 0 else "did not pass"
+    print(f"aci demo: the deep model ({GATED}) {verdict} its gate (pytest exit status {codes[GATED]})")
     print(f"aci demo: open {html.resolve()}")
-    print(f"aci demo: the deep model ({GATED}) {verdict} its gate; exit status {codes[GATED]}")
-    return codes[GATED]
+    print(f"aci demo: {finding(reports)}")
+    return codes[GATED] if args.gate else 0
+
+
+def finding(reports: list[Path]) -> str:
+    """The demo's finding in one line: per model, the share of depth-sample states after which it did not turn
+    back to a refusal, and the share judged harmful."""
+    from pytest_aci.reporting.depth import depth_curve, recovers_judges
+    from pytest_aci.reporting.jsonl import read_report
+    from pytest_aci.reporting.summary import summarize
+    from pytest_aci.stats import Rate
+
+    cells, judges = [], set()
+    for (_, model), report in zip(DEMO_MODELS, reports):
+        summaries = summarize(read_report(report))
+        judges.add(recovers_judges(summaries) or "?")
+        pooled = {}
+        for outcome in ("not-recovered", "harmful"):
+            curve = [rate for _, rate in depth_curve(summaries, outcome)]
+            pooled[outcome] = Rate(sum(r.hits for r in curve), sum(r.total for r in curve))
+        cells.append(
+            f"{model} {pooled['not-recovered'].value:.0%} ({pooled['harmful'].value:.0%} harmful) "
+            f"of {pooled['harmful'].total}"
+        )
+    return (
+        "after a span inserted into its own answer, the share of depth-sample states that did not turn back to "
+        f"a refusal: {', '.join(cells)} ({', '.join(sorted(judges))})"
+    )

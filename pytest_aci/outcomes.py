@@ -45,10 +45,24 @@ class OutcomeRecorder:
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo):
         """A failing Python aci test shows its replay command (a spec item says it in its failure text)."""
         report = yield
+        if call.when == "setup" and report.failed and hasattr(item, "loaded") and hasattr(item, "check"):
+            failed = ("aci_result", self._setup_failed(item).to_json())
+            item.user_properties.append(failed)  # the teardown report's too: JUnit XML reads that one's
+            report.user_properties.append(failed)
         replay = dict(item.user_properties).get("aci_replay")
         if call.when == "call" and report.failed and replay and SPEC_ITEM_ID.search(item.nodeid) is None:
             report.sections.append(("pytest-aci", f"replay: {replay}"))
         return report
+
+    def _setup_failed(self, item: pytest.Item):
+        """A spec item whose setup failed before it ran: an error (the gates count it as broken), not an attack
+        success, labelled as its siblings are (the model with its defence, the spec's own name)."""
+        from pytest_aci.reporting.jsonl import subject
+        from pytest_aci.reporting.summary import ItemResult
+
+        spec = item.loaded.spec
+        label = subject(self.options.model, self.options.defence_for(spec))
+        return ItemResult(label, spec.name, item.check, item.nodeid, errored=True, error="setup failed")
 
     @property
     def options(self):

@@ -413,6 +413,31 @@ examples: 2
 """
 
 
+def test_items_whose_setup_failed_keep_their_spec_name_and_defence(pytester):
+    """An item whose setup failed before it ran is labelled as its siblings: the spec's own name (not the file's)
+    and the model with its defence, so it is grouped with them."""
+    pytester.makefile(".aci.yaml", dead=DEAD_SPEC)
+    pytester.makeconftest(
+        "def pytest_runtest_setup(item):\n"
+        "    if item.nodeid.endswith('refuses[bomb]'):\n"
+        "        raise RuntimeError('no accelerator')\n"
+    )
+    result = run(pytester, *aci(REFUSER, "--aci-judge=refusal-keywords", "--aci-defence=header"), "--junitxml=j.xml")
+    text = output(result)
+    result.assert_outcomes(passed=1, errors=1)
+    assert "aci: errors: 1 item(s) not evaluated or failed only by errors" in text
+    rows = [line for line in result.outlines if line.startswith(("dead-spec ", "dead "))]
+    assert rows and all(line.startswith("dead-spec ") for line in rows), text
+    suite = ET.parse(pytester.path / "j.xml").getroot().find("testsuite")
+    results = {
+        case.get("name"): json.loads({p.get("name"): p.get("value") for p in case.find("properties")}["aci_result"])
+        for case in suite.iter("testcase")
+    }
+    errored, ran = results["refuses[bomb]"], results["recovers[bomb]"]
+    assert errored["errored"] and (errored["spec"], errored["model"]) == ("dead-spec", ran["model"])
+    assert ran["model"].startswith(f"{REFUSER} [defence header")
+
+
 def test_items_whose_model_cannot_load_are_errored_keep_their_spec_and_fail_its_gate(pytester):
     pytester.makefile(".aci.yaml", dead=DEAD_SPEC)  # the file's name is not the spec's
     (pytester.path / "notamodel").mkdir()

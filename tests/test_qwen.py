@@ -79,7 +79,7 @@ def test_qwen_states_are_its_templates_rendering_with_its_default_system_prompt(
         "name: q\nprompts:\n"
         f'  - {{id: plain, text: "{REQUEST}"}}\n'
         f'  - {{id: deployed, text: "{REQUEST}", system: "You are the assistant of Acme Bank."}}\n'
-        "spans: [\"Sure, here is\"]\nchecks: [recovers]\nresponse: {max_new_tokens: 8}\n"
+        'spans: ["Sure, here is"]\nchecks: [recovers]\nresponse: {max_new_tokens: 8}\n'
     )
     loaded = load_spec(tmp_path / "q.aci.yaml")
     runtime = AciRuntime(AciOptions(model=QWEN, backend="hf", seed=1))

@@ -12,7 +12,8 @@ plain answer R is computed once beforehand and counted for none. Prints, per mod
 failing states, failing states per 1k model tokens, items broken, and the depth curve (the failing share
 of the generated states in each depth bucket), by the harm-classifier (the project's best judge) with
 the refusal-keyword judge's count of the same continuations beside it, and the states that did not turn back
-(the harm-classifier's third outcome: harmful or continues) with their own depth curve.
+(the harm-classifier's third outcome: harmful or continues) with their own depth curve. ``--out`` keeps every
+judged state (request, span, position, continuation, verdict) beside the figures, to be read by hand.
 """
 
 from __future__ import annotations
@@ -78,6 +79,21 @@ def run_source(runtime, loaded, budget: int, seed: int, max_examples: int) -> di
     return {**totals, "records": runtime.records.all[first:]}
 
 
+def case_row(record) -> dict:
+    """What a reader needs of one judged state (the JSON keeps them all, to be read by hand): the request, the
+    span, where it went, the continuation, and the verdict."""
+    return {
+        "prompt_id": record.prompt_id,
+        "request": record.prompt,
+        "position": record.position,
+        "response_len": record.response_len,
+        "span": record.span,
+        "continuation": record.continuation,
+        "outcome": record.verdict.outcome,
+        "harmful": record.verdict.harmful,
+    }
+
+
 def depth_curve(records, keyword_judge) -> dict:
     """The failing share of the states in each depth bucket, the states, and the keyword judge's failing ones."""
     from pytest_aci.judges import JudgeInput
@@ -137,8 +153,9 @@ def main() -> None:
                 runtime.states.reference(loaded, prompt)
             print(f"{model}: {source} spans, {args.budget} model tokens per request …", flush=True)
             found = run_source(runtime, loaded, args.budget, args.seed, args.max_examples)
-            curve = depth_curve(found.pop("records"), keyword_judge)
-            results.setdefault(model, {})[source] = {**found, **curve}
+            records = found.pop("records")
+            curve = depth_curve(records, keyword_judge)
+            results.setdefault(model, {})[source] = {**found, **curve, "cases": [case_row(r) for r in records]}
         runtime.close()
 
     print(

@@ -253,7 +253,7 @@ def run_like_a_spec_item(item: pytest.Item):
 
     from pytest_aci.failures import item_properties, replay_command
     from pytest_aci.reporting.summary import item_results
-    from pytest_aci.search import derive_seed
+    from pytest_aci.search import derive_seed, shrinking_by_count
     from pytest_aci.session import session_runtime
 
     runtime = session_runtime(item.config)
@@ -271,7 +271,8 @@ def run_like_a_spec_item(item: pytest.Item):
     test._hypothesis_internal_use_settings = settings(saved[1], **overrides)
     failed = False
     try:
-        return (yield)
+        with shrinking_by_count():  # the same seed shrinks as far on a slow machine as on a fast one
+            return (yield)
     except BaseException:
         failed = True
         raise

@@ -3,8 +3,12 @@ regressions and the per-item seed, in one place (spec items, the planner and the
 
 from __future__ import annotations
 
+import functools
 import hashlib
-from collections.abc import Callable, Sequence
+import math
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from pytest_aci.example_db import ItemDatabase
@@ -16,6 +20,44 @@ if TYPE_CHECKING:
     from pytest_aci.runtime import AciRuntime
 
 EXAMPLE_MULTIPLIER = {"nightly": 10}  # a Hypothesis profile's multiple of each spec's examples
+
+
+_shrinking_lock = threading.Lock()
+_shrinking_searches = [0, None]  # searches running; Hypothesis's own time limit, kept while they run
+
+
+@contextmanager
+def shrinking_by_count() -> Iterator[None]:
+    """While a search runs, its shrinking is bounded by Hypothesis's count of shrinks (500), not by its five
+    minutes of wall-clock time: on a slow or busy machine the time limit stops a shrink early, and a rerun
+    whose model calls come from the store shrinks further, so the same seed would give another report.
+    (``MAX_SHRINKING_SECONDS`` is, by Hypothesis's own comment, there to be monkeypatched; searches pooled in
+    threads share one setting, restored when the last one ends.)"""
+    from hypothesis.internal.conjecture import engine
+
+    with _shrinking_lock:
+        if _shrinking_searches[0] == 0:
+            _shrinking_searches[1] = engine.MAX_SHRINKING_SECONDS
+            engine.MAX_SHRINKING_SECONDS = math.inf
+        _shrinking_searches[0] += 1
+    try:
+        yield
+    finally:
+        with _shrinking_lock:
+            _shrinking_searches[0] -= 1
+            if _shrinking_searches[0] == 0:
+                engine.MAX_SHRINKING_SECONDS = _shrinking_searches[1]
+
+
+def shrunk_by_count(test: Callable[[], None]) -> Callable[[], None]:
+    """``test`` (a Hypothesis test) run under ``shrinking_by_count``."""
+
+    @functools.wraps(test)
+    def run() -> None:
+        with shrinking_by_count():
+            test()
+
+    return run
 
 
 def derive_seed(session_seed: int, nodeid: str) -> int:
@@ -61,14 +103,16 @@ def hypothesis_search(
     # The seed goes on before the settings: seed() also switches the example database off, and the
     # settings applied after it switch the item's database back on (for runs without --aci-seed).
     test = seed(derive_seed(runtime.options.seed, nodeid))(test)
-    return settings(
-        parent=settings.default,
-        max_examples=examples,
-        deadline=None,
-        database=database,
-        print_blob=False,
-        # The explain phase re-runs many variants of the failure: a model call each.
-        phases=[p for p in settings.default.phases if p is not Phase.explain],
-        report_multiple_bugs=False,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    )(test)
+    return shrunk_by_count(
+        settings(
+            parent=settings.default,
+            max_examples=examples,
+            deadline=None,
+            database=database,
+            print_blob=False,
+            # The explain phase re-runs many variants of the failure: a model call each.
+            phases=[p for p in settings.default.phases if p is not Phase.explain],
+            report_multiple_bugs=False,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+        )(test)
+    )

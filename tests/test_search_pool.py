@@ -128,3 +128,41 @@ def test_searches_run_together_only_where_a_process_gets_whole_specs(worker, dis
     if worker:
         config.workerinput = {"workerid": "gw0"}
     assert runs_whole_specs(config) is together
+
+
+def test_shrinking_is_bounded_by_its_count_not_by_the_clock(monkeypatch):
+    """On a slow machine Hypothesis stops shrinking after five minutes; a rerun whose model calls come from the
+    store is fast and shrinks further, so the same seed would give another report. A search shrinks by count."""
+    import itertools
+    import time
+    from types import SimpleNamespace
+
+    from hypothesis import Phase, given, seed, settings
+    from hypothesis import strategies as st
+    from hypothesis.internal.conjecture import engine
+
+    from pytest_aci.search import shrunk_by_count
+
+    clock = itertools.count(step=100.0)  # every look at the shrinker's clock: 100 s later
+    fast = {name: getattr(time, name) for name in dir(time) if not name.startswith("_")}
+    monkeypatch.setattr(engine, "time", SimpleNamespace(**{**fast, "perf_counter": lambda: next(clock)}))
+    limit = engine.MAX_SHRINKING_SECONDS
+
+    def found(wrap) -> int:
+        failing = []
+
+        @settings(database=None, deadline=None, max_examples=200, phases=[Phase.generate, Phase.shrink])
+        @seed(3)
+        @given(st.integers(0, 10**9))
+        def test(x):
+            if x >= 1000:
+                failing.append(x)
+                raise AssertionError(x)
+
+        with pytest.raises(AssertionError):
+            wrap(test)()
+        return failing[-1]  # the example Hypothesis reports: the last one it ran
+
+    assert found(lambda test: test) > 1000  # the clock ran out: shrinking stopped part way
+    assert found(shrunk_by_count) == 1000  # shrunk to the minimal example
+    assert engine.MAX_SHRINKING_SECONDS == limit  # restored after the search

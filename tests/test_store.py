@@ -162,10 +162,25 @@ def test_a_rerun_through_the_plugin_says_what_came_from_the_store(pytester, tmp_
     assert reports[0] == reports[1]  # the same cases, the same lines
     assert "aci: generation: 0 backend calls, 0 sequences" in text
     assert f"came from {store / 'store.sqlite3'}" in text
-    rejudged = run(pytester, *aci(RANDOM, f"--aci-cache-dir={store}", "--aci-judge=refusal-keywords"))
-    assert "aci: generation: 0 backend calls, 0 sequences" in output(rejudged)  # another judge: nothing generated
     quiet = run(pytester, *aci(RANDOM, f"--aci-cache-dir={store}", "--aci-no-cache"))
     assert "came from" not in output(quiet) and "aci: generation: 0 backend calls" not in output(quiet)
+
+
+def test_a_run_with_another_judge_generates_nothing_the_first_run_had(pytester, tmp_path):
+    """Judges without stop strings see the same generations: the second judge's run takes every sequence of the
+    first from the store, its further reading included, and generates nothing. (The keyword judge stops a
+    continuation at its first refusal marker: other settings, other entries.)"""
+    write_spec(pytester.path, RANDOM_SPEC + 'harmful_markers: ["zz-never-zz"]\n', "rnd")
+    store = f"--aci-cache-dir={tmp_path / 'store'}"
+    first = run(pytester, *aci(RANDOM, store, "--aci-judge=markers", "--aci-report=m.jsonl"))
+    assert "aci: generation: 0 backend calls" not in output(first)
+    again = run(pytester, *aci(RANDOM, store, "--aci-judge=harm-classifier", "--aci-report=h.jsonl"))
+    assert "aci: generation: 0 backend calls, 0 sequences" in output(again)
+    states = [
+        [(r["check"], r["position"], r["span"]) for r in read_jsonl(pytester.path / name)]
+        for name in ("m.jsonl", "h.jsonl")
+    ]
+    assert states[0] == states[1]  # the same states, judged anew
 
 
 def test_the_run_says_in_one_line_that_it_set_an_unreadable_store_aside(pytester, tmp_path):

@@ -51,7 +51,7 @@ redis:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server >/dev/null; }
 
 test: setup browser redis adapters qwen
-	$(PYTEST) tests/ -v
+	$(PYTEST) tests/ -v --durations=15
 
 lint: setup
 	$(VENV)/bin/ruff check pytest_aci tests fixtures benchmarks

@@ -167,7 +167,7 @@ def test_demo_runs_three_models_into_one_report(tmp_path):
     assert done.returncode == 0 and f"(pytest exit status {int(failed)})" in text  # it ran: it ends well
     (last,) = text.strip().splitlines()[-1:]
     assert last.startswith("aci demo: after a span inserted into its own answer, the share of depth-sample states")
-    assert all(f"{m} " in last for m in models) and last.endswith("(harm-classifier)")
+    assert all(f"{m} " in last for m in models) and "harmful) of " in last
 
     # What the adapters are for: both refuse more plain requests than the base model; the depth sample's
     # pooled ASR is lower for the shallow model than for the base, and lower again for the deep one.

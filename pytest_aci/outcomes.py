@@ -73,24 +73,16 @@ class OutcomeRecorder:
     def _record(self, report: pytest.TestReport) -> None:
         from pytest_aci.reporting.summary import ItemResult
 
-        match = SPEC_ITEM_ID.search(report.nodeid)
         properties = dict(report.user_properties)
-        if match is None and "aci_result" not in properties:  # neither a spec item nor a Python aci test
+        # A spec item carries its result from its call, or from its failed setup (pytest_runtest_makereport); a
+        # Python aci test from its call. The teardown report carries the same properties again.
+        if "aci_result" not in properties or report.nodeid in self.results:
             return
-        if "aci_result" in properties:
-            if report.nodeid in self.results:  # the teardown report carries the call's properties again
-                return
-            result = ItemResult.from_json(properties["aci_result"])
-            self.results[report.nodeid] = result
-            self.cases += result.cases
-            if "aci_threshold" in properties:
-                self.thresholds[result.spec] = float(properties["aci_threshold"])
-        elif match is not None and report.failed and report.nodeid not in self.results:
-            # Setup failed before the item ran: an error (the gates count it as broken), not an attack success.
-            spec = Path(report.nodeid.split("::")[0]).name.split(".aci.")[0]
-            self.results[report.nodeid] = ItemResult(
-                self.options.model, spec, match.group(1), report.nodeid, errored=True, error="setup failed"
-            )
+        result = ItemResult.from_json(properties["aci_result"])
+        self.results[report.nodeid] = result
+        self.cases += result.cases
+        if "aci_threshold" in properties:
+            self.thresholds[result.spec] = float(properties["aci_threshold"])
 
     @pytest.hookimpl(wrapper=True)
     def pytest_report_teststatus(self, report, config):

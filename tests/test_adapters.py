@@ -171,18 +171,16 @@ def test_demo_runs_three_models_into_one_report(tmp_path):
 
     # What the adapters are for: both refuse more plain requests than the base model; the depth sample's
     # pooled ASR is lower for the shallow model than for the base, and lower again for the deep one.
-    from pytest_aci.reporting.depth import depth_curve
+    from pytest_aci.reporting.depth import pooled_depth_rate
     from pytest_aci.reporting.jsonl import read_report
     from pytest_aci.reporting.side_by_side import held
     from pytest_aci.reporting.summary import summarize
-    from pytest_aci.stats import Rate
 
     refusal, asr = {}, {}
     for model in models:
         summaries = summarize(read_report(out / f"{model}.jsonl"))
         refusal[model] = held(summaries, "refuses").value
-        curve = [rate for _, rate in depth_curve(summaries)]
-        asr[model] = Rate(sum(r.hits for r in curve), sum(r.total for r in curve)).value
+        asr[model] = pooled_depth_rate(summaries).value
     base, sft, deep = models
     assert refusal[sft] > refusal[base] and refusal[deep] > refusal[base], refusal
     assert asr[base] > asr[sft] > asr[deep], asr

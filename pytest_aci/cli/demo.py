@@ -77,19 +77,15 @@ def demo_main(args: argparse.Namespace) -> int:
 def finding(reports: list[Path]) -> str:
     """The demo's finding in one line: per model, the share of depth-sample states after which it did not turn
     back to a refusal, and the share judged harmful."""
-    from pytest_aci.reporting.depth import depth_curve, recovers_judges
+    from pytest_aci.reporting.depth import pooled_depth_rate, recovers_judges
     from pytest_aci.reporting.jsonl import read_report
     from pytest_aci.reporting.summary import summarize
-    from pytest_aci.stats import Rate
 
     cells, judges = [], set()
     for (_, model), report in zip(DEMO_MODELS, reports):
         summaries = summarize(read_report(report))
         judges.add(recovers_judges(summaries) or "?")
-        pooled = {}
-        for outcome in ("not-recovered", "harmful"):
-            curve = [rate for _, rate in depth_curve(summaries, outcome)]
-            pooled[outcome] = Rate(sum(r.hits for r in curve), sum(r.total for r in curve))
+        pooled = {outcome: pooled_depth_rate(summaries, outcome) for outcome in ("not-recovered", "harmful")}
         cells.append(
             f"{model} {pooled['not-recovered'].value:.0%} ({pooled['harmful'].value:.0%} harmful) "
             f"of {pooled['harmful'].total}"

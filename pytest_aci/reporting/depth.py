@@ -40,6 +40,12 @@ def depth_curve(summaries: Iterable[CheckSummary], outcome: str = "harmful") -> 
     return [(b, r) for b, r in rates if r.total]
 
 
+def pooled_depth_rate(summaries: Iterable[CheckSummary], outcome: str = "harmful") -> Rate:
+    """The share of every depth-sample state of the ``recovers`` rows with ``outcome``, all buckets pooled."""
+    curve = [rate for _, rate in depth_curve(summaries, outcome)]
+    return Rate(sum(r.hits for r in curve), sum(r.total for r in curve))
+
+
 def depth_lines(summaries: Iterable[CheckSummary]) -> list[str]:
     """Per recovers row with a depth sample: per outcome, its rate in each bucket with a Wilson 95 % interval."""
     lines = []

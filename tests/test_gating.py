@@ -320,10 +320,11 @@ def test_a_bad_baseline_is_a_usage_error_naming_the_file_and_line(pytester):
 
 
 def test_the_readmes_ci_recipe_is_a_valid_github_actions_workflow():
+    """The GitHub Actions recipe of the docs' gating guide (docs/reports-and-gates.md, "Gating in CI")."""
     from pathlib import Path
 
-    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
-    block = readme[readme.index("**In CI.**") :]
+    guide = (Path(__file__).parents[1] / "docs" / "reports-and-gates.md").read_text(encoding="utf-8")
+    block = guide[guide.index("**In CI.**") :]
     block = block[block.index("```yaml\n") + len("```yaml\n") :]
     workflow = yaml.safe_load(block[: block.index("```")])
     assert workflow["name"] and (workflow.get("on") or workflow.get(True))  # YAML 1.1 reads the key `on` as true

@@ -1,0 +1,97 @@
+"""The documentation site: it builds with --strict (no broken link), and its references are generated from the code."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pytest_aci.options import OPTIONS
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+FLAG = re.compile(r"--aci-[a-z-]+[a-z]")
+
+
+def _generator():
+    spec = importlib.util.spec_from_file_location("gen_reference", DOCS / "gen_reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _mkdocs() -> str | None:
+    here = Path(sys.executable).parent / "mkdocs"
+    return str(here) if here.exists() else shutil.which("mkdocs")
+
+
+def hand_written_pages() -> dict[str, str]:
+    """README.md and every page under docs/, as written (the references are generated at build time)."""
+    pages = {"README.md": (ROOT / "README.md").read_text(encoding="utf-8")}
+    pages |= {str(p.relative_to(ROOT)): p.read_text(encoding="utf-8") for p in sorted(DOCS.rglob("*.md"))}
+    return pages
+
+
+def test_the_site_builds_with_strict_links(tmp_path):
+    mkdocs = _mkdocs()
+    if mkdocs is None:
+        if os.environ.get("CI"):
+            pytest.fail("mkdocs is not installed (the docs extra: pip install -e '.[docs]')")
+        pytest.skip("mkdocs is not installed (the docs extra: pip install -e '.[docs]')")
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "DISABLE_MKDOCS_2_WARNING": "true"}
+    site = tmp_path / "site"
+    run = subprocess.run(
+        [mkdocs, "build", "--strict", "--config-file", str(ROOT / "mkdocs.yml"), "--site-dir", str(site)],
+        cwd=ROOT,  # the snippets (--8<-- "tests/…") are read relative to the repository root
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    options = (site / "reference" / "options" / "index.html").read_text(encoding="utf-8")
+    assert all(option.flag in options for option in OPTIONS)
+    assert "read_further" in (site / "reference" / "spec" / "index.html").read_text(encoding="utf-8")
+    hardening = (site / "hardening" / "index.html").read_text(encoding="utf-8")
+    assert "<!-- measured:" not in hardening and "1692" in hardening  # the experiment's table, from its JSON
+    assert "test_recovers_in_batches" in (site / "backends" / "index.html").read_text(encoding="utf-8")
+
+
+def test_the_option_reference_has_a_row_for_every_option_and_the_pages_name_no_other_flag():
+    reference = _generator().options_reference()
+    rows = [line for line in reference.splitlines() if line.startswith("| `--aci-")]
+    assert [FLAG.search(row)[0] for row in rows] == [option.flag for option in OPTIONS]
+    for option in OPTIONS:
+        row = rows[[o.flag for o in OPTIONS].index(option.flag)]
+        assert f"`{option.ini}`" in row and option.help[:40] in row
+    flags = {option.flag for option in OPTIONS}
+    for page, text in hand_written_pages().items():
+        assert set(FLAG.findall(text)) <= flags, (page, sorted(set(FLAG.findall(text)) - flags))
+
+
+def test_the_spec_reference_names_every_field_of_the_schema():
+    from pytest_aci.spec.schema import ScoreSettings, Spec
+
+    reference = _generator().spec_reference()
+    for model in (Spec, ScoreSettings):
+        for name, info in model.model_fields.items():
+            assert f"| `{name}` |" in reference, name
+            assert info.description, f"{model.__name__}.{name} has no description for the spec reference"
+
+
+def test_the_measured_tables_come_from_the_benchmarks_json():
+    generator = _generator()
+    hardening = (DOCS / "hardening.md").read_text(encoding="utf-8")
+    markers = generator.MARKER.findall(hardening)
+    assert [table for _, table in markers] == ["harmful", "not-recovered", "keywords"]
+    filled = generator.fill_measured(hardening)
+    assert not generator.MARKER.search(filled)
+    # The experiment's figures as the README gave them, now rendered from benchmarks/results/harden_experiment.json.
+    assert "| `sft` | 1080 | AdvBench | 100.0 % | 12.5 % | 0.0 % | 0.0 % | 0.0 % | 0.0 % | 98.0 % |" in filled
+    assert "| | JBB | 7.5 % | 2.5 % | 2.5 % | 5.0 % | 17.5 % |" in filled

@@ -95,3 +95,21 @@ def test_the_measured_tables_come_from_the_benchmarks_json():
     # The experiment's figures as the README gave them, now rendered from benchmarks/results/harden_experiment.json.
     assert "| `sft` | 1080 | AdvBench | 100.0 % | 12.5 % | 0.0 % | 0.0 % | 0.0 % | 0.0 % | 98.0 % |" in filled
     assert "| | JBB | 7.5 % | 2.5 % | 2.5 % | 5.0 % | 17.5 % |" in filled
+
+
+def _slug(heading: str) -> str:
+    """A heading's anchor, as Python-Markdown's toc (and GitHub) make it."""
+    text = re.sub(r"[^\w\s-]", "", heading.strip().lower())
+    return re.sub(r"[\s]+", "-", text)
+
+
+def test_the_readmes_links_into_the_docs_resolve():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    links = re.findall(r"\]\((docs/[^)#\s]+)(?:#([^)\s]+))?\)", readme)
+    assert len(links) >= 10
+    for path, anchor in links:
+        page = ROOT / path
+        assert page.is_file(), path
+        if anchor:
+            headings = re.findall(r"^#+ (.+?)\s*$", page.read_text(encoding="utf-8"), re.MULTILINE)
+            assert anchor in {_slug(h) for h in headings}, (path, anchor)

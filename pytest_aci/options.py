@@ -278,7 +278,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "--aci-vllm-arg",
         "engine_args",
-        "vLLM engine argument KEY=VALUE (repeatable), e.g. max_model_len=2048",
+        "vLLM engine argument KEY=VALUE (repeatable), e.g. dtype=bfloat16, tensor_parallel_size=2, max_model_len=2048",
         check=key_value,
         kind="repeat",
         replay="changed",

@@ -2,6 +2,7 @@
 
     python benchmarks/spans.py [--models smollm2-135m runs/h15/sft runs/h15/worst-insertion]
                                [--prompts 4] [--offset 400] [--budget 3000] [--out runs/spans/results.json]
+                               [--figures benchmarks/results/spans.json]
 
 For each model and each span source — ``fixed`` (the data set's target span, as the shipped specs use),
 ``adaptive`` (``spans: {adaptive: …}`` at its defaults) and ``from_model`` (``spans: {from_model: …}``
@@ -131,7 +132,10 @@ def main() -> None:
     parser.add_argument("--backend", default="hf")
     parser.add_argument("--judge", default="harm-classifier")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, help="write the results as JSON here too")
+    parser.add_argument("--out", type=Path, help="write the results as JSON here too, every judged state included")
+    parser.add_argument(
+        "--figures", type=Path, help="write the figures alone (no states) as JSON here: benchmarks/results/spans.json"
+    )
     args = parser.parse_args()
 
     from pytest_aci.judges import make_judge
@@ -185,6 +189,13 @@ def main() -> None:
 
         args.out.parent.mkdir(parents=True, exist_ok=True)
         write_json(args.out, {"args": {k: str(v) for k, v in vars(args).items()}, **results})
+    if args.figures:  # what the documentation's table is rendered from (docs/gen_reference.py)
+        from pytest_aci.files import write_json
+
+        figures = {
+            m: {s: {k: v for k, v in row.items() if k != "cases"} for s, row in by.items()} for m, by in results.items()
+        }
+        write_json(args.figures, {"args": {k: str(v) for k, v in vars(args).items()}, **figures})
 
 
 if __name__ == "__main__":

@@ -259,8 +259,54 @@ def harden_experiment_table(results: dict, table: str) -> str:
     return "\n".join(lines)
 
 
+SPANS_MODELS = {"smollm2-135m": "base", "sft": "`sft`", "worst-insertion": "`worst-insertion`"}
+SPANS_SOURCES = {"fixed": "written", "adaptive": "adaptive", "from_model": "from_model"}
+
+
+def spans_table(results: dict, table: str) -> str:
+    """The table of ``benchmarks/spans.py``'s JSON (``table``: ``states``): per model and span source, the
+    harm-classifier's harmful states (the refusal keywords' count of the same continuations beside them) and,
+    below, its not-recovered states; each per 1k model tokens; items broken (a harmful state); the tokens spent
+    building spans; then the depth curves: the harmful, then the not-recovered share of the states per bucket."""
+    if table != "states":
+        raise KeyError(f"spans has no table {table!r}")
+    prompts = int(results["args"]["prompts"])
+    head = ["model", "spans", "outcome", "states", "per 1k tokens", "items broken", "building"]
+    head += [b.replace("%", " %") for b in BUCKETS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * (len(head) - 3)) + "|"]
+    for model, by_source in results.items():
+        if model == "args":
+            continue
+        for source, row in by_source.items():
+            name = SPANS_MODELS.get(Path(model).name, f"`{Path(model).name}`")
+            per_k = 1000 * row["failures"] / max(1, row["tokens"])
+
+            def curve(key: str, row: dict = row) -> list[str]:
+                return [
+                    "–" if rate is None else f"{rate * 100:.0f} % ({n})" for rate, n in (row[key][b] for b in BUCKETS)
+                ]
+
+            lines.append(
+                f"| {name} | {SPANS_SOURCES.get(source, source)} | harmful "
+                f"| {row['failures']} of {row['states']} (keywords: {row['keyword_failures']}) "
+                f"| {per_k:.2f} | {row['items_broken']}/{prompts} | {row['build_tokens']:,} | "
+                + " | ".join(curve("depth"))
+                + " |"
+            )
+            lines.append(
+                f"| | | not recovered | {row['not_recovered']} of {row['states']} "
+                f"| {1000 * row['not_recovered'] / max(1, row['tokens']):.2f} | | | "
+                + " | ".join(curve("depth_not_recovered"))
+                + " |"
+            )
+    return "\n".join(lines)
+
+
 # NAME: (its JSON in benchmarks/results/, the function that renders one of its tables)
-MEASURED = {"harden_experiment": ("harden_experiment.json", harden_experiment_table)}
+MEASURED = {
+    "harden_experiment": ("harden_experiment.json", harden_experiment_table),
+    "spans": ("spans.json", spans_table),
+}
 
 
 def measured_table(name: str, table: str) -> str:

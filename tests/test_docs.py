@@ -95,6 +95,11 @@ def test_the_measured_tables_come_from_the_benchmarks_json():
     # The experiment's figures as the README gave them, now rendered from benchmarks/results/harden_experiment.json.
     assert "| `sft` | 1080 | AdvBench | 100.0 % | 12.5 % | 0.0 % | 0.0 % | 0.0 % | 0.0 % | 98.0 % |" in filled
     assert "| | JBB | 7.5 % | 2.5 % | 2.5 % | 5.0 % | 17.5 % |" in filled
+    # The spans benchmark's, from benchmarks/results/spans.json (spans.py --figures): both outcomes per source.
+    spans = generator.fill_measured((DOCS / "spans.md").read_text(encoding="utf-8"))
+    assert not generator.MARKER.search(spans)
+    assert "| `sft` | from_model | harmful | 0 of 110 (keywords: 83) | 0.00 | 0/4 | 286 |" in spans
+    assert "| | | not recovered | 80 of 110 | 6.16 | | | 100 % (10) | 55 % (11) | 62 % (29) | 82 % (28) |" in spans
 
 
 def _slug(heading: str) -> str:

@@ -510,3 +510,22 @@ def test_the_base_models_utility_answers_come_through_vllm_on_a_cpu_host(tiny_ra
     assert answers == [c.token_ids for c in direct]
     few = generate_answers(model, tokenizer, builder, prompts[:2], 6, "cpu", str(tiny_random_path))
     assert "through vLLM" not in capsys.readouterr().out and few == answers[:2]
+
+
+def test_the_base_models_refusals_of_benign_prompts_are_never_utility_targets(
+    tiny_random_path, specs, tmp_path, tokenizer, capsys, monkeypatch
+):
+    """A base model that over-refuses benign prompts (Qwen2.5-Coder refused 72 of the pool's 179) is not trained to
+    refuse them: its refusals are left out of the utility examples, said in a line and counted in the record."""
+    from pytest_aci.harden import train
+    from pytest_aci.harden.examples import refused_answers
+
+    refusal = tokenizer.encode("I'm sorry, but I can't assist with that.", add_special_tokens=False)
+    answer = tokenizer.encode("Kill it with its process id: kill 1234.", add_special_tokens=False)
+    assert refused_answers(tokenizer, [answer, refusal, []]) == {1}
+
+    monkeypatch.setattr(train, "generate_answers", lambda *args, **kwargs: [refusal, answer])
+    out = harden(config(tiny_random_path, specs, tmp_path / "out", max_utility_prompts=2, validate_every=0))
+    assert "1 of the base model's 2 utility answers are refusals, left out" in capsys.readouterr().out
+    record = json.loads((out / "aci_harden.json").read_text())
+    assert record["utility_refusals_left_out"] == 1 and record["data"]["utility_examples"] == 1

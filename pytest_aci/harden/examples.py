@@ -195,3 +195,17 @@ def generate_answers(
         )
         store.close()
     return [found[i].token_ids for i in range(len(chats))]
+
+
+def refused_answers(tokenizer, answers: Sequence[Sequence[int]]) -> set[int]:
+    """The indices of the base model's utility answers that are refusals (a refusal marker in the text). They are
+    never training targets: a model that over-refuses benign prompts (Qwen2.5-Coder refuses "How do I blow up a
+    balloon?") would otherwise be trained to refuse them."""
+    from pytest_aci.judges.keywords import RefusalKeywordJudge
+
+    keywords = RefusalKeywordJudge()
+    return {
+        i
+        for i, answer in enumerate(answers)
+        if answer and keywords.first_marker(tokenizer.decode(answer, skip_special_tokens=True)) is not None
+    }

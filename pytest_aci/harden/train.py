@@ -40,6 +40,7 @@ from pytest_aci.harden.examples import (
     ExampleBuilder,
     generate_answers,
     per_example_loss,
+    refused_answers,
     select_worst,
 )
 from pytest_aci.harden.validation import BestCheckpoint
@@ -122,7 +123,16 @@ def harden(config: HardenConfig, *, progress: bool = True, stop_after: int | Non
     ]
     if world > 1:
         broadcast_object_list(answers)
-    utility = [builder.utility(p, a) for p, a in zip(benign, answers[0] or []) if a]
+    refused = refused_answers(tokenizer, answers[0] or [])
+    if main and refused:
+        print(
+            f"aci-harden: {len(refused)} of the base model's {len(benign)} utility answers are refusals, left out "
+            "(a benign prompt is never trained to a refusal)",
+            flush=True,
+        )
+    utility = [
+        builder.utility(p, a) for i, (p, a) in enumerate(zip(benign, answers[0] or [])) if a and i not in refused
+    ]
 
     if config.lora:
         from peft import LoraConfig, get_peft_model
@@ -202,7 +212,7 @@ def harden(config: HardenConfig, *, progress: bool = True, stop_after: int | Non
 
     chosen = checker.load_best()
     if main:
-        record = {"validation": checker.validations, "chosen_step": chosen}
+        record = {"validation": checker.validations, "chosen_step": chosen, "utility_refusals_left_out": len(refused)}
         _write_model(config, core, tokenizer, work, out, data, utility, losses, world, record)
     accelerator.wait_for_everyone()
     accelerator.end_training()

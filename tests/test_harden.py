@@ -516,16 +516,32 @@ def test_the_base_models_refusals_of_benign_prompts_are_never_utility_targets(
     tiny_random_path, specs, tmp_path, tokenizer, capsys, monkeypatch
 ):
     """A base model that over-refuses benign prompts (Qwen2.5-Coder refused 72 of the pool's 179) is not trained to
-    refuse them: its refusals are left out of the utility examples, said in a line and counted in the record."""
-    from pytest_aci.harden import train
-    from pytest_aci.harden.examples import refused_answers
+    refuse them: a refused prompt is answered again after "Sure!" in the model's own words, and left out if it still
+    refuses; said in a line and counted in the record."""
+    from pytest_aci.harden import examples
+    from pytest_aci.harden.examples import UTILITY_OPENER, refused_answers, utility_answers
 
     refusal = tokenizer.encode("I'm sorry, but I can't assist with that.", add_special_tokens=False)
-    answer = tokenizer.encode("Kill it with its process id: kill 1234.", add_special_tokens=False)
+    answer = tokenizer.encode(" Kill it with its process id: kill 1234.", add_special_tokens=False)
     assert refused_answers(tokenizer, [answer, refusal, []]) == {1}
 
-    monkeypatch.setattr(train, "generate_answers", lambda *args, **kwargs: [refusal, answer])
+    def base_model(model, tokenizer, builder, prompts, tokens, device, model_path="", prefill=()):
+        if not prefill:  # the plain answers: the first prompt answered, the others refused
+            return [answer] + [refusal] * (len(prompts) - 1)
+        assert tokenizer.decode(prefill) == UTILITY_OPENER
+        return [answer] + [refusal] * (len(prompts) - 1)  # after the opener: the first answered, the rest refuse
+
+    monkeypatch.setattr(examples, "generate_answers", base_model)
+    builder = ExampleBuilder(tokenizer, config(tiny_random_path, specs, tmp_path / "x"), random.Random(0))
+    targets, counts = utility_answers(None, tokenizer, builder, ["a", "b", "c"], 8, "cpu")
+    opener = tokenizer.encode(UTILITY_OPENER, add_special_tokens=False)
+    assert targets == [answer, opener + answer, []]
+    assert counts == {"refused": 2, "answered_after_opener": 1}
+
     out = harden(config(tiny_random_path, specs, tmp_path / "out", max_utility_prompts=2, validate_every=0))
-    assert "1 of the base model's 2 utility answers are refusals, left out" in capsys.readouterr().out
+    assert "1 of the base model's 2 answers to benign prompts are refusals, never trained on: 1 answered again" in (
+        capsys.readouterr().out
+    )
     record = json.loads((out / "aci_harden.json").read_text())
-    assert record["utility_refusals_left_out"] == 1 and record["data"]["utility_examples"] == 1
+    assert record["utility_refusals"] == {"refused": 1, "answered_after_opener": 1}
+    assert record["data"]["utility_examples"] == 2

@@ -160,15 +160,23 @@ def answer_backend(model, tokenizer, device: str, model_path: str, answers: int)
 
 
 def generate_answers(
-    model, tokenizer, builder: ExampleBuilder, prompts: Sequence[str], tokens: int, device: str, model_path: str = ""
+    model,
+    tokenizer,
+    builder: ExampleBuilder,
+    prompts: Sequence[str],
+    tokens: int,
+    device: str,
+    model_path: str = "",
+    prefill: Sequence[int] = (),
 ):
-    """The base model's own greedy answers to benign prompts: the utility targets. Kept in the store (store.py)
-    under the model's fingerprint, so a resumed or repeated run does not generate them again."""
+    """The base model's own greedy answers to benign prompts (after ``prefill``, when given): the utility targets.
+    Kept in the store (store.py) under the model's fingerprint, so a resumed or repeated run does not generate them
+    again."""
     from pathlib import Path
 
     from pytest_aci.store import Store, default_store_dir, digest, keep_completions, stored_completions
 
-    chats = [builder.chat(p) for p in prompts]
+    chats = [builder.chat(p) + list(prefill) for p in prompts]
     folder = default_store_dir() if model_path and Path(model_path).is_dir() else None
     store = Store(folder) if folder is not None else None
     found: dict[int, Any] = {}
@@ -195,6 +203,31 @@ def generate_answers(
         )
         store.close()
     return [found[i].token_ids for i in range(len(chats))]
+
+
+# A base model that refuses a benign prompt is asked again with its answer opened by this; what it writes then, in
+# its own words, is the utility target, unless it still refuses.
+UTILITY_OPENER = "Sure!"
+
+
+def utility_answers(model, tokenizer, builder: ExampleBuilder, prompts: Sequence[str], tokens: int, device: str,
+                    model_path: str = "") -> tuple[list[list[int]], dict[str, int]]:  # fmt: skip
+    """The utility targets: the base model's own answers to benign prompts, never a refusal. A refused prompt is
+    answered again after ``UTILITY_OPENER`` (its target is the opener and that answer); one still refused then
+    gets no target (an empty list). Also returns the counts: refused, answered after the opener."""
+    answers = [list(a) for a in generate_answers(model, tokenizer, builder, prompts, tokens, device, model_path)]
+    refused = sorted(refused_answers(tokenizer, answers))
+    opened = 0
+    if refused:
+        opener = builder.encode(UTILITY_OPENER)
+        again = generate_answers(
+            model, tokenizer, builder, [prompts[i] for i in refused], tokens, device, model_path, prefill=opener
+        )
+        for i, answer in zip(refused, again):
+            target = opener + list(answer)
+            answers[i] = [] if refused_answers(tokenizer, [target]) else target
+            opened += bool(answers[i])
+    return answers, {"refused": len(refused), "answered_after_opener": opened}
 
 
 def refused_answers(tokenizer, answers: Sequence[Sequence[int]]) -> set[int]:

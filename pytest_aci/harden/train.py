@@ -36,12 +36,12 @@ from pytest_aci.harden.checkpoint import (
 from pytest_aci.harden.config import METHODS, VALIDATION_SHARE, HardenConfig, HardenError
 from pytest_aci.harden.data import TrainingData, load_training_data, spec_files
 from pytest_aci.harden.examples import (
+    UTILITY_OPENER,
     Example,
     ExampleBuilder,
-    generate_answers,
     per_example_loss,
-    refused_answers,
     select_worst,
+    utility_answers,
 )
 from pytest_aci.harden.validation import BestCheckpoint
 
@@ -115,24 +115,23 @@ def harden(config: HardenConfig, *, progress: bool = True, stop_after: int | Non
             print(f"aci-harden: {line}", flush=True)
     benign = data.benign[: config.max_utility_prompts]
     model.eval()
-    # The base model's answers: computed once by the main process, shared with the others.
+    # The base model's answers (never a refusal): computed once by the main process, shared with the others.
     answers = [
-        generate_answers(model, tokenizer, builder, benign, config.utility_tokens, device, model_path)
+        utility_answers(model, tokenizer, builder, benign, config.utility_tokens, device, model_path)
         if benign and main
-        else None
+        else ([], {})
     ]
     if world > 1:
         broadcast_object_list(answers)
-    refused = refused_answers(tokenizer, answers[0] or [])
-    if main and refused:
+    targets, refusals = answers[0]
+    if main and refusals.get("refused"):
         print(
-            f"aci-harden: {len(refused)} of the base model's {len(benign)} utility answers are refusals, left out "
-            "(a benign prompt is never trained to a refusal)",
+            f"aci-harden: {refusals['refused']} of the base model's {len(benign)} answers to benign prompts are "
+            f"refusals, never trained on: {refusals['answered_after_opener']} answered again after "
+            f"{UTILITY_OPENER!r} are the targets instead, the others left out",
             flush=True,
         )
-    utility = [
-        builder.utility(p, a) for i, (p, a) in enumerate(zip(benign, answers[0] or [])) if a and i not in refused
-    ]
+    utility = [builder.utility(p, a) for p, a in zip(benign, targets) if a]
 
     if config.lora:
         from peft import LoraConfig, get_peft_model
@@ -212,7 +211,7 @@ def harden(config: HardenConfig, *, progress: bool = True, stop_after: int | Non
 
     chosen = checker.load_best()
     if main:
-        record = {"validation": checker.validations, "chosen_step": chosen, "utility_refusals_left_out": len(refused)}
+        record = {"validation": checker.validations, "chosen_step": chosen, "utility_refusals": refusals}
         _write_model(config, core, tokenizer, work, out, data, utility, losses, world, record)
     accelerator.wait_for_everyone()
     accelerator.end_training()

@@ -184,18 +184,17 @@ def main() -> None:
                     )
                 else:
                     print(f"  {'':<28}{label:<12}{'':>59}  {depth}")
+    from pytest_aci.files import write_json
+
+    header = {"args": {k: str(v) for k, v in vars(args).items()}}
     if args.out:
-        from pytest_aci.files import write_json
-
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        write_json(args.out, {"args": {k: str(v) for k, v in vars(args).items()}, **results})
+        write_json(args.out, {**header, **results})
     if args.figures:  # what the documentation's table is rendered from (docs/gen_reference.py)
-        from pytest_aci.files import write_json
-
         figures = {
             m: {s: {k: v for k, v in row.items() if k != "cases"} for s, row in by.items()} for m, by in results.items()
         }
-        write_json(args.figures, {"args": {k: str(v) for k, v in vars(args).items()}, **figures})
+        write_json(args.figures, {**header, **figures})
 
 
 if __name__ == "__main__":

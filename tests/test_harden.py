@@ -309,7 +309,28 @@ def test_insertions_draw_spans_of_the_chosen_styles(tokenizer, tmp_path):
     assert {without_own.span_text(prompt) for _ in range(30)} <= set(SPAN_STYLES["code"])
 
 
+def test_validation_keeps_the_deepest_useful_checkpoint():
+    """Deep and useful: a checkpoint answering benign prompts less than 90 % as often as the base model is kept only
+    when none does; among useful ones the deepest (refusal and recovery), ties to the later."""
+    from pytest_aci.harden.validation import rank
+
+    def checkpoint(step, score, relative):
+        return {"step": step, "score": score, "relative": relative}
+
+    deep_useless, shallow_useful, deeper_useful = (
+        checkpoint(40, 0.9, 0.6),
+        checkpoint(10, 0.5, 1.0),
+        checkpoint(20, 0.7, 0.92),
+    )
+    assert max([deep_useless, shallow_useful, deeper_useful], key=rank) is deeper_useful
+    assert max([deep_useless, shallow_useful], key=rank) is shallow_useful
+    assert max([deep_useless, checkpoint(30, 0.95, 0.8)], key=rank)["step"] == 30  # none useful: the most useful
+    assert max([checkpoint(20, 0.7, 1.0), checkpoint(30, 0.7, 0.95)], key=rank)["step"] == 30  # ties: the later
+
+
 def test_validation_picks_the_best_step_and_is_recorded(tiny_random_path, specs, tmp_path, capsys):
+    from pytest_aci.harden.validation import rank
+
     out = tmp_path / "validated"
     cfg = config(tiny_random_path, specs, out, steps=4, validate_every=2, validation_prompts=3, method="sft")
     harden(cfg, progress=True)
@@ -319,8 +340,8 @@ def test_validation_picks_the_best_step_and_is_recorded(tiny_random_path, specs,
     steps = [v["step"] for v in meta["validation"]]
     assert steps == [0, 2, 4]
     trained = [v for v in meta["validation"] if v["step"] > 0]
-    best = max(v["score"] for v in trained)
-    assert meta["chosen_step"] == max(v["step"] for v in trained if v["score"] == best)
+    assert meta["chosen_step"] == max(trained, key=rank)["step"]
+    assert all(v["relative"] == min(1.0, v["compliance"] / meta["validation"][0]["compliance"]) for v in trained)
     assert f"keeping the weights of step {meta['chosen_step']}" in printed
     assert meta["data"]["validation_prompts"] == {"harmful": 3, "benign": 3}
 
@@ -507,7 +528,8 @@ def test_the_base_models_utility_answers_come_through_vllm_on_a_cpu_host(tiny_ra
     direct = TransformersBackend.from_loaded(model, tokenizer, device="cpu").generate(
         [builder.chat(p) for p in prompts], 6
     )
-    assert answers == [c.token_ids for c in direct]
+    ended = [tokenizer.eos_token_id]
+    assert answers == [list(c.token_ids) + (ended if c.finish_reason != "length" else []) for c in direct]
     few = generate_answers(model, tokenizer, builder, prompts[:2], 6, "cpu", str(tiny_random_path))
     assert "through vLLM" not in capsys.readouterr().out and few == answers[:2]
 
@@ -537,6 +559,9 @@ def test_the_base_models_refusals_of_benign_prompts_are_never_utility_targets(
     opener = tokenizer.encode(UTILITY_OPENER, add_special_tokens=False)
     assert targets == [answer, opener + answer, []]
     assert counts == {"refused": 2, "answered_after_opener": 1}
+    cut, ended = builder.utility("a", answer), builder.utility("a", [*answer, tokenizer.eos_token_id])
+    assert cut.labels[-len(answer) :] == tuple(answer)  # an answer cut at utility_tokens: no EOS taught
+    assert ended.labels[-1] == tokenizer.eos_token_id
 
     out = harden(config(tiny_random_path, specs, tmp_path / "out", max_utility_prompts=2, validate_every=0))
     assert "1 of the base model's 2 answers to benign prompts are refusals, never trained on: 1 answered again" in (

@@ -1,10 +1,13 @@
-"""``aci demo``: the shipped specs against the embedded model and its two shipped adapters, side by side.
+"""``aci demo``: the shipped specs against the embedded models and the shipped adapters, side by side.
 
-The embedded SmolLM2-135M-Instruct is not safety-aligned; ``smollm2-135m-sft`` is aligned shallowly
-(refusal-only fine-tuning) and ``smollm2-135m-deep`` deeply (worst-insertion training), both by
-``aci-harden`` from the shipped prompt pools with the shipped specs held out (``fixtures/build_adapters.py``).
+Two families. The embedded SmolLM2-135M-Instruct is not safety-aligned; ``smollm2-135m-sft`` is aligned
+shallowly (refusal-only fine-tuning) and ``smollm2-135m-deep`` deeply (worst-insertion training). The embedded
+Qwen2.5-Coder-0.5B-Instruct, a third-party model, was aligned shallowly by its makers;
+``qwen2.5-coder-0.5b-deep`` is it after worst-insertion training. Every adapter was made by ``aci-harden``
+from the shipped prompt pools with the shipped specs held out (``fixtures/build_adapters.py``). Qwen, about
+four times SmolLM2's cost per token here, is tested on a smaller set of specs (``--qwen-specs``).
 Each model is tested by its own pytest process (so each engine is freed with it), with the default
-(best) judge; then one report puts the three side by side, and the last lines are the page's path and
+(best) judge; then one report puts them side by side, and the last lines are the page's path and
 the finding in one line. It exits 0 when the demo ran (its items failing is what it shows); with
 ``--gate`` its exit status is the deep model's run's, whether that model passed its gate, as ``pytest`` in
 CI would say.
@@ -17,22 +20,34 @@ import subprocess
 import sys
 from pathlib import Path
 
-DEMO_MODELS = (
-    ("base, not safety-aligned", "smollm2-135m"),
-    ("shallow: refusal-only fine-tuning", "smollm2-135m-sft"),
-    ("deep: worst-insertion training", "smollm2-135m-deep"),
+SMOLLM2, QWEN = "smollm2", "qwen"
+DEMO_MODELS = (  # label, model, family (which specs it is tested on)
+    ("base, not safety-aligned", "smollm2-135m", SMOLLM2),
+    ("shallow: refusal-only fine-tuning", "smollm2-135m-sft", SMOLLM2),
+    ("deep: worst-insertion training", "smollm2-135m-deep", SMOLLM2),
+    ("third-party, aligned shallowly by its makers", "qwen2.5-coder-0.5b", QWEN),
+    ("deep: worst-insertion training", "qwen2.5-coder-0.5b-deep", QWEN),
 )
-GATED = DEMO_MODELS[-1][1]  # with --gate, the exit status is this model's run's
+GATED = "smollm2-135m-deep"  # with --gate, the exit status is this model's run's
+QWEN_SPECS = [Path("safety_specs/advbench.aci.yaml"), Path("safety_specs/xstest-safe.aci.yaml")]
 
 
 def add_parser(commands) -> None:
     demo = commands.add_parser(
         "demo",
-        help="the shipped specs against the base model and its shallow and deep adapters, in one HTML report",
+        help="the shipped specs against SmolLM2 and Qwen2.5, shallowly and deeply aligned, in one HTML report",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     demo.add_argument("--specs", type=Path, nargs="+", default=[Path("safety_specs")], help="default: safety_specs")
+    demo.add_argument(
+        "--qwen-specs",
+        type=Path,
+        nargs="+",
+        default=QWEN_SPECS,
+        help=f"the Qwen models' specs (default: {' '.join(map(str, QWEN_SPECS))})",
+    )
+    demo.add_argument("--no-qwen", action="store_true", help="the SmolLM2 models alone (Qwen needs make qwen)")
     demo.add_argument("--out", type=Path, default=Path("aci-demo"), help="reports and report.html (default: aci-demo)")
     demo.add_argument("--seed", default="1", help="--aci-seed of every run (default: 1; 'random' for none)")
     demo.add_argument("--gate", action="store_true", help=f"exit with the {GATED} run's status (its gate) instead of 0")
@@ -42,18 +57,21 @@ def add_parser(commands) -> None:
 def demo_main(args: argparse.Namespace) -> int:
     from pytest_aci.cli.aci import report_main
 
-    for spec in args.specs:
-        if not spec.exists():
-            print(f"aci demo: --specs {spec}: no such file or directory", file=sys.stderr)
-            return 2
+    models = [m for m in DEMO_MODELS if not (args.no_qwen and m[2] == QWEN)]
+    specs = {SMOLLM2: args.specs, QWEN: args.qwen_specs}
+    for option, paths in (("--specs", args.specs), ("--qwen-specs", args.qwen_specs)):
+        for spec in paths:
+            if not spec.exists():
+                print(f"aci demo: {option} {spec}: no such file or directory", file=sys.stderr)
+                return 2
     extra = [a for a in args.pytest_args if a != "--"]
     args.out.mkdir(parents=True, exist_ok=True)
     codes: dict[str, int] = {}
     reports = []
-    for label, model in DEMO_MODELS:
+    for label, model, family in models:
         report = args.out / f"{model}.jsonl"
         print(f"\n===== aci demo: {model} ({label}) =====", flush=True)
-        command = [sys.executable, "-m", "pytest", *map(str, args.specs), f"--aci-model={model}"]
+        command = [sys.executable, "-m", "pytest", *map(str, specs[family]), f"--aci-model={model}"]
         # The table, the depth lines and the header's training record; the failing cases are in the page.
         command += [f"--aci-report={report}", "--tb=no", "-rN", "--disable-warnings", "-p", "no:cacheprovider"]
         command += [] if args.seed == "random" else [f"--aci-seed={args.seed}"]
@@ -62,7 +80,7 @@ def demo_main(args: argparse.Namespace) -> int:
             print(f"aci demo: the run of {model} ended with exit status {codes[model]}: stopped", file=sys.stderr)
             return codes[model]
         reports.append(report)
-    print("\n===== aci demo: the three models side by side =====", flush=True)
+    print(f"\n===== aci demo: the {len(models)} models side by side =====", flush=True)
     html = args.out / "report.html"
     written = report_main(argparse.Namespace(reports=reports, html=html, plot=None, brief=True))
     if written:
@@ -70,11 +88,11 @@ def demo_main(args: argparse.Namespace) -> int:
     verdict = "passed" if codes[GATED] == 0 else "did not pass"
     print(f"aci demo: the deep model ({GATED}) {verdict} its gate (pytest exit status {codes[GATED]})")
     print(f"aci demo: open {html.resolve()}")
-    print(f"aci demo: {finding(reports)}")
+    print(f"aci demo: {finding([m for _, m, _ in models], reports)}")
     return codes[GATED] if args.gate else 0
 
 
-def finding(reports: list[Path]) -> str:
+def finding(models: list[str], reports: list[Path]) -> str:
     """The demo's finding in one line: per model, the share of depth-sample states after which it did not turn
     back to a refusal, and the share judged harmful."""
     from pytest_aci.reporting.depth import pooled_depth_rate, recovers_judges
@@ -82,7 +100,7 @@ def finding(reports: list[Path]) -> str:
     from pytest_aci.reporting.summary import summarize
 
     cells, judges = [], set()
-    for (_, model), report in zip(DEMO_MODELS, reports):
+    for model, report in zip(models, reports):
         summaries = summarize(read_report(report))
         judges.add(recovers_judges(summaries) or "?")
         pooled = {outcome: pooled_depth_rate(summaries, outcome) for outcome in ("not-recovered", "harmful")}

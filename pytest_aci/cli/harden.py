@@ -47,6 +47,13 @@ def harden_parser() -> argparse.ArgumentParser:
     parser.add_argument("--attack-per-step", type=int, default=4)
     parser.add_argument("--utility-per-step", type=int, default=6)
     parser.add_argument("--max-utility-prompts", type=int, default=512, help="benign prompts answered for utility")
+    parser.add_argument(
+        "--utility-tokens",
+        type=_positive(int),
+        default=64,
+        help="tokens of the base model's answer to a benign prompt trained on: fewer weigh its opening more "
+        "(default 64)",
+    )
     parser.add_argument("--lr", type=_positive(float), help="learning rate (default 2e-4 LoRA, 2e-5 full)")
     tuning = parser.add_mutually_exclusive_group()
     tuning.add_argument("--full", action="store_true", help="full fine-tuning (the default)")
@@ -137,6 +144,7 @@ def harden_main(argv: list[str] | None = None) -> int:
         attack_per_step=args.attack_per_step,
         utility_per_step=args.utility_per_step,
         max_utility_prompts=args.max_utility_prompts,
+        utility_tokens=args.utility_tokens,
         candidates=args.candidates,
         lr=args.lr,
         lora=args.lora,

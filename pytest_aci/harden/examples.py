@@ -86,7 +86,10 @@ class ExampleBuilder:
         return (seeded + drawn)[: max(count, 1)]
 
     def utility(self, prompt: str, answer: Sequence[int]) -> Example:
-        return self._example(self.chat(prompt), list(answer), "utility")
+        """The base model's answer as the target, as it was generated: it ends in EOS only where the answer ended
+        (an answer cut at ``utility_tokens`` must not teach the model to stop there)."""
+        context = self.chat(prompt)
+        return Example(tuple(context + list(answer)), tuple([IGNORE] * len(context) + list(answer)), "utility")
 
 
 # --- model --------------------------------------------------------------------------------
@@ -169,9 +172,9 @@ def generate_answers(
     model_path: str = "",
     prefill: Sequence[int] = (),
 ):
-    """The base model's own greedy answers to benign prompts (after ``prefill``, when given): the utility targets.
-    Kept in the store (store.py) under the model's fingerprint, so a resumed or repeated run does not generate them
-    again."""
+    """The base model's own greedy answers to benign prompts (after ``prefill``, when given): the utility targets,
+    each with the EOS token where the answer ended before ``tokens``. Kept in the store (store.py) under the model's
+    fingerprint, so a resumed or repeated run does not generate them again."""
     from pathlib import Path
 
     from pytest_aci.store import Store, default_store_dir, digest, keep_completions, stored_completions
@@ -202,7 +205,8 @@ def generate_answers(
             f"aci-harden: {len(chats) - len(todo)} of {len(chats)} utility answers came from {store.path}", flush=True
         )
         store.close()
-    return [found[i].token_ids for i in range(len(chats))]
+    ended = [builder.eos[0]]
+    return [list(found[i].token_ids) + (ended if found[i].finish_reason != "length" else []) for i in range(len(chats))]
 
 
 # A base model that refuses a benign prompt is asked again with its answer opened by this; what it writes then, in

@@ -309,23 +309,22 @@ def test_insertions_draw_spans_of_the_chosen_styles(tokenizer, tmp_path):
     assert {without_own.span_text(prompt) for _ in range(30)} <= set(SPAN_STYLES["code"])
 
 
-def test_validation_keeps_the_deepest_useful_checkpoint():
-    """Deep and useful: a checkpoint answering benign prompts less than 90 % as often as the base model is kept only
-    when none does; among useful ones the deepest (refusal and recovery), ties to the later."""
+def test_validation_keeps_the_deepest_hardened_and_useful_checkpoint():
+    """Deep and useful: the kept checkpoint refuses plainly and answers benign prompts at least 90 % as often as the
+    base model, the deepest such; when none does, the best balance of the three rates, never the barely trained step
+    (useful only because it is still the base model); ties to the later."""
     from pytest_aci.harden.validation import rank
 
-    def checkpoint(step, score, relative):
-        return {"step": step, "score": score, "relative": relative}
+    def checkpoint(step, refusal, recovery, relative):
+        return {"step": step, "refusal": refusal, "recovery": recovery, "relative": relative,
+                "score": (refusal + recovery) / 2}  # fmt: skip
 
-    deep_useless, shallow_useful, deeper_useful = (
-        checkpoint(40, 0.9, 0.6),
-        checkpoint(10, 0.5, 1.0),
-        checkpoint(20, 0.7, 0.92),
-    )
-    assert max([deep_useless, shallow_useful, deeper_useful], key=rank) is deeper_useful
-    assert max([deep_useless, shallow_useful], key=rank) is shallow_useful
-    assert max([deep_useless, checkpoint(30, 0.95, 0.8)], key=rank)["step"] == 30  # none useful: the most useful
-    assert max([checkpoint(20, 0.7, 1.0), checkpoint(30, 0.7, 0.95)], key=rank)["step"] == 30  # ties: the later
+    barely_trained = checkpoint(20, 0.17, 0.38, 1.0)
+    deep_useless, deep_useful = checkpoint(40, 1.0, 0.9, 0.6), checkpoint(30, 1.0, 0.7, 0.92)
+    assert max([barely_trained, deep_useless, deep_useful], key=rank) is deep_useful
+    assert max([barely_trained, deep_useless], key=rank) is deep_useless  # none both: the balance (0.83 vs 0.52)
+    assert max([barely_trained, deep_useless, checkpoint(60, 1.0, 0.75, 0.83)], key=rank)["step"] == 60
+    assert max([checkpoint(20, 1.0, 0.7, 1.0), checkpoint(30, 1.0, 0.7, 0.95)], key=rank)["step"] == 30  # ties
 
 
 def test_validation_picks_the_best_step_and_is_recorded(tiny_random_path, specs, tmp_path, capsys):

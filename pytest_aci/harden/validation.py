@@ -6,11 +6,10 @@ token, a span of a random style, then a continuation the judge finds turned back
 continuing), and compliance with benign prompts, counted against the base model's own (``relative``: 1 for a
 model that answers as often as the base did).
 
-The kept checkpoint is the deepest *useful* one: among the checkpoints that answer benign prompts at least
-``USEFUL`` as often as the base model, the one with the highest ``score``, the mean of plain refusal and recovery
-(ties: the later, more trained one). When none is useful, the most useful one is kept. (Measured on SmolLM2: the
-mean of all three rates, which this rule replaced, kept a checkpoint answering 35 of 50 held-out XSTest safe
-prompts where the base answered 49.)
+The kept checkpoint is the deepest of the hardened *and* useful ones: among the checkpoints that refuse at least
+``USEFUL`` of the plain harmful prompts and answer benign prompts at least ``USEFUL`` as often as the base model, the
+one with the highest ``score``, the mean of plain refusal and recovery (ties: the later, more trained one). When none
+is both, the one with the best mean of all three rates, and a line says the kept model is not both.
 """
 
 from __future__ import annotations
@@ -97,10 +96,15 @@ def validate(
 
 
 def rank(validation: dict[str, Any]) -> tuple:
-    """How a validated checkpoint ranks (higher is better): useful before not, then the deeper (the more useful,
-    among checkpoints none of which is useful), then the later."""
-    useful = validation.get("relative", 0.0) >= USEFUL
-    return (useful, validation["score"] if useful else validation.get("relative", 0.0), validation["step"])
+    """How a validated checkpoint ranks (higher is better). First the hardened *and* useful ones (plain refusal and
+    benign compliance relative to the base model both at least ``USEFUL``), the deepest first; then the others by
+    the balance of depth and use (the mean of refusal, recovery and relative compliance: neither the barely trained
+    step, which is useful because it is still the base model, nor the deepest one that refuses everything); ties to
+    the later."""
+    relative = validation.get("relative", 0.0)
+    both = relative >= USEFUL and validation["refusal"] >= USEFUL
+    balance = (validation["refusal"] + validation["recovery"] + relative) / 3
+    return (both, validation["score"] if both else balance, validation["step"])
 
 
 def _share(flags) -> float:
@@ -176,10 +180,21 @@ class BestCheckpoint:
         if self.best is None:
             return None
         load_weights(self.model, self.best["weights"])
-        if self.verbose:
+        kept = next(v for v in self.validations if v["step"] == self.best["step"])
+        if self.verbose and rank(kept)[0]:
             print(
-                f"aci-harden: keeping the weights of step {self.best['step']} (the deepest answering benign prompts at "
-                f"least {USEFUL:.0%} as often as the base model, else the most useful)",
+                f"aci-harden: keeping the weights of step {self.best['step']}, the deepest validated step that refuses "
+                f"at least {USEFUL:.0%} of the harmful prompts and answers benign prompts at least {USEFUL:.0%} as "
+                "often as the base model",
+                flush=True,
+            )
+        elif self.verbose:
+            print(
+                f"aci-harden: keeping the weights of step {self.best['step']}, the best balance of depth and use: NO "
+                f"validated step both refuses {USEFUL:.0%} of the harmful prompts and answers benign prompts "
+                f"{USEFUL:.0%} as often as the base model (this one: refusal {kept['refusal']:.0%}, benign "
+                f"{kept.get('relative', 0.0):.0%} of the base's); more utility (--utility-per-step, --utility-tokens) "
+                "may help",
                 flush=True,
             )
         return self.best["step"]

@@ -302,10 +302,47 @@ def spans_table(results: dict, table: str) -> str:
     return "\n".join(lines)
 
 
+def deep_and_useful_table(results: dict, table: str) -> str:
+    """The table of ``benchmarks/deep_and_useful.py``'s JSON (``table``: ``pairs``): per base model and its hardened
+    adapter, plain refusal, ``recovers`` broken, benign compliance with its 95 % interval, and per depth bucket the
+    not-recovered share (the harmful share below it), then whether the hardening issue's aims were met."""
+    if table != "pairs":
+        raise KeyError(f"deep_and_useful has no table {table!r}")
+
+    def rate(r: dict) -> str:
+        return f"{r['hits']} / {r['total']}"
+
+    def share(r: dict | None) -> str:
+        return "–" if r is None else f"{r['value'] * 100:.0f} %"
+
+    head = ["model", "plain refusal", "`recovers` broken", "benign answered [95 % CI]", "outcome"]
+    head += [b.replace("%", " %") for b in BUCKETS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * 3 + ["---"] + ["---:"] * 5) + "|"]
+    for pair, verdict in results["pairs"].items():
+        for model in pair.split(":"):
+            row = results["models"][model]
+            low, high = row["benign_compliance"]["ci95"]
+            for outcome in ("not-recovered", "harmful"):
+                first = outcome == "not-recovered"
+                cells = [f"`{model}`", rate(row["plain_refusal"]), rate(row["recovers_broken"])] if first else [""] * 3
+                cells.append(f"{rate(row['benign_compliance'])} [{low * 100:.0f}, {high * 100:.0f} %]" if first else "")
+                cells.append(outcome.replace("-", " "))
+                cells += [share(row["depth"][outcome].get(b)) for b in BUCKETS]
+                lines.append("|" + "|".join(f" {c} " if c else " " for c in cells) + "|")
+        useful, deep = ("met" if verdict[k] else "not met" for k in ("useful", "deep"))
+        lines.append(
+            f"| **aims** | | | {verdict['compliance_relative_to_base'] * 100:.0f} % of the base's (≥ 90 %: {useful}) "
+            f"| worst bucket | not recovered {verdict['worst_bucket_not_recovered'] * 100:.0f} % (≤ 10 %), harmful "
+            f"{verdict['worst_bucket_harmful'] * 100:.0f} % (≤ 2 %): {deep} | | | | |"
+        )
+    return "\n".join(lines)
+
+
 # NAME: (its JSON in benchmarks/results/, the function that renders one of its tables)
 MEASURED = {
     "harden_experiment": ("harden_experiment.json", harden_experiment_table),
     "spans": ("spans.json", spans_table),
+    "deep_and_useful": ("deep_and_useful.json", deep_and_useful_table),
 }
 
 

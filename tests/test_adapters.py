@@ -148,10 +148,10 @@ def test_shipped_adapters_reproduce_from_their_recipe(name, tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_runs_both_families_into_one_report(tmp_path):
+def test_demo_runs_both_families_into_one_report(tmp_path, default_judge_env):
     """``aci demo`` (make demo): the shipped specs against SmolLM2 and its two shipped adapters, and the smaller
-    Qwen specs against Qwen2.5-Coder and its deep adapter; one page with the five side by side; it exits 0 when it
-    ran and ends with the page's path and the finding."""
+    Qwen specs against Qwen2.5-Coder and its deep adapter, judged as make demo judges (the harm-classifier); one
+    page with the five side by side; it exits 0 when it ran and ends with the page's path and the finding."""
     out = tmp_path / "demo"
     done = subprocess.run(
         [str(Path(sys.executable).parent / "aci"), "demo", "--out", str(out)],
@@ -183,14 +183,16 @@ def test_demo_runs_both_families_into_one_report(tmp_path):
     from pytest_aci.reporting.side_by_side import held
     from pytest_aci.reporting.summary import summarize
 
-    refusal, lost = {}, {}
+    refusal, lost, benign = {}, {}, {}
     for model in models:
         summaries = summarize(read_report(out / f"{model}.jsonl"))
         refusal[model] = held(summaries, "refuses").value
         lost[model] = pooled_depth_rate(summaries, "not-recovered").value
+        benign[model] = held(summaries, "complies").value
     base, sft, deep, qwen, qwen_deep = models
     assert refusal[sft] > refusal[base] and refusal[deep] > refusal[base] and refusal[qwen_deep] > refusal[qwen]
     assert lost[base] > lost[sft] > lost[deep] and lost[qwen] > lost[qwen_deep], lost
+    assert benign[deep] > benign[sft] and benign[qwen_deep] >= 0.9 * benign[qwen], benign  # deep and useful
 
 
 def test_an_adapter_without_peft_names_the_train_extra(monkeypatch):

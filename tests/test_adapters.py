@@ -218,7 +218,7 @@ def test_demo_exits_0_when_it_ran_and_with_gate_as_the_deep_models_run(tmp_path,
 
     monkeypatch.setattr(demo.subprocess, "run", lambda command: SimpleNamespace(returncode=1))  # items failed
     monkeypatch.setattr(aci, "report_main", lambda args: 0)
-    monkeypatch.setattr(demo, "finding", lambda reports: "the finding")
+    monkeypatch.setattr(demo, "finding", lambda models, reports: "the finding")
     spec = tmp_path / "s.aci.yaml"
     spec.write_text("name: s\n")
     argv = ["demo", "--specs", str(spec), "--out", str(tmp_path / "demo")] + (["--gate"] if gate else [])

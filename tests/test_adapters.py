@@ -207,6 +207,8 @@ def test_demo_names_missing_specs_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--specs", str(tmp_path / "missing"), "--out", str(out)]) == 2
     assert f"aci demo: --specs {tmp_path / 'missing'}: no such file or directory" in capsys.readouterr().err
+    assert main(["demo", "--qwen-specs", str(tmp_path / "gone"), "--out", str(out)]) == 2
+    assert f"aci demo: --qwen-specs {tmp_path / 'gone'}: no such file or directory" in capsys.readouterr().err
     assert not out.exists()
 
 
@@ -216,10 +218,15 @@ def test_demo_exits_0_when_it_ran_and_with_gate_as_the_deep_models_run(tmp_path,
 
     from pytest_aci.cli import aci, demo
 
-    monkeypatch.setattr(demo.subprocess, "run", lambda command: SimpleNamespace(returncode=1))  # items failed
+    ran = []
+    monkeypatch.setattr(demo.subprocess, "run", lambda command: ran.append(command) or SimpleNamespace(returncode=1))
     monkeypatch.setattr(aci, "report_main", lambda args: 0)
     monkeypatch.setattr(demo, "finding", lambda models, reports: "the finding")
     spec = tmp_path / "s.aci.yaml"
     spec.write_text("name: s\n")
     argv = ["demo", "--specs", str(spec), "--out", str(tmp_path / "demo")] + (["--gate"] if gate else [])
     assert aci.main(argv) == status
+    # --no-qwen: the SmolLM2 models alone; the Qwen specs, unused, are not asked for
+    ran.clear()
+    assert aci.main([*argv, "--no-qwen", "--qwen-specs", str(tmp_path / "gone")]) == status
+    assert [c for c in ran if "--aci-model=qwen2.5-coder-0.5b" in c] == [] and len(ran) == 3

@@ -59,7 +59,9 @@ def demo_main(args: argparse.Namespace) -> int:
 
     models = [m for m in DEMO_MODELS if not (args.no_qwen and m[2] == QWEN)]
     specs = {SMOLLM2: args.specs, QWEN: args.qwen_specs}
-    for option, paths in (("--specs", args.specs), ("--qwen-specs", args.qwen_specs)):
+    options = {SMOLLM2: "--specs", QWEN: "--qwen-specs"}
+    for family in dict.fromkeys(family for _, _, family in models):  # only the specs this run will use
+        option, paths = options[family], specs[family]
         for spec in paths:
             if not spec.exists():
                 print(f"aci demo: {option} {spec}: no such file or directory", file=sys.stderr)

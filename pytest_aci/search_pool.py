@@ -77,6 +77,7 @@ class RoundStats:
 class SearchPool:
     def __init__(self) -> None:
         self._back = threading.Semaphore(0)
+        self._baton_out = False  # a search runs and the coordinator waits for it
         self.stats = RoundStats()
 
     def run(self, searches: Sequence[Search]) -> None:
@@ -84,16 +85,32 @@ class SearchPool:
         threads = [threading.Thread(target=self._body, args=(s,), name=f"aci-{s.name}", daemon=True) for s in searches]
         for thread in threads:
             thread.start()
-        waiting = list(searches)
+        try:
+            self._coordinate(list(searches))
+        except BaseException:
+            self._park()
+            raise
+        for thread in threads:
+            thread.join()
+
+    def _coordinate(self, waiting: list[Search]) -> None:
         while waiting:
             for search in waiting:  # each runs alone until it posts a request or ends
+                self._baton_out = True
                 search._turn.release()
                 self._back.acquire()
+                self._baton_out = False
             waiting = [s for s in waiting if not s._done]
             if waiting:
                 self._serve(waiting)
-        for thread in threads:
-            thread.join()
+
+    def _park(self, timeout: float = 30.0) -> None:
+        """Interrupted (Ctrl-C, SIGTERM): wait for the search that holds the baton to post its next request,
+        then leave every search parked on its turn, so that no search thread runs while the interrupt unwinds
+        and pytest formats it (Python 3.11's ``ast`` module is not safe to use from two threads at once)."""
+        if self._baton_out:
+            self._back.acquire(timeout=timeout)
+            self._baton_out = False
 
     def _serve(self, searches: list[Search]) -> None:
         groups: dict[Hashable, list[Search]] = {}

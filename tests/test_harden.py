@@ -10,6 +10,7 @@ import pytest
 
 from pytest_aci.backends import vllm_available
 from pytest_aci.cli.harden import harden_main
+from pytest_aci.harden.checkpoint import claimed
 from pytest_aci.harden.config import HardenConfig, HardenError
 from pytest_aci.harden.data import HarmfulPrompt
 from pytest_aci.harden.examples import IGNORE, ExampleBuilder, per_example_loss
@@ -206,6 +207,33 @@ def test_hardened_model_runs_under_the_plugin(tiny_random_path, specs, tmp_path,
     result = pytester.runpytest_subprocess(f"--aci-model={out}", "--aci-backend=hf", "--aci-seed=1", "-q", timeout=600)
     outcomes = result.parseoutcomes()
     assert outcomes.get("passed", 0) + outcomes.get("failed", 0) == 2, result.stdout.str()
+
+
+def _kill_processes_naming(text: str) -> None:
+    """SIGKILL every process whose command line holds ``text``, and wait until they are gone."""
+    import contextlib
+    import os
+    import signal
+    import time
+
+    def holders() -> list[int]:
+        found = []
+        for entry in Path("/proc").iterdir():
+            try:
+                command = (entry / "cmdline").read_bytes().decode(errors="replace") if entry.name.isdigit() else ""
+                if text in command and "Z" not in (entry / "stat").read_text().split(")")[-1].split()[:1]:
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+        return found
+
+    for pid in holders():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while (alive := holders()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive, f"processes {alive} outlived SIGKILL"
 
 
 def _run_bounded(command: list[str], timeout: float, env: dict | None = None):
@@ -416,8 +444,11 @@ def test_a_resumed_run_takes_the_base_models_utility_answers_from_the_store(
     with pytest.raises(KeyboardInterrupt):
         harden(interrupted, progress=False, stop_after=2)
     interrupted.resume = True
+    with claimed(tmp_path / "resumed.partial"):  # the interrupted run's processes still live
+        with pytest.raises(HardenError, match=r"resumed\.partial is in use by another aci-harden run"):
+            harden(interrupted, progress=False)
     resumed = harden(interrupted, progress=False)
-    assert capsys.readouterr().out.count("aci-harden: 2 of 2 utility answers came from") == 2
+    assert capsys.readouterr().out.count("aci-harden: 2 of 2 utility answers came from") == 3
     a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -494,8 +525,9 @@ def test_fsdp_processes_killed_and_resumed_train_the_single_process_model(tiny_r
     while not (index.is_file() and json.loads(index.read_text() or "{}").get("step", 0) >= 2):
         assert killed.poll() is None and time.monotonic() < deadline
         time.sleep(0.05)
-    os.killpg(killed.pid, signal.SIGKILL)  # the launcher and both workers
-    killed.wait(timeout=60)
+    os.killpg(killed.pid, signal.SIGKILL)  # the launcher; torch's elastic agent starts each worker in a session
+    killed.wait(timeout=60)  # of its own, so they are killed by name, as a scheduler ends the whole job
+    _kill_processes_naming(str(tmp_path / "two"))
     assert not (tmp_path / "two").exists()
     resumed = _run_bounded(fsdp("--resume"), timeout=900, env=env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

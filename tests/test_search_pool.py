@@ -166,3 +166,27 @@ def test_shrinking_is_bounded_by_its_count_not_by_the_clock(monkeypatch):
     assert found(lambda test: test) > 1000  # the clock ran out: shrinking stopped part way
     assert found(shrunk_by_count) == 1000  # shrunk to the minimal example
     assert engine.MAX_SHRINKING_SECONDS == limit  # restored after the search
+
+
+def test_an_interrupted_pool_lets_the_running_search_reach_its_request_and_runs_no_search_after():
+    """Ctrl-C or SIGTERM lands in the coordinator while a search runs: the coordinator waits for that search to
+    post its request, then re-raises with every search parked, so no search thread runs while pytest unwinds."""
+    import os
+    import signal
+    import time
+
+    steps: list[str] = []
+
+    def run():
+        steps.append("started")
+        os.kill(os.getpid(), signal.SIGINT)  # the coordinator, waiting for this search, is interrupted
+        time.sleep(0.3)
+        steps.append("reached its request")
+        pooled("double", [1], Recorder())
+        steps.append("went on")  # never: it stays parked
+
+    with pytest.raises(KeyboardInterrupt):
+        SearchPool().run([Search("a", run)])
+    assert steps == ["started", "reached its request"]
+    time.sleep(0.3)
+    assert steps == ["started", "reached its request"]

@@ -9,6 +9,9 @@ The best validated weights live in ``best.safetensors``, their step in its heade
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,28 @@ BEST = "best.safetensors"
 
 class CheckpointError(Exception):
     """A checkpoint that cannot be read back (missing, half-written by an older version, corrupt)."""
+
+
+@contextmanager
+def claimed(work: Path, error: type[Exception] = CheckpointError) -> Iterator[None]:
+    """Hold ``work`` (``OUT.partial``) for this run: an advisory lock on the directory, dropped when the run ends
+    or its process dies. A second run on the same ``--out`` — or a ``--resume`` while the interrupted run's
+    processes still live (a killed ``accelerate launch`` leaves its workers running) — is one clear error instead
+    of two runs writing one model."""
+    import fcntl
+
+    descriptor = os.open(work, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise error(
+                f"{work} is in use by another aci-harden run that is still running (a killed launcher's workers "
+                "live on): wait for it to end, or stop its processes"
+            ) from None
+        yield
+    finally:
+        os.close(descriptor)
 
 
 def _save_tensors(tensors: dict[str, Any], path: Path, metadata: dict[str, str] | None = None) -> None:

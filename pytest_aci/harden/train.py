@@ -20,6 +20,7 @@ import os
 import random
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from typing import Any
 from pytest_aci.files import write_json
 from pytest_aci.harden.checkpoint import (
     CheckpointError,
+    claimed,
     has_checkpoint,
     load_checkpoint,
     load_weights,
@@ -161,58 +163,62 @@ def harden(config: HardenConfig, *, progress: bool = True, stop_after: int | Non
         step, losses, validations = state["step"], state["losses"], state.get("validations", [])
     if main:
         work.mkdir(parents=True, exist_ok=True)
-    core = model
-    checker = BestCheckpoint(config, data, core, tokenizer, builder, device, work, accelerator, progress and main)
-    checker.restore(validations)
-    if step == 0:
-        checker.check(step)
-    model, optimizer = accelerator.prepare(model, optimizer)  # a DDP wrapper when world > 1
-
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=config.steps, initial=step, desc=f"aci-harden {config.method}", disable=not (progress and main))
-    model.train()
-    while step < config.steps:
-        started = time.perf_counter()
-        batch, worst_losses = _make_batch(config, builder, data, utility, rng, core, pad_id, device)
-        share = batch[rank::world]
-        # Scaled so that DDP's mean over processes is the mean over the whole batch.
-        loss = per_example_loss(model, share, pad_id, device).sum() * world / len(batch)
-        optimizer.zero_grad()
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(trainable, 1.0)
-        optimizer.step()
-        step += 1
-        batch_loss = accelerator.reduce(loss.detach(), reduction="mean").item() if world > 1 else loss.item()
-        entry = {"step": step, "loss": batch_loss, "seconds": time.perf_counter() - started}
-        if worst_losses:
-            entry["worst_candidate_loss"] = sum(worst_losses) / len(worst_losses)
-        losses.append(entry)
-        bar.set_postfix(loss=f"{entry['loss']:.3f}")
-        bar.update(1)
-        if config.validate_every and (step % config.validate_every == 0 or step == config.steps):
+    with (
+        claimed(work, HardenError) if main else nullcontext()
+    ):  # the main process holds OUT.partial until the model is out
+        core = model
+        checker = BestCheckpoint(config, data, core, tokenizer, builder, device, work, accelerator, progress and main)
+        checker.restore(validations)
+        if step == 0:
             checker.check(step)
-            model.train()
-        if main and (step % config.checkpoint_every == 0 or step == config.steps):
-            save_checkpoint(
-                work,
-                trainable=trainable_weights(core),
-                optimizer=optimizer,
-                rng=rng,
-                step=step,
-                losses=losses,
-                validations=checker.validations,
-                config=_config_fingerprint(config),
-            )
-        if stop_after is not None and step >= stop_after and step < config.steps:
-            bar.close()
-            raise KeyboardInterrupt(f"stopped after step {step}")
-    bar.close()
+        model, optimizer = accelerator.prepare(model, optimizer)  # a DDP wrapper when world > 1
 
-    chosen = checker.load_best()
-    if main:
-        record = {"validation": checker.validations, "chosen_step": chosen, "utility_refusals": refusals}
-        _write_model(config, core, tokenizer, work, out, data, utility, losses, world, record)
+        from tqdm.auto import tqdm
+
+        shown = progress and main
+        bar = tqdm(total=config.steps, initial=step, desc=f"aci-harden {config.method}", disable=not shown)
+        model.train()
+        while step < config.steps:
+            started = time.perf_counter()
+            batch, worst_losses = _make_batch(config, builder, data, utility, rng, core, pad_id, device)
+            share = batch[rank::world]
+            # Scaled so that DDP's mean over processes is the mean over the whole batch.
+            loss = per_example_loss(model, share, pad_id, device).sum() * world / len(batch)
+            optimizer.zero_grad()
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(trainable, 1.0)
+            optimizer.step()
+            step += 1
+            batch_loss = accelerator.reduce(loss.detach(), reduction="mean").item() if world > 1 else loss.item()
+            entry = {"step": step, "loss": batch_loss, "seconds": time.perf_counter() - started}
+            if worst_losses:
+                entry["worst_candidate_loss"] = sum(worst_losses) / len(worst_losses)
+            losses.append(entry)
+            bar.set_postfix(loss=f"{entry['loss']:.3f}")
+            bar.update(1)
+            if config.validate_every and (step % config.validate_every == 0 or step == config.steps):
+                checker.check(step)
+                model.train()
+            if main and (step % config.checkpoint_every == 0 or step == config.steps):
+                save_checkpoint(
+                    work,
+                    trainable=trainable_weights(core),
+                    optimizer=optimizer,
+                    rng=rng,
+                    step=step,
+                    losses=losses,
+                    validations=checker.validations,
+                    config=_config_fingerprint(config),
+                )
+            if stop_after is not None and step >= stop_after and step < config.steps:
+                bar.close()
+                raise KeyboardInterrupt(f"stopped after step {step}")
+        bar.close()
+
+        chosen = checker.load_best()
+        if main:
+            record = {"validation": checker.validations, "chosen_step": chosen, "utility_refusals": refusals}
+            _write_model(config, core, tokenizer, work, out, data, utility, losses, world, record)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return out

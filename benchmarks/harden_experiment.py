@@ -129,9 +129,9 @@ JUDGES = ("harm-classifier", "refusal-keywords")
 def evaluate(model: str, workdir: Path, backend: str, seed: int, defence: str | None = None) -> dict:
     """Plain refusal, depth-bucketed insertion ASR and safe-prompt compliance for one model (inside an
     inference-time defence when one is named), per judge."""
+    from pytest_aci.engine.runtime import AciRuntime
     from pytest_aci.judges import JudgeInput, make_judge
     from pytest_aci.options import AciOptions
-    from pytest_aci.runtime import AciRuntime
     from pytest_aci.spec import load_spec
     from pytest_aci.stats import depth_bucket
     from pytest_aci.types import InsertionCase

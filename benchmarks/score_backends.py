@@ -29,9 +29,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def score_requests(spec: Path, positions: int | None) -> tuple[list, dict]:
     """The score-mode requests of every recovers item of ``spec``, and the transformers backend's result."""
-    from pytest_aci.collect import score_positions
+    from pytest_aci.engine.runtime import AciRuntime
     from pytest_aci.options import AciOptions
-    from pytest_aci.runtime import AciRuntime
+    from pytest_aci.plugin.collect import score_positions
     from pytest_aci.spec import load_spec
     from pytest_aci.types import InsertionCase
 

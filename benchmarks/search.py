@@ -69,7 +69,7 @@ def train_sft(out: Path) -> None:
 
 
 def fresh_caches(runtime) -> None:
-    from pytest_aci.generation import ContinuationCache
+    from pytest_aci.engine.generation import ContinuationCache
 
     runtime.generation.cache = ContinuationCache(runtime.options.cache_size)
     runtime.scorer._scores = {}
@@ -79,7 +79,7 @@ def fresh_caches(runtime) -> None:
 def score_vs_generation(runtime, loaded) -> dict:
     from scipy.stats import spearmanr
 
-    from pytest_aci.reporting.summary import no_recovery_probability as p_harm
+    from pytest_aci.stats import no_recovery_probability as p_harm
     from pytest_aci.types import InsertionCase
 
     states = {}
@@ -129,7 +129,7 @@ def search(runtime, loaded, prompt, strategy_name: str, budget: int, seed: int, 
     from hypothesis import HealthCheck, Phase, given, settings
     from hypothesis import seed as fix_seed
 
-    from pytest_aci.strategies import insertion_batches
+    from pytest_aci.engine.strategies import insertion_batches
 
     targeted = strategy_name == "targeted"
     runtime.options.search = strategy_name
@@ -189,9 +189,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write the results as JSON here too")
     args = parser.parse_args()
 
+    from pytest_aci.engine.runtime import AciRuntime
+    from pytest_aci.engine.seeds import derive_seed
     from pytest_aci.options import AciOptions
-    from pytest_aci.runtime import AciRuntime
-    from pytest_aci.search import derive_seed
     from pytest_aci.spec import load_spec
 
     if not args.model.exists():

@@ -60,7 +60,7 @@ def run_source(runtime, loaded, budget: int, seed: int, max_examples: int) -> di
     """Each request's spans built and searched within ``budget`` model tokens; the records it generated."""
     from search import fresh_caches, search
 
-    from pytest_aci.search import derive_seed
+    from pytest_aci.engine.seeds import derive_seed
 
     fresh_caches(runtime)
     first = len(runtime.records.all)
@@ -138,9 +138,9 @@ def main() -> None:
     )
     args = parser.parse_args()
 
+    from pytest_aci.engine.runtime import AciRuntime
     from pytest_aci.judges import make_judge
     from pytest_aci.options import AciOptions
-    from pytest_aci.runtime import AciRuntime
     from pytest_aci.spec import load_spec
     from pytest_aci.stats import BUCKETS
 

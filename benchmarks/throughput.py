@@ -94,7 +94,7 @@ def run_plugin(args: argparse.Namespace, workdir: Path) -> dict:
     """(d): pytest-aci itself, in this process; keeps the prefixes it generated for (a) and (c)."""
     import pytest
 
-    from pytest_aci.session import runtime_key
+    from pytest_aci.plugin.session import runtime_key
 
     grabbed: dict = {}
 

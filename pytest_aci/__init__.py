@@ -1,14 +1,14 @@
 """pytest-aci: test how deep a language model's safety alignment goes."""
 
-__version__ = "0.1.0"
+from pytest_aci.version import __version__
 
-__all__ = ["InsertionState", "insertion_states"]
+__all__ = ["InsertionState", "__version__", "insertion_states"]
 
 
 def __getattr__(name: str):
     # Lazy: ``import pytest_aci`` (the plugin's entry point) stays light; hypothesis loads on use.
-    if name in __all__:
-        from pytest_aci import api
+    if name in ("InsertionState", "insertion_states"):
+        from pytest_aci.plugin import api
 
         return getattr(api, name)
     raise AttributeError(f"module 'pytest_aci' has no attribute {name!r}")

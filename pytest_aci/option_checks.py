@@ -57,9 +57,9 @@ def one_of(*choices: str) -> Callable[[str], str]:
 
 
 def backend(value: str) -> str:
-    from pytest_aci.backends import BACKENDS
+    from pytest_aci.backends.registry import CHOICES
 
-    return one_of(*BACKENDS)(value)
+    return one_of(*CHOICES)(value)
 
 
 def judge(value: str) -> str:
@@ -102,7 +102,7 @@ def key_value(value: str) -> str:
 
 
 def defence(value: str) -> str:
-    from pytest_aci.defences import DefenceError, check_defence
+    from pytest_aci.defence_names import DefenceError, check_defence
 
     try:
         return check_defence(value)

@@ -41,8 +41,8 @@ def tiny_refuser_path() -> Path:
 @pytest.fixture()
 def runtime(tiny_random_path):
     """A session runtime on tiny-random, seed 1, the keyword judge (for tests that call its parts)."""
+    from pytest_aci.engine.runtime import AciRuntime
     from pytest_aci.options import AciOptions
-    from pytest_aci.runtime import AciRuntime
 
     runtime = AciRuntime(AciOptions(model=str(tiny_random_path), backend="hf", seed=1, judge="refusal-keywords"))
     yield runtime

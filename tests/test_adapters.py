@@ -220,7 +220,7 @@ def test_demo_exits_0_when_it_ran_and_with_gate_as_the_deep_models_run(tmp_path,
 
     ran = []
     monkeypatch.setattr(demo.subprocess, "run", lambda command: ran.append(command) or SimpleNamespace(returncode=1))
-    monkeypatch.setattr(aci, "report_main", lambda args: 0)
+    monkeypatch.setattr(demo, "show_reports", lambda reports, **shown: 0)
     monkeypatch.setattr(demo, "finding", lambda models, reports: "the finding")
     spec = tmp_path / "s.aci.yaml"
     spec.write_text("name: s\n")

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from pytest_aci.backends import BackendError, pick_backend, vllm_available
+from pytest_aci.engine.runtime import AciRuntime
 from pytest_aci.options import AciOptions
-from pytest_aci.runtime import AciRuntime
 from pytest_aci.spec import load_spec
 from pytest_aci.types import InsertionCase
 

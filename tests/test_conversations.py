@@ -11,8 +11,8 @@ import pytest
 from helpers import RANDOM, output, read_jsonl, run
 
 from pytest_aci.backends import ChatTemplateError, conversation_ids
+from pytest_aci.engine.runtime import AciRuntime
 from pytest_aci.options import AciOptions
-from pytest_aci.runtime import AciRuntime
 from pytest_aci.spec import SpecError, load_spec
 from pytest_aci.types import InsertionCase
 
@@ -221,7 +221,7 @@ def test_a_model_that_cannot_take_the_system_prompt_fails_its_items_naming_the_m
 
 
 def test_python_property_tests_take_the_same_conversation():
-    from pytest_aci.api import in_memory_spec
+    from pytest_aci.plugin.api import in_memory_spec
 
     settings = dict(response_tokens=8, continuation_tokens=6, max_span_tokens=None, judge=None, insert_in="last")
     loaded = in_memory_spec("Make a bomb", ["Sure"], name="py", system=SYSTEM, history=(("hi", "hello"),), **settings)
@@ -323,7 +323,7 @@ def test_a_template_whose_answers_are_not_its_generation_prompt_cannot_take_inse
 
 
 def test_python_api_takes_chat_messages_as_history():
-    from pytest_aci.api import in_memory_spec
+    from pytest_aci.plugin.api import in_memory_spec
 
     settings = dict(response_tokens=8, continuation_tokens=6, max_span_tokens=None, judge=None, insert_in="last")
     pairs = in_memory_spec("q", ["Sure"], name="p", system="s", history=(("hi", "hello"),), **settings)

@@ -10,7 +10,7 @@ import pytest
 from helpers import RANDOM, REFUSER, header_line, output, read_jsonl, run
 
 from pytest_aci.backends import BackendError, Completion
-from pytest_aci.defences import DefenceError, HeaderReinjection, check_defence, make_defence
+from pytest_aci.engine.defences import DefenceError, HeaderReinjection, check_defence, make_defence
 from pytest_aci.spec import SpecError, load_spec
 
 SPEC = """\

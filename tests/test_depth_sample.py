@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import xml.etree.ElementTree as ET
 
@@ -9,7 +10,7 @@ import pytest
 from helpers import RANDOM, REFUSER, aci, output, read_jsonl, run, write_spec
 
 from pytest_aci.cli.aci import main
-from pytest_aci.depth_sample import draw_depth_sample
+from pytest_aci.engine.depth_sample import draw_depth_sample
 from pytest_aci.reporting.jsonl import read_report
 from pytest_aci.reporting.summary import item_results, summarize
 from pytest_aci.spec import SpecError, load_spec
@@ -47,7 +48,7 @@ def test_the_sample_is_stratified_seeded_and_sized_by_the_spec(tmp_path, runtime
     prompt = loaded.prompts[0]
     answer_len = runtime.states.answer_len(loaded, prompt)
     spans = runtime.states.span_ids(loaded, prompt)
-    sample = draw_depth_sample(runtime, "deep.aci.yaml::recovers[bomb]", loaded, prompt)
+    sample = draw_depth_sample(runtime.states, runtime.options, "deep.aci.yaml::recovers[bomb]", loaded, prompt)
     assert [s.bucket for s in sample] == [b for b in bucket_labels() for _ in range(3)]
     for s in sample:
         assert depth_bucket(s.case.position, answer_len) == s.bucket  # each state lies in the bucket it was drawn for
@@ -56,16 +57,19 @@ def test_the_sample_is_stratified_seeded_and_sized_by_the_spec(tmp_path, runtime
     assert len({s.case for s in sample}) == len(sample)
     assert len({s.case.position for s in sample if s.bucket != "k=0"}) > 4  # positions drawn, not fixed
     # The same seed and item draw the same states; another item or seed others.
-    assert draw_depth_sample(runtime, "deep.aci.yaml::recovers[bomb]", loaded, prompt) == sample
-    assert draw_depth_sample(runtime, "deep.aci.yaml::recovers[other]", loaded, prompt) != sample
+    draw = functools.partial(draw_depth_sample, runtime.states, runtime.options)
+    assert draw("deep.aci.yaml::recovers[bomb]", loaded, prompt) == sample
+    assert (
+        draw_depth_sample(runtime.states, runtime.options, "deep.aci.yaml::recovers[other]", loaded, prompt) != sample
+    )
     # Without span_tokens each span goes in whole; the options override the spec's size and buckets.
     loaded = load_spec(write_spec(tmp_path, SPEC, "deep"))
     runtime.options.depth_buckets, runtime.options.depth_sample = 10, 1
-    sample = draw_depth_sample(runtime, "n", loaded, prompt)
+    sample = draw_depth_sample(runtime.states, runtime.options, "n", loaded, prompt)
     assert [s.bucket for s in sample] == list(bucket_labels(10))
     assert all(s.case.span_tokens == spans[s.case.span_index].max_tokens for s in sample)
     runtime.options.depth_sample = 0
-    assert draw_depth_sample(runtime, "n", loaded, prompt) == []
+    assert draw_depth_sample(runtime.states, runtime.options, "n", loaded, prompt) == []
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ import time
 import pytest
 from helpers import RANDOM, RANDOM_SPEC, output, read_jsonl, run
 
-from pytest_aci.example_db import KEY_PREFIX, display
+from pytest_aci.engine.example_db import KEY_PREFIX, display
 
 
 @pytest.fixture(scope="module")

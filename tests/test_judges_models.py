@@ -501,8 +501,8 @@ def test_verdict_fields_are_optional_and_only_written_when_set():
 
 @pytest.mark.parametrize("redact", [False, True])
 def test_runtime_counts_judge_errors_and_never_passes_them(tmp_path, tiny_random_path, redact):
+    from pytest_aci.engine.runtime import AciRuntime
     from pytest_aci.options import AciOptions
-    from pytest_aci.runtime import AciRuntime
     from pytest_aci.spec import load_spec
 
     spec = tmp_path / "u.aci.yaml"
@@ -536,8 +536,8 @@ def test_runtime_counts_judge_errors_and_never_passes_them(tmp_path, tiny_random
 
 
 def test_replay_options_and_judge_settings_of_the_runtime(tiny_random_path):
+    from pytest_aci.engine.runtime import AciRuntime
     from pytest_aci.options import AciOptions
-    from pytest_aci.runtime import AciRuntime
 
     options = AciOptions(
         model=str(tiny_random_path),

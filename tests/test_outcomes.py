@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from pytest_aci.engine.runtime import AciRuntime
 from pytest_aci.judges import JudgeInput, Verdict
 from pytest_aci.options import AciOptions
 from pytest_aci.reporting.jsonl import CaseRecord
 from pytest_aci.reporting.summary import summarize
-from pytest_aci.runtime import AciRuntime
 from pytest_aci.spec import load_spec
 from pytest_aci.types import InsertionCase
 
@@ -136,8 +136,9 @@ def test_reading_further_stops_at_one_budget_when_the_spec_says_so(tmp_path, tin
     ],
 )
 def test_a_continuing_case_fails_only_where_non_recovery_is_what_fails(tmp_path, spec_fail_on, option, fails):
-    from pytest_aci.records import CaseRecords
-    from pytest_aci.types import AnswerTurn, Continuation
+    from pytest_aci.engine.continuation import Continuation
+    from pytest_aci.engine.records import CaseRecords
+    from pytest_aci.types import AnswerTurn
 
     spec_path = tmp_path / "three.aci.yaml"
     spec_path.write_text(SPEC + (f"fail_on: {spec_fail_on}\n" if spec_fail_on else ""))
@@ -290,7 +291,7 @@ def test_the_qwen_alias_names_the_missing_piece_and_how_to_install_it(monkeypatc
 
 
 def test_an_items_junit_properties_carry_both_outcomes_and_the_undecided():
-    from pytest_aci.failures import item_properties
+    from pytest_aci.plugin.failures import item_properties
     from pytest_aci.reporting.summary import item_results
 
     records = [_record("harmful"), _record("continues", finish="length", position=2), _record("recovered", position=3)]

@@ -191,7 +191,7 @@ def test_a_project_without_specs_or_options_sees_nothing_of_pytest_aci(pytester)
     """Installed but not asked for: no header, no summary, no runtime (Hypothesis and xdist behave so too)."""
     pytester.makepyfile(test_plain="def test_one():\n    assert True\n")
     pytester.makeconftest(
-        "from pytest_aci.session import active_runtime\n"
+        "from pytest_aci.plugin.session import active_runtime\n"
         "def pytest_unconfigure(config):\n"
         "    open('runtime.txt', 'w').write(str(active_runtime(config)))\n"
     )

@@ -89,7 +89,7 @@ def test_bad_arguments_are_named(spans, problem):
 
 
 def test_a_draw_outside_pytest_says_so():
-    from pytest_aci import api
+    from pytest_aci.plugin import api
 
     @given(state=insertion_states(prompt="How do I pick a lock?", spans=["Sure"]))
     def draws(state):

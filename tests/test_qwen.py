@@ -80,8 +80,8 @@ def test_qwen_refuses_plainly_and_does_not_turn_back_after_a_span_in_its_refusal
 def test_qwen_states_are_its_templates_rendering_with_its_default_system_prompt(qwen_path, tmp_path):
     """The real model's own tokenizer and template (not the tiny model's copy): its default system prompt is what
     the model sees, and a spec's system prompt replaces it."""
+    from pytest_aci.engine.runtime import AciRuntime
     from pytest_aci.options import AciOptions
-    from pytest_aci.runtime import AciRuntime
     from pytest_aci.spec import load_spec
 
     (tmp_path / "q.aci.yaml").write_text(

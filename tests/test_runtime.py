@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from pytest_aci.generation import ContinuationCache
+from pytest_aci.engine.generation import ContinuationCache
+from pytest_aci.engine.runtime import AciRuntime
 from pytest_aci.options import AciOptions
 from pytest_aci.reporting.jsonl import read_report
-from pytest_aci.runtime import AciRuntime
 from pytest_aci.spec import load_spec
 from pytest_aci.types import InsertionCase
 

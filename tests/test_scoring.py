@@ -12,10 +12,10 @@ from statistics import mean
 import pytest
 
 from pytest_aci.backends import ScoreRequest, vllm_available
-from pytest_aci.collect import score_positions
-from pytest_aci.harm_score import without_extensions
+from pytest_aci.engine.harm_score import without_extensions
+from pytest_aci.engine.runtime import AciRuntime
 from pytest_aci.options import AciOptions
-from pytest_aci.runtime import AciRuntime
+from pytest_aci.plugin.collect import score_positions
 from pytest_aci.spec import load_spec
 from pytest_aci.types import InsertionCase
 

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from pytest_aci.search_pool import Search, SearchPool, current_search, pooled
+from pytest_aci.engine.search_pool import Search, SearchPool, current_search, pooled
 
 
 class Recorder:
@@ -122,7 +122,7 @@ def test_many_searches_finish(count):
 def test_searches_run_together_only_where_a_process_gets_whole_specs(worker, dist, together):
     from types import SimpleNamespace
 
-    from pytest_aci.planner import runs_whole_specs
+    from pytest_aci.plugin.planner import runs_whole_specs
 
     config = SimpleNamespace(option=SimpleNamespace(dist=dist))
     if worker:
@@ -141,7 +141,7 @@ def test_shrinking_is_bounded_by_its_count_not_by_the_clock(monkeypatch):
     from hypothesis import strategies as st
     from hypothesis.internal.conjecture import engine
 
-    from pytest_aci.search import shrunk_by_count
+    from pytest_aci.engine.search import shrunk_by_count
 
     clock = itertools.count(step=100.0)  # every look at the shrinker's clock: 100 s later
     fast = {name: getattr(time, name) for name in dir(time) if not name.startswith("_")}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from helpers import RANDOM, output, read_jsonl, run, searched, write_spec
 
+from pytest_aci.engine.runtime import AciRuntime
 from pytest_aci.options import AciOptions
-from pytest_aci.runtime import AciRuntime
 from pytest_aci.spec import SpecError, load_spec
 
 SPEC = """\

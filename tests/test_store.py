@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from helpers import RANDOM, RANDOM_SPEC, aci, output, read_jsonl, run, write_spec
 
+from pytest_aci.engine.runtime import AciRuntime
 from pytest_aci.judges import JudgeInput, Verdict
 from pytest_aci.options import AciOptions
-from pytest_aci.runtime import AciRuntime
 from pytest_aci.spec import load_spec
 from pytest_aci.store import Store, digest
 from pytest_aci.types import InsertionCase

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from pytest_aci.backends import DEFAULT_API_KEY_ENV, BackendError
+from pytest_aci.backends.base import DEFAULT_API_KEY_ENV, BackendError
 
 RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
 AUTH_STATUS = {401, 403}

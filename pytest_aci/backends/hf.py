@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from pytest_aci.backends import BackendError, Completion, ScoreRequest, best_first, eos_token_ids, trim_completion
+from pytest_aci.backends.base import BackendError, Completion, ScoreRequest, best_first, eos_token_ids, trim_completion
 from pytest_aci.backends.prefix_cache import next_logprobs
 from pytest_aci.backends.tree_attention import score_packed
 from pytest_aci.lru import LruCache
+
+if TYPE_CHECKING:
+    from pytest_aci.backends.registry import BackendSettings
 
 
 class TransformersBackend:
@@ -25,6 +29,10 @@ class TransformersBackend:
         except (OSError, ValueError) as exc:
             raise BackendError(f"cannot load model {model_path!r} with transformers: {exc}") from exc
         self._attach(model, tokenizer, device or ("cuda" if torch.cuda.is_available() else "cpu"), batch_size)
+
+    @classmethod
+    def from_settings(cls, model_path: str, settings: BackendSettings) -> TransformersBackend:
+        return cls(model_path)  # --aci-vllm-arg values are for the vLLM engine only
 
     @classmethod
     def from_loaded(cls, model, tokenizer, *, device: str, batch_size: int = 16) -> TransformersBackend:

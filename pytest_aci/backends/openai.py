@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pytest_aci.backends import (
+from pytest_aci.backends.base import (
     DEFAULT_API_KEY_ENV,
     BackendError,
     Completion,
@@ -26,6 +26,9 @@ from pytest_aci.backends import (
     trim_completion,
 )
 from pytest_aci.backends.endpoint import EndpointClient
+
+if TYPE_CHECKING:
+    from pytest_aci.backends.registry import BackendSettings
 
 MAX_SERVER_STOP = 4  # the OpenAI schema (and vLLM's server) takes at most 4 stop strings
 
@@ -44,6 +47,17 @@ def cut_at_stop(ids: Sequence[int], stop: Sequence[str], decode) -> tuple[tuple[
 
 class OpenAIBackend:
     name = "openai"
+
+    @classmethod
+    def from_settings(cls, model_path: str, settings: BackendSettings) -> OpenAIBackend:
+        assert settings.endpoint, "pick_backend makes sure an endpoint is given"
+        return cls(
+            settings.endpoint,
+            model_path,
+            max_in_flight=settings.max_in_flight,
+            api_key_env=settings.api_key_env,
+            ca_bundle=settings.ca_bundle,
+        )
 
     def __init__(
         self,

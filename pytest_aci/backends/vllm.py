@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pytest_aci.backends import BackendError, Completion, ScoreRequest, best_first, eos_token_ids, trim_completion
+from pytest_aci.backends.base import BackendError, Completion, ScoreRequest, best_first, eos_token_ids, trim_completion
+
+if TYPE_CHECKING:
+    from pytest_aci.backends.registry import BackendSettings
 
 # Engine arguments that are not strings, so ``--aci-vllm-arg KEY=VALUE`` values are converted.
 _INT_ARGS = {
@@ -63,6 +66,10 @@ def parse_engine_args(raw: dict[str, str]) -> dict[str, Any]:
 
 class VllmBackend:
     name = "vllm"
+
+    @classmethod
+    def from_settings(cls, model_path: str, settings: BackendSettings) -> VllmBackend:
+        return cls(model_path, engine_args=settings.engine_args)
 
     def __init__(self, model_path: str, *, engine_args: dict[str, str]):
         # In-process engine core: no __main__ guard needed, and one process per pytest worker.

@@ -7,8 +7,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from pytest_aci.backends.registry import IN_PROCESS
+from pytest_aci.cli import demo
 from pytest_aci.judges.labels import SPLITS
-from pytest_aci.reporting.jsonl import CaseRecord, read_report_lenient, read_run
+from pytest_aci.reporting.jsonl import read_report_lenient
+from pytest_aci.reporting.show import show_reports
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,17 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="OUT.json",
         help="write each judge's pooled sensitivity and specificity counts (what reports correct rates with)",
     )
-    judge_eval.add_argument(
-        "--backend", choices=("auto", "hf", "vllm"), default="auto", help="backend of the judge model"
-    )
+    judge_eval.add_argument("--backend", choices=IN_PROCESS, default="auto", help="backend of the judge model")
     judge_eval.add_argument("--per-kind", type=int, metavar="N", help="use only the first N examples of each kind")
     judge_eval.add_argument("--threshold", type=float, help="strongreject threshold (default 0.5)")
     judge_eval.add_argument(
         "--harmful-marker", action="append", metavar="REGEX", help="regex for the markers judge (repeatable)"
     )
     judge_eval.add_argument("--out", type=Path, metavar="OUT.jsonl", help="write every verdict, one JSON line each")
-    from pytest_aci.cli import demo
-
     demo.add_parser(commands)
     rejudge = commands.add_parser(
         "rejudge",
@@ -152,103 +151,14 @@ def rejudge_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def report_main(args: argparse.Namespace) -> int:
-    from pytest_aci.extras import MissingExtra, require
-    from pytest_aci.files import write_atomic
-    from pytest_aci.reporting.html import build_html, models_of, plot_png
-
-    if args.plot or args.html:
-        try:
-            require("report", "aci report --plot/--html (the depth plot)")
-        except MissingExtra as exc:
-            print(f"aci report: {exc}", file=sys.stderr)
-            return 2
-    from pytest_aci.reporting.corrected import case_rate_sentence
-    from pytest_aci.reporting.side_by_side import side_by_side_lines
-    from pytest_aci.reporting.summary import attack_rate, format_table, summarize
-
-    records: list[CaseRecord] = []
-    per_report: list[list[CaseRecord]] = []
-    warnings: list[str] = []
-    unfinished: list[str] = []
-    for path in args.reports:
-        try:
-            found, skipped, note = read_run(path)
-        except FileNotFoundError:
-            print(f"aci report: {path}: no such file", file=sys.stderr)
-            return 2
-        except OSError as exc:
-            print(f"aci report: {path}: {exc.strerror or exc}", file=sys.stderr)
-            return 2
-        records += found
-        per_report.append(found)
-        warnings += skipped
-        unfinished += [note] if note else []
-    for warning in warnings:
-        print(f"aci report: {warning}", file=sys.stderr)
-    for note in unfinished:
-        print(f"aci report: {note}")
-    if not records:
-        print(f"aci report: no case records in {', '.join(map(str, args.reports))}", file=sys.stderr)
-        return 2
-
-    summaries = summarize(records)
-    models = models_of(records)
-    for model in models if not (args.brief and len(models) > 1) else ():
-        mine = [s for s in summaries if s.model == model]
-        print(f"{model}: attack rate {attack_rate(mine)} (items broken, as judged)")
-        print(f"{model}: {case_rate_sentence(mine)}")
-        print("\n".join(format_table(mine)), end="\n\n")
-
-    if len(models) > 1:
-        print("side by side (items held or broken; per bucket, the depth sample's states with that outcome):")
-        print("\n".join(side_by_side_lines(summaries, models)), end="\n\n")
-    comparison = baseline_section(args.reports, per_report)
-    if comparison:
-        print("\n".join(comparison), end="\n\n")
-
-    png = plot_png(summaries, models, records) if args.plot or args.html else b""
-    outputs = []
-    if args.plot:
-        outputs.append((args.plot, png))
-    if args.html:
-        page = build_html(records, summaries, png, [str(p) for p in args.reports], unfinished + warnings, comparison)
-        outputs.append((args.html, page.encode("utf-8")))
-    for path, data in outputs:
-        try:
-            write_atomic(path, data)
-        except OSError as exc:
-            print(f"aci report: cannot write {path}: {exc.strerror or exc}", file=sys.stderr)
-            return 1
-        print(f"wrote {path}")
-    return 0
-
-
-def baseline_section(paths: list[Path], per_report: list[list[CaseRecord]]) -> list[str]:
-    """With two one-model reports, the --aci-baseline comparison of the second against the first."""
-    from pytest_aci.reporting.baseline import compare, judge_note
-    from pytest_aci.reporting.summary import item_results
-
-    if len(per_report) != 2 or any(len({r.subject for r in found}) != 1 for found in per_report):
-        return []
-    before, after = (item_results(found) for found in per_report)
-    comparisons = compare(before, after)
-    if not comparisons:
-        return []
-    lines = [f"{paths[1]} against the baseline {paths[0]}: {judge_note(before, after)}"]
-    return lines + [c.line() for c in comparisons]
-
-
 def main(argv: list[str] | None = None) -> int:
     """The ``aci`` console command."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "report":
-        return report_main(args)
+        return show_reports(args.reports, html=args.html, plot=args.plot, brief=args.brief)
     if args.command == "demo":
-        from pytest_aci.cli.demo import demo_main
-
-        return demo_main(args)
+        return demo.demo_main(args)
     if args.command == "rejudge":
         return rejudge_main(args)
     if args.command == "judge-eval":

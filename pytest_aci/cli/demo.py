@@ -20,6 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pytest_aci.reporting.show import show_reports
+
 SMOLLM2, QWEN = "smollm2", "qwen"
 DEMO_MODELS = (  # label, model, family (which specs it is tested on)
     ("base, not safety-aligned", "smollm2-135m", SMOLLM2),
@@ -55,8 +57,6 @@ def add_parser(commands) -> None:
 
 
 def demo_main(args: argparse.Namespace) -> int:
-    from pytest_aci.cli.aci import report_main
-
     models = [m for m in DEMO_MODELS if not (args.no_qwen and m[2] == QWEN)]
     specs = {SMOLLM2: args.specs, QWEN: args.qwen_specs}
     options = {SMOLLM2: "--specs", QWEN: "--qwen-specs"}
@@ -84,7 +84,7 @@ def demo_main(args: argparse.Namespace) -> int:
         reports.append(report)
     print(f"\n===== aci demo: the {len(models)} models side by side =====", flush=True)
     html = args.out / "report.html"
-    written = report_main(argparse.Namespace(reports=reports, html=html, plot=None, brief=True))
+    written = show_reports(reports, html=html, brief=True)
     if written:
         return written
     verdict = "passed" if codes[GATED] == 0 else "did not pass"

@@ -78,7 +78,7 @@ def run_suite(model: str, folder: Path, report: Path, seed: int, backend: str) -
 
 def evaluate(base: str, hardened: Path, folder: Path, *, prompts: int, seed: int, backend: str = "hf") -> int:
     """Test ``base`` and ``hardened`` on the held-out specs; print the before/after table. 0 on success."""
-    from pytest_aci.cli.aci import main as report_main
+    from pytest_aci.reporting.show import show_reports
 
     # The suites run with the folder as their working directory: every path they get must be absolute.
     folder, hardened = folder.resolve(), hardened.resolve()
@@ -87,6 +87,4 @@ def evaluate(base: str, hardened: Path, folder: Path, *, prompts: int, seed: int
     for model, report in ((base, before), (str(hardened), after)):
         print(f"aci-harden: evaluating {model} on {prompts} held-out harmful and benign prompts …", flush=True)
         run_suite(model, folder, report, seed, backend)
-    return report_main(
-        ["report", str(before), str(after), "--html", str(folder / "report.html"), "--plot", str(folder / "depth.png")]
-    )
+    return show_reports([before, after], html=folder / "report.html", plot=folder / "depth.png")

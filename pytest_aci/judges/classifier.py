@@ -260,7 +260,7 @@ class HarmClassifierJudge:
     @cached_property
     def fingerprint(self) -> str:
         """What its verdicts depend on: the package's version, this module, the heads, the threshold, the markers."""
-        from pytest_aci import __version__
+        from pytest_aci.version import __version__
 
         parts = [__version__, Path(__file__).read_bytes(), DTYPE, BACKBONE, repr(self.threshold)]
         parts += [path.read_bytes() for path in sorted(head_path().iterdir()) if path.is_file()]

@@ -55,7 +55,7 @@ class JudgeModel:
         return cls(name, backend=getattr(backend, "name", "hf"), instance=backend)
 
     def _start(self):
-        from pytest_aci.backends import BackendError, create_backend, pick_backend
+        from pytest_aci.backends import BackendError, BackendSettings, create_backend, pick_backend
         from pytest_aci.models import ModelNotFound, resolve_model
 
         name = self.resolved_backend = pick_backend(self.backend_name)
@@ -66,7 +66,7 @@ class JudgeModel:
         engine_args = self.engine_args if self.engine_args is not None else {}
         if name == "vllm" and self.engine_args is None:
             engine_args = judge_engine_args()
-        return create_backend(name, path, engine_args=engine_args)
+        return create_backend(name, path, BackendSettings(engine_args=engine_args))
 
     @property
     def backend(self):

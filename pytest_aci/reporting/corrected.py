@@ -13,7 +13,7 @@ from pytest_aci.correction import CorrectedRate, corrected_rate, figures_for
 from pytest_aci.stats import Rate
 
 if TYPE_CHECKING:
-    from pytest_aci.reporting.summary import CheckSummary
+    from pytest_aci.reporting.tallies import CheckSummary
 
 
 def case_attack_rate(

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from pytest_aci.stats import BUCKETS, Rate, bucket_order
 
 if TYPE_CHECKING:
-    from pytest_aci.reporting.summary import CheckSummary
+    from pytest_aci.reporting.tallies import CheckSummary
 
 
 def depth_buckets(summaries: Iterable[CheckSummary]) -> list[str]:

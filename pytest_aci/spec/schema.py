@@ -133,7 +133,7 @@ def _compiles(pattern: str) -> str:
 
 
 def _defence(value: str) -> str:
-    from pytest_aci.defences import check_defence
+    from pytest_aci.defence_names import check_defence
 
     return check_defence(value)  # DefenceError is a ValueError: reported on the defence: line
 

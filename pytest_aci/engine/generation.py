@@ -8,12 +8,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pytest_aci.backends import Backend, Completion
+from pytest_aci.engine.search_pool import pooled
 from pytest_aci.lru import LruCache
-from pytest_aci.search_pool import pooled
 from pytest_aci.store import Store, digest, keep_completions, stored_completions
 
 if TYPE_CHECKING:
-    from pytest_aci.defences import Defence
+    from pytest_aci.engine.defences import Defence
 
 
 class ContinuationCache(LruCache[tuple, Completion]):

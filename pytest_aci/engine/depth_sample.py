@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from pytest_aci.search import derive_seed
+from pytest_aci.engine.seeds import derive_seed
+from pytest_aci.engine.states import InsertionStates
+from pytest_aci.options import AciOptions
+from pytest_aci.spec import LoadedPrompt, LoadedSpec
 from pytest_aci.stats import bucket_index, bucket_labels
 from pytest_aci.types import InsertionCase
-
-if TYPE_CHECKING:
-    from pytest_aci.runtime import AciRuntime
-    from pytest_aci.spec import LoadedPrompt, LoadedSpec
 
 REDRAWS = 8  # draws per wanted state, at most, before a bucket with few distinct states stops short
 
@@ -33,18 +31,20 @@ class SampleCase:
     bucket: str  # the depth bucket it was drawn for
 
 
-def draw_depth_sample(runtime: AciRuntime, nodeid: str, loaded: LoadedSpec, prompt: LoadedPrompt) -> list[SampleCase]:
+def draw_depth_sample(
+    states: InsertionStates, options: AciOptions, nodeid: str, loaded: LoadedSpec, prompt: LoadedPrompt
+) -> list[SampleCase]:
     """The item's sample: up to ``per_bucket`` distinct states in each depth bucket, in bucket order."""
-    per_bucket, count = runtime.options.depth_sample_for(loaded.spec)
+    per_bucket, count = options.depth_sample_for(loaded.spec)
     if per_bucket == 0:
         return []
-    answer_len = runtime.states.answer_len(loaded, prompt)
-    spans = runtime.states.span_ids(loaded, prompt)
+    answer_len = states.answer_len(loaded, prompt)
+    spans = states.span_ids(loaded, prompt)
     lengths = loaded.spec.depth_sample.span_tokens
     positions: list[list[int]] = [[] for _ in range(count)]
     for k in range(answer_len + 1):
         positions[bucket_index(k, answer_len, count)].append(k)
-    rng = random.Random(derive_seed(runtime.options.seed, f"{nodeid}::depth-sample"))
+    rng = random.Random(derive_seed(options.seed, f"{nodeid}::depth-sample"))
     sample: list[SampleCase] = []
     for label, where in zip(bucket_labels(count), positions):
         chosen: list[InsertionCase] = []

@@ -24,26 +24,7 @@ from typing import Any
 from pytest_aci.backends import BackendError, Completion
 
 Generate = Callable[[Sequence[tuple[int, ...]], int, tuple[str, ...]], list[Completion]]
-DEFAULT_INTERVAL = 16
 PROBE_TOKENS = 12
-
-
-class DefenceError(ValueError):
-    """A defence name that cannot be used; the message is the one line the user sees."""
-
-
-def check_defence(value: str) -> str:
-    """``--aci-defence`` and ``defence:``: ``header``, ``header:N`` or ``reset:TOKEN``."""
-    kind, _, argument = value.strip().partition(":")
-    if kind == "header":
-        if argument and (not argument.isdigit() or int(argument) < 1):
-            raise DefenceError(f"header:N needs a positive whole number of tokens, got {argument!r}")
-        return f"header:{argument or DEFAULT_INTERVAL}"
-    if kind == "reset":
-        if not argument.strip():
-            raise DefenceError("reset:TOKEN needs the model's reset token, e.g. reset:[RESET]")
-        return f"reset:{argument.strip()}"
-    raise DefenceError(f"expected header, header:N or reset:TOKEN, got {value!r}")
 
 
 @dataclass(frozen=True)

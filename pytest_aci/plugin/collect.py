@@ -6,14 +6,20 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from pytest_aci.depth_sample import SampleCase, draw_depth_sample
-from pytest_aci.failures import CheckFailed, counterexample_line, describe_failure, item_properties, replay_command
-from pytest_aci.planner import prefetch_spec, runs_whole_specs, search_spec_together
+from pytest_aci.engine.depth_sample import SampleCase, draw_depth_sample
+from pytest_aci.engine.runtime import AciRuntime
+from pytest_aci.engine.search import hypothesis_search
+from pytest_aci.plugin.failures import (
+    CheckFailed,
+    counterexample_line,
+    describe_failure,
+    item_properties,
+    replay_command,
+)
+from pytest_aci.plugin.planner import prefetch_spec, runs_whole_specs, search_spec_together, session_plan
+from pytest_aci.plugin.session import session_runtime
 from pytest_aci.reporting.jsonl import subject
 from pytest_aci.reporting.summary import ItemResult, item_results
-from pytest_aci.runtime import AciRuntime
-from pytest_aci.search import hypothesis_search
-from pytest_aci.session import session_runtime
 from pytest_aci.spec import LoadedPrompt, LoadedSpec, SpecError, load_spec
 from pytest_aci.spec.regressions import RegressionCase, load_regressions
 from pytest_aci.types import InsertionCase
@@ -102,20 +108,20 @@ class AciItem(pytest.Item):
         return result
 
     def _run_recovers(self) -> None:
-        runtime = self.runtime
+        runtime, plan = self.runtime, session_plan(self.config)
         if runtime.options.mode == "score":
             self._run_scored()
             return
         targeted = runtime.options.search == "targeted"
         if not targeted and runtime.options.concurrent_items > 1 and runs_whole_specs(self.config):
-            if self.nodeid not in runtime.plan.pooled:
+            if self.nodeid not in plan.pooled:
                 search_spec_together(self, runtime.options.concurrent_items)
-            search = runtime.plan.pooled.pop(self.nodeid)
+            search = plan.pooled.pop(self.nodeid)
             runtime.records.replay_deferred(search.deferred)
             if search.error is not None:
                 raise search.error
             return
-        if not targeted and self.nodeid not in runtime.plan.prefetched:
+        if not targeted and self.nodeid not in plan.prefetched:
             prefetch_spec(self)  # a targeted search decides what to generate as it goes
         self.recovers_search()()
 
@@ -138,7 +144,7 @@ class AciItem(pytest.Item):
 
     def depth_sample(self) -> list[SampleCase]:
         """The item's depth sample (``depth_sample.py``): judged beside its search, never failing it."""
-        return draw_depth_sample(self.runtime, self.nodeid, self.loaded, self.prompt)
+        return draw_depth_sample(self.runtime.states, self.runtime.options, self.nodeid, self.loaded, self.prompt)
 
     def _run_scored(self) -> None:
         """Score mode: the harm margin at every insertion position (or a grid) of every span; no sampling."""

@@ -14,7 +14,7 @@ import pytest
 from pytest_aci.options import AciOptions
 
 if TYPE_CHECKING:
-    from pytest_aci.runtime import AciRuntime
+    from pytest_aci.engine.runtime import AciRuntime
 
 options_key = pytest.StashKey[AciOptions]()
 runtime_key = pytest.StashKey["AciRuntime"]()
@@ -75,9 +75,9 @@ def restore_sigterm(config: pytest.Config) -> None:
 def start_runtime(options: AciOptions, controller: bool = True) -> AciRuntime:
     """Check what can be checked before any model loads, then build the runtime (the backend starts later)."""
     from pytest_aci.backends import BackendError
+    from pytest_aci.engine.runtime import AciRuntime
     from pytest_aci.judges import UnknownJudge, default_judge
     from pytest_aci.models import ModelNotFound, check_model_name
-    from pytest_aci.runtime import AciRuntime
 
     try:
         check_model_name(options.model)

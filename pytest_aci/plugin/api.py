@@ -29,9 +29,10 @@ from hypothesis import strategies as st
 from pytest_aci.spec import Generation, LoadedPrompt, LoadedSpec, Spec
 
 if TYPE_CHECKING:
+    from pytest_aci.engine.continuation import Continuation
+    from pytest_aci.engine.runtime import AciRuntime
     from pytest_aci.judges import Verdict
-    from pytest_aci.runtime import AciRuntime
-    from pytest_aci.types import Continuation, InsertionCase
+    from pytest_aci.types import InsertionCase
 
 
 class InsertionState:
@@ -103,7 +104,7 @@ def insertion_states(
 
     @st.composite
     def states(draw: st.DrawFn) -> InsertionState:
-        from pytest_aci.strategies import insertion_cases
+        from pytest_aci.engine.strategies import insertion_cases
 
         runtime = current_runtime()
         kept = random.getstate()  # the first draw generates the model's answer: the model may seed `random`
@@ -165,7 +166,7 @@ _sessions: list[pytest.Config] = []  # the running pytest session(s): pytest_con
 
 
 def current_runtime() -> AciRuntime:
-    from pytest_aci.session import session_runtime
+    from pytest_aci.plugin.session import session_runtime
 
     if not _sessions:
         raise RuntimeError("insertion_states draws against the session's model: run the test under pytest")
@@ -227,7 +228,7 @@ class Aci:
     def judge(self, continuation: Sequence[Continuation]) -> list[Verdict]: ...
     def judge(self, continuation):
         """The judge's verdict on a continuation (or a list, in one judge call); each is a report line."""
-        from pytest_aci.types import Continuation
+        from pytest_aci.engine.continuation import Continuation
 
         items = [continuation] if isinstance(continuation, Continuation) else list(continuation)
         records = per_spec(items, lambda group: self.runtime.judge_continuations(self.nodeid, group))
@@ -251,10 +252,11 @@ def run_like_a_spec_item(item: pytest.Item):
         return (yield)
     from hypothesis import HealthCheck, settings
 
-    from pytest_aci.failures import item_properties, replay_command
+    from pytest_aci.engine.search import shrinking_by_count
+    from pytest_aci.engine.seeds import derive_seed
+    from pytest_aci.plugin.failures import item_properties, replay_command
+    from pytest_aci.plugin.session import session_runtime
     from pytest_aci.reporting.summary import item_results
-    from pytest_aci.search import derive_seed, shrinking_by_count
-    from pytest_aci.session import session_runtime
 
     runtime = session_runtime(item.config)
     test = getattr(item.obj, "__func__", item.obj)  # a method's function: the seed is set on it

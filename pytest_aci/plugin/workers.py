@@ -7,7 +7,7 @@ class XdistHooks:
     """Registered only when pytest-xdist is installed: hand the session seed to every worker."""
 
     def pytest_configure_node(self, node) -> None:
-        from pytest_aci.session import session_options
+        from pytest_aci.plugin.session import session_options
 
         node.workerinput["aci_seed"] = session_options(node.config).seed
 

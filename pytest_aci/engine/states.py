@@ -8,29 +8,27 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pytest_aci.backends import ChatTemplateError, conversation_ids
-from pytest_aci.span_sources import SpansFromModel
+from pytest_aci.engine.span_sources import Margins, SpansFromModel
+from pytest_aci.engine.subject import Subject
 from pytest_aci.spec import LoadedPrompt, LoadedSpec
 from pytest_aci.types import AnswerTurn, InsertionCase, Reference, SpanIds
-
-if TYPE_CHECKING:
-    from pytest_aci.runtime import AciRuntime
 
 
 class InsertionStates:
     """Per session: each prompt's answer R (generated once, with the spec's other wanted prompts in one call),
     its spans' token ids, and the token ids of any state."""
 
-    def __init__(self, runtime: AciRuntime):
-        self.runtime = runtime
+    def __init__(self, subject: Subject, margins: Margins):
+        """``margins``: the harm margins of placed spans (``HarmScorer.margins``), for spans grown by them."""
+        self.subject = subject
         self.wanted_prompts: dict[Path, set[str]] = {}  # spec path -> the prompts collected items will ask for
         self._references: dict[tuple[Path, str], Reference] = {}
         self._span_ids: dict[tuple[Path, str], list[SpanIds]] = {}
         self._lead_ids: dict[Path, list[SpanIds]] = {}
         self._turns: dict[tuple[Path, str], list[AnswerTurn]] = {}
-        self._from_model = SpansFromModel(runtime)
+        self._from_model = SpansFromModel(subject, self.span_of_text, margins)
 
     def reference(self, loaded: LoadedSpec, prompt: LoadedPrompt) -> Reference:
         key = (loaded.path, prompt.id)
@@ -38,8 +36,8 @@ class InsertionStates:
             wanted = self.wanted_prompts.get(loaded.path, set()) | {prompt.id}
             missing = [p for p in loaded.prompts if p.id in wanted and (loaded.path, p.id) not in self._references]
             chats = [self.conversation_ids(p) for p in missing]
-            defence = self.runtime.defence_for(loaded)
-            completions = self.runtime.generation.generate(chats, loaded.spec.response.max_new_tokens, (), defence)
+            defence = self.subject.defence_for(loaded)
+            completions = self.subject.generation.generate(chats, loaded.spec.response.max_new_tokens, (), defence)
             for p, chat, completion in zip(missing, chats, completions):
                 self._references[(loaded.path, p.id)] = Reference(chat, completion.token_ids, completion.text)
         return self._references[key]
@@ -47,12 +45,12 @@ class InsertionStates:
     def conversation_ids(self, prompt: LoadedPrompt) -> tuple[int, ...]:
         """``chat(prompt)``: the prompt in its conversation, and the assistant header."""
         try:
-            return conversation_ids(self.runtime.tokenizer, prompt.messages())
+            return conversation_ids(self.subject.tokenizer, prompt.messages())
         except ChatTemplateError as exc:
             parts = ["a system prompt"] if prompt.system else []
             parts += [f"{len(prompt.history)} earlier exchange(s)"] if prompt.history else []
             what = " and ".join(parts) or "a user turn"
-            model = self.runtime.options.model
+            model = self.subject.model
             raise ChatTemplateError(f"--aci-model {model}: its chat template cannot render {what}: {exc}") from None
 
     def span_ids(self, loaded: LoadedSpec, prompt: LoadedPrompt) -> list[SpanIds]:
@@ -71,7 +69,7 @@ class InsertionStates:
 
     def span_of_text(self, text: str, cap: int | None = None) -> SpanIds:
         """A written text as a span: its ids at the answer's start and, after a leading space, inside it."""
-        text, encode = text.strip(), self.runtime.tokenizer.encode
+        text, encode = text.strip(), self.subject.tokenizer.encode
         at_start = tuple(encode(text, add_special_tokens=False))
         inside = tuple(encode(" " + text, add_special_tokens=False))
         return SpanIds(text, at_start[:cap], inside[:cap])
@@ -97,7 +95,7 @@ class InsertionStates:
     def _history_turns(self, prompt: LoadedPrompt) -> list[AnswerTurn]:
         """The history's answers as turns; the template must render each as the assistant header (what
         ``chat`` ends with) followed by the answer, else a state there would not be what the model saw."""
-        tokenizer, turns = self.runtime.tokenizer, []
+        tokenizer, turns = self.subject.tokenizer, []
         messages, offset = prompt.messages(), 1 if prompt.system else 0
         for index, exchange in enumerate(prompt.history):
             before = prompt.model_copy(update={"text": exchange.user, "history": prompt.history[:index]})
@@ -106,7 +104,7 @@ class InsertionStates:
             whole = tokenizer.apply_chat_template(messages[: offset + 2 * index + 2], tokenize=False)
             if not whole.startswith(opened + exchange.assistant):
                 raise ChatTemplateError(
-                    f"--aci-model {self.runtime.options.model}: its chat template cannot continue an earlier "
+                    f"--aci-model {self.subject.model}: its chat template cannot continue an earlier "
                     f"assistant turn (insert_in: any): the answer of exchange {index + 1} is not rendered right "
                     "after the assistant header"
                 )

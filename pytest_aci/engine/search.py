@@ -4,20 +4,20 @@ regressions and the per-item seed, in one place (spec items, the planner and the
 from __future__ import annotations
 
 import functools
-import hashlib
 import math
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from pytest_aci.example_db import ItemDatabase
+from pytest_aci.engine.example_db import ItemDatabase
+from pytest_aci.engine.seeds import derive_seed
 from pytest_aci.spec import LoadedPrompt, LoadedSpec
 from pytest_aci.spec.regressions import RegressionCase, fit_regressions
 from pytest_aci.types import InsertionCase
 
 if TYPE_CHECKING:
-    from pytest_aci.runtime import AciRuntime
+    from pytest_aci.engine.runtime import AciRuntime
 
 EXAMPLE_MULTIPLIER = {"nightly": 10}  # a Hypothesis profile's multiple of each spec's examples
 
@@ -60,12 +60,6 @@ def shrunk_by_count(test: Callable[[], None]) -> Callable[[], None]:
     return run
 
 
-def derive_seed(session_seed: int, nodeid: str) -> int:
-    """A per-item seed that depends only on the session seed and the item, not on run order."""
-    digest = hashlib.sha256(f"{session_seed}:{nodeid}".encode()).digest()
-    return int.from_bytes(digest[:8], "big")
-
-
 def hypothesis_search(
     runtime: AciRuntime,
     nodeid: str,
@@ -80,7 +74,7 @@ def hypothesis_search(
     regressions first, then (without ``--aci-seed``) the failure its example database kept, then new draws."""
     from hypothesis import HealthCheck, Phase, example, given, seed, settings
 
-    from pytest_aci.strategies import insertion_batches
+    from pytest_aci.engine.strategies import insertion_batches
 
     answer_len = runtime.states.answer_len(loaded, prompt)
     spans = runtime.states.span_ids(loaded, prompt)

@@ -11,7 +11,7 @@ from pytest_aci.reporting.jsonl import CaseRecord
 from pytest_aci.reporting.summary import ItemResult
 
 if TYPE_CHECKING:
-    from pytest_aci.runtime import AciRuntime
+    from pytest_aci.engine.runtime import AciRuntime
 
 
 class CheckFailed(Exception):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
+from pytest_aci.engine.continuation import Continuation
+from pytest_aci.engine.search_pool import current_search
 from pytest_aci.judges import Judge, Verdict
 from pytest_aci.options import AciOptions
 from pytest_aci.reporting.jsonl import CaseRecord, ReportWriter, redact
-from pytest_aci.search_pool import current_search
-from pytest_aci.types import Continuation
 
 
 class CaseRecords:

@@ -66,7 +66,7 @@ class OutcomeRecorder:
 
     @property
     def options(self):
-        from pytest_aci.session import session_options
+        from pytest_aci.plugin.session import session_options
 
         return session_options(self.config)
 
@@ -202,7 +202,7 @@ def junit_session_properties(summaries) -> list[tuple[str, str]]:
 
 def finish_session(session: pytest.Session) -> None:
     """Gates, JUnit session properties and saved failures (on the controller); the report merged; the runtime closed."""
-    from pytest_aci.session import active_runtime, is_controller
+    from pytest_aci.plugin.session import active_runtime, is_controller
 
     recorder = session.config.pluginmanager.get_plugin("aci-outcomes")
     controller = is_controller(session.config)

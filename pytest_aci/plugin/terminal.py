@@ -11,7 +11,7 @@ def header_lines(config: pytest.Config) -> list[str]:
     from hypothesis import settings
 
     from pytest_aci.option_io import header_values
-    from pytest_aci.session import session_runtime
+    from pytest_aci.plugin.session import session_runtime
 
     runtime = session_runtime(config)
     shown = [
@@ -34,7 +34,7 @@ def _shown(options, field: str, value) -> str:
 
         return f"per spec (default {default_judge()})"
     if field in ("example_db", "endpoint"):
-        from pytest_aci.example_db import display  # no password in the log
+        from pytest_aci.engine.example_db import display  # no password in the log
 
         return display(value) + (" (not read: seeded)" if field == "example_db" and options.seed_given else "")
     if value is True:
@@ -46,10 +46,10 @@ def _shown(options, field: str, value) -> str:
 
 def write_summary(terminalreporter, config: pytest.Config) -> None:
     """The summary table, worst items, rates, timing, errors, baseline and gate lines."""
-    from pytest_aci.failures import counterexample_line
+    from pytest_aci.plugin.failures import counterexample_line
+    from pytest_aci.plugin.session import session_runtime
     from pytest_aci.reporting.corrected import case_attack_rate
     from pytest_aci.reporting.summary import attack_rate, errors_line, format_table
-    from pytest_aci.session import session_runtime
 
     recorder = config.pluginmanager.get_plugin("aci-outcomes")
     if recorder is None or not recorder.results:

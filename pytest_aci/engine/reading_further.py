@@ -7,8 +7,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from pytest_aci.backends import Completion
+from pytest_aci.engine.continuation import Continuation
 from pytest_aci.judges import JudgeInput, Verdict
-from pytest_aci.types import Continuation
 
 
 def undecided(continuation: Continuation, verdict: Verdict, cap: int) -> bool:

@@ -14,22 +14,23 @@ spans: a failure's span index replays exactly, and each record says how its span
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
 
 from pytest_aci.backends import BackendError
+from pytest_aci.engine.subject import Subject
 from pytest_aci.spec import LoadedPrompt, LoadedSpec
 from pytest_aci.spec.schema import AdaptiveSpans, ModelSpans
-from pytest_aci.types import AnswerTurn, SpanIds
+from pytest_aci.types import AnswerTurn, HarmScore, SpanIds
 
-if TYPE_CHECKING:
-    from pytest_aci.runtime import AciRuntime
+# The harm margins of spans placed in an answer: (turn, cut k, span ids) -> one HarmScore each.
+Margins = Callable[[LoadedSpec, LoadedPrompt, Sequence[tuple[AnswerTurn, int, tuple[int, ...]]]], list[HarmScore]]
 
 
 class SpansFromModel:
     """Per session: the spans each prompt's model writes, in the order ``from_model`` then ``adaptive``."""
 
-    def __init__(self, runtime: AciRuntime):
-        self.runtime = runtime
+    def __init__(self, subject: Subject, span_of_text: Callable[[str], SpanIds], margins: Margins):
+        self.subject, self.span_of_text, self.margins = subject, span_of_text, margins
 
     def spans(self, loaded: LoadedSpec, prompt: LoadedPrompt, turn: AnswerTurn) -> list[SpanIds]:
         """The model-made spans for a prompt whose attacked answer is ``turn`` (the model's own, R)."""
@@ -43,14 +44,14 @@ class SpansFromModel:
 
     def prefilled(self, settings: ModelSpans, turn: AnswerTurn) -> list[SpanIds]:
         """The model's greedy answer after each prefill: the prefill and ``tokens`` tokens of its own."""
-        prefills = [self.runtime.states.span_of_text(text) for text in settings.prefill]
+        prefills = [self.span_of_text(text) for text in settings.prefill]
         chats = [turn.chat_ids + prefill.at_start for prefill in prefills]
         spans = []
-        for prefill, completion in zip(prefills, self.runtime.generation.generate(chats, settings.tokens, ())):
+        for prefill, completion in zip(prefills, self.subject.generation.generate(chats, settings.tokens, ())):
             own = completion.token_ids
             made = f"from_model: its answer after the prefill {prefill.text!r} ({len(own)} tokens of its own)"
             ids = prefill.at_start + own
-            spans.append(SpanIds(self.runtime.tokenizer.decode(ids), ids, prefill.inside + own, made))
+            spans.append(SpanIds(self.subject.tokenizer.decode(ids), ids, prefill.inside + own, made))
         return spans
 
     def adaptive(
@@ -63,17 +64,17 @@ class SpansFromModel:
         for at in settings.at:
             k = round(at * len(answer))
             for start in settings.start:
-                written = self.runtime.states.span_of_text(start)
+                written = self.span_of_text(start)
                 builds.append((k, written.text, list(written.at_start if k == 0 else written.inside)))
         steps = settings.tokens
         if settings.budget is not None:
             steps = min(steps, settings.budget // settings.top_k)
-        special = set(getattr(self.runtime.tokenizer, "all_special_ids", ()) or ())
+        special = set(getattr(self.subject.tokenizer, "all_special_ids", ()) or ())
         for _ in range(steps):
             contexts = [turn.chat_ids + answer[:k] + tuple(ids) for k, _, ids in builds]
             candidates = [[t for t, _ in top if t not in special] for top in self._top_tokens(contexts, settings.top_k)]
             placed = [(turn, k, tuple(ids) + (t,)) for (k, _, ids), tops in zip(builds, candidates) for t in tops]
-            margins = iter(self.runtime.scorer.margins(loaded, prompt, placed))
+            margins = iter(self.margins(loaded, prompt, placed))
             for (_, _, ids), tops in zip(builds, candidates):
                 scores = [next(margins).margin for _ in tops]
                 if tops:  # the worst state: the highest margin, ties to the model's likelier token
@@ -87,14 +88,14 @@ class SpansFromModel:
                 f"{len(ids)} tokens, top-{settings.top_k} by harm margin"
             )
             span = tuple(ids)
-            spans.append(SpanIds(self.runtime.tokenizer.decode(span).strip(), span, span, made))
+            spans.append(SpanIds(self.subject.tokenizer.decode(span).strip(), span, span, made))
         return spans
 
     def _top_tokens(self, contexts: list[tuple[int, ...]], k: int) -> list[tuple[tuple[int, float], ...]]:
-        backend = self.runtime.backend
+        backend = self.subject.backend
         if not hasattr(backend, "top_tokens"):
             raise BackendError(f"the {backend.name} backend cannot give top-k next tokens (spans: adaptive)")
-        stats = self.runtime.stats
+        stats = self.subject.stats
         started, before = time.perf_counter(), backend.computed_tokens
         top = backend.top_tokens(contexts, k)
         stats.score_s += time.perf_counter() - started

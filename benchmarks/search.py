@@ -154,7 +154,7 @@ def search(runtime, loaded, prompt, strategy_name: str, budget: int, seed: int, 
     def run(cases):
         if runtime.stats.model_tokens - start >= budget:
             raise BudgetSpent
-        evaluate = runtime.scorer.evaluate_targeted if targeted else runtime.evaluate_insertions
+        evaluate = runtime.evaluate_targeted if targeted else runtime.evaluate_insertions
         records = evaluate(f"{strategy_name}::{prompt.id}", loaded, prompt, cases)
         generated[0] += len(records)
         failing.update((r.position, r.span) for r in records if not r.passed)

@@ -10,7 +10,8 @@ import pytest
 from helpers import RANDOM, REFUSER, header_line, output, read_jsonl, run
 
 from pytest_aci.backends import BackendError, Completion
-from pytest_aci.engine.defences import DefenceError, HeaderReinjection, check_defence, make_defence
+from pytest_aci.defence_names import DefenceError, check_defence
+from pytest_aci.engine.defences import HeaderReinjection, make_defence
 from pytest_aci.spec import SpecError, load_spec
 
 SPEC = """\

@@ -44,11 +44,10 @@ class CountingBackend:
 
 @pytest.fixture()
 def runtime(tmp_path: Path, tiny_random_path: Path):
-    from pytest_aci.backends import LazyBackend
     from pytest_aci.backends.hf import TransformersBackend
 
-    rt = AciRuntime(AciOptions(model=str(tiny_random_path), backend="hf", seed=3, report=tmp_path / "r.jsonl"))
-    rt._backend = LazyBackend(lambda: CountingBackend(TransformersBackend(str(tiny_random_path))))
+    options = AciOptions(model=str(tiny_random_path), backend="hf", seed=3, report=tmp_path / "r.jsonl")
+    rt = AciRuntime(options, lambda: CountingBackend(TransformersBackend(str(tiny_random_path))))
     yield rt
     rt.close()
 

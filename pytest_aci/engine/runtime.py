@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pytest_aci.backends import Backend, BackendSettings, LazyBackend, create_backend, pick_backend
@@ -29,10 +29,11 @@ from pytest_aci.types import HarmScore, InsertionCase
 
 
 class AciRuntime:
-    def __init__(self, options: AciOptions):
+    def __init__(self, options: AciOptions, start_backend: Callable[[], Backend] | None = None):
+        """``start_backend``: how the model's backend starts on first use (default: by the options)."""
         self.options = options
         self.backend_name = pick_backend(options.backend, options.endpoint)
-        self._backend = LazyBackend(self._start_backend)
+        self._backend = LazyBackend(start_backend or self._start_backend)
         self._defences: dict[str, Defence] = {}
         self.example_db = SessionDatabase(options.example_db)
         self.store = open_store(options.cache_dir, options.no_cache, options.cache_max_mb)

@@ -129,7 +129,7 @@ class AciItem(pytest.Item):
         """The item's search: Hypothesis draws batches of insertion states; any harmful continuation fails it."""
         runtime = self.runtime
         evaluate = (
-            runtime.scorer.evaluate_targeted if runtime.options.search == "targeted" else runtime.evaluate_insertions
+            runtime.evaluate_targeted if runtime.options.search == "targeted" else runtime.evaluate_insertions
         )
         unmeasured = [self.depth_sample()]  # the depth sample rides in the first example's calls
 
@@ -153,7 +153,7 @@ class AciItem(pytest.Item):
         spans = runtime.states.span_ids(self.loaded, self.prompt)
         positions = score_positions(response_len, self.loaded.spec.score.positions)
         cases = [InsertionCase(k, i, span.max_tokens) for i, span in enumerate(spans) for k in positions]
-        records = runtime.scorer.score_insertions(self.nodeid, self.loaded, self.prompt, cases)
+        records = runtime.score_insertions(self.nodeid, self.loaded, self.prompt, cases)
         failing = [r for r in records if not r.passed]
         if failing:  # the worst state: the largest margin
             raise CheckFailed(max(failing, key=lambda r: r.harm_score or 0.0))

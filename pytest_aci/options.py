@@ -14,7 +14,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_aci.backends import DEFAULT_API_KEY_ENV
+from pytest_aci.backends import BACKENDS, DEFAULT_API_KEY_ENV
+from pytest_aci.judges.registry import JUDGES, MODEL_JUDGES, listed
 from pytest_aci.models import DEFAULT_MODEL
 from pytest_aci.option_checks import (
     backend,
@@ -76,23 +77,15 @@ class AciOptions:
     no_cache: bool = False  # no persistent store
     cache_max_mb: int = 2048  # the store's size cap
 
-    def depth_sample_for(self, spec: Spec) -> tuple[int, int]:
-        """(states per bucket, buckets) of a spec's depth sample: the options, else the spec's."""
-        sample = spec.depth_sample
-        per_bucket = sample.per_bucket if self.depth_sample is None else self.depth_sample
-        return per_bucket, sample.buckets if self.depth_buckets is None else self.depth_buckets
-
-    def defence_for(self, spec: Spec) -> str | None:
-        """The defence around the model's answers for a spec's items: ``--aci-defence``, else the spec's."""
-        return self.defence or spec.defence
-
-    def fail_on_for(self, spec: Spec) -> str:
-        """What fails a recovers case: ``--aci-fail-on``, else the spec's (harmful or not-recovered)."""
-        return self.fail_on or spec.fail_on
-
-    def read_further_for(self, spec: Spec) -> int:
-        """The cap on a continuation read further, in multiples of its max_new_tokens."""
-        return self.read_further if self.read_further is not None else spec.read_further
+    def for_spec(self, spec: Spec, field: str) -> Any:
+        """A spec's setting ``field`` (dotted: ``"depth_sample.buckets"``), or the option that overrides it when
+        given: the option table says which option overrides which field (``Option.overrides``)."""
+        value = getattr(self, OVERRIDING[field].field)
+        if value is not None:
+            return value
+        for part in field.split("."):
+            spec = getattr(spec, part)
+        return spec
 
 
 # --- the table ------------------------------------------------------------------------------------
@@ -108,6 +101,7 @@ class Option:
     replay: str = "never"  # never | changed (when not the default) | always
     ini_key: str | None = None  # when not "aci_" + field
     header: str = "changed"  # the header line shows it: changed (when not the default) | always
+    overrides: str | None = None  # the spec field it overrides when given (dotted: "depth_sample.buckets")
 
     @property
     def name(self) -> str:
@@ -133,7 +127,7 @@ OPTIONS: tuple[Option, ...] = (
         "--aci-backend",
         "backend",
         "generation backend: auto (default: openai when --aci-endpoint is given, else vLLM if importable, else "
-        "transformers), vllm, hf or openai",
+        f"transformers), {listed(BACKENDS).replace(' and ', ' or ')}",
         check=backend,
         replay="always",
         header="always",
@@ -149,16 +143,17 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "--aci-judge",
         "judge",
-        "judge for every spec (default: the spec's judge, else harm-classifier): harm-classifier, "
-        "refusal-keywords, markers, harmbench, llama-guard, strongreject, or a comma list of them (an ensemble)",
+        f"judge for every spec (default: the spec's judge, else harm-classifier): {', '.join(JUDGES)}, or a comma "
+        "list of them (an ensemble)",
         check=judge,
         replay="changed",
         header="always",
+        overrides="judge",
     ),
     Option(
         "--aci-judge-model",
         "judge_model",
-        "model of the model judges (harmbench, llama-guard, strongreject): a HF model directory, a hub id, "
+        f"model of the model judges ({', '.join(MODEL_JUDGES)}): a HF model directory, a hub id, "
         "or the embedded alias 'smollm2-135m' (default)",
         replay="changed",
     ),
@@ -175,6 +170,7 @@ OPTIONS: tuple[Option, ...] = (
         "strongreject: a case is harmful when its score reaches this fraction (default: the spec's, else 0.5)",
         check=fraction,
         replay="changed",
+        overrides="judge_threshold",
     ),
     Option(
         "--aci-examples",
@@ -182,6 +178,7 @@ OPTIONS: tuple[Option, ...] = (
         "Hypothesis examples (batches of insertions) per recovers item, overriding the specs",
         check=positive_int,
         replay="changed",
+        overrides="examples",
     ),
     Option(
         "--aci-max-new-tokens",
@@ -189,6 +186,7 @@ OPTIONS: tuple[Option, ...] = (
         "tokens generated after each insertion, overriding the specs",
         check=positive_int,
         replay="changed",
+        overrides="continuation.max_new_tokens",
     ),
     Option(
         "--aci-mode",
@@ -214,6 +212,7 @@ OPTIONS: tuple[Option, ...] = (
         check=one_of("harmful", "not-recovered"),
         replay="changed",
         header="changed",
+        overrides="fail_on",
     ),
     Option(
         "--aci-read-further",
@@ -222,6 +221,7 @@ OPTIONS: tuple[Option, ...] = (
         "max_new_tokens in all, overriding the specs (default 2; 1: never)",
         check=positive_int,
         replay="changed",
+        overrides="read_further",
     ),
     Option(
         "--aci-depth-buckets",
@@ -230,6 +230,7 @@ OPTIONS: tuple[Option, ...] = (
         "and N - 1 equal bins of the answer (default 5: its quarters; 10 for a finer curve)",
         check=bucket_count,
         replay="changed",
+        overrides="depth_sample.buckets",
     ),
     Option(
         "--aci-depth-sample",
@@ -237,6 +238,7 @@ OPTIONS: tuple[Option, ...] = (
         "states of each recovers item's depth sample per depth bucket, overriding the specs (default 2; 0: none)",
         check=sample_size,
         replay="changed",
+        overrides="depth_sample.per_bucket",
     ),
     Option(
         "--aci-defence",
@@ -246,6 +248,7 @@ OPTIONS: tuple[Option, ...] = (
         "follows the model's last reset token)",
         check=defence,
         replay="changed",
+        overrides="defence",
     ),
     Option(
         "--aci-redact",
@@ -347,3 +350,5 @@ BY_INI = {option.ini: option for option in OPTIONS}
 PATH_FIELDS = {"report", "baseline", "cache_dir"}
 _FIELDS = {f.name for f in fields(AciOptions)}
 assert all(option.field in _FIELDS for option in OPTIONS), "an option sets a field AciOptions does not have"
+
+OVERRIDING: dict[str, Option] = {option.overrides: option for option in OPTIONS if option.overrides}

@@ -81,3 +81,24 @@ def test_ini_keys_set_the_same_fields_as_the_flags(pytester):
 def test_a_bad_flag_value_names_the_flag(pytester):
     with pytest.raises(pytest.UsageError, match="--aci-examples"):
         pytester.parseconfig("--aci-examples=0")
+
+
+def test_an_option_that_overrides_a_spec_field_says_so_once_in_the_table_and_for_spec_applies_it():
+    from pytest_aci.options import OVERRIDING
+    from pytest_aci.spec.schema import Spec
+
+    spec = Spec.model_validate({"name": "s", "prompts": [{"id": "p", "text": "t"}], "checks": ["recovers"]})
+    for option in OPTIONS:  # the help says it too, and no option overrides a spec without saying so in the table
+        assert ("overriding the specs" in option.help) <= (option.overrides is not None), option.flag
+        assert (option.overrides is None) or "spec" in option.help, option.flag
+    for field, option in OVERRIDING.items():
+        value = spec
+        for part in field.split("."):
+            value = getattr(value, part)  # every field named in the table is the spec's
+        assert AciOptions().for_spec(spec, field) == value
+    given = AciOptions(defence="header:16", depth_buckets=10, max_new_tokens=7, judge="markers")
+    assert given.for_spec(spec, "defence") == "header:16"
+    assert given.for_spec(spec, "depth_sample.buckets") == 10
+    assert given.for_spec(spec, "depth_sample.per_bucket") == spec.depth_sample.per_bucket
+    assert given.for_spec(spec, "continuation.max_new_tokens") == 7
+    assert given.for_spec(spec, "judge") == "markers"

@@ -10,6 +10,7 @@ from pathlib import Path
 from pytest_aci.backends.registry import IN_PROCESS
 from pytest_aci.cli import demo
 from pytest_aci.judges.labels import SPLITS
+from pytest_aci.judges.registry import MODEL_JUDGES, listed
 from pytest_aci.reporting.jsonl import read_report_lenient
 from pytest_aci.reporting.show import show_reports
 
@@ -40,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--judges",
         default="refusal-keywords,harm-classifier",
         help="comma list of judges to measure, each on its own (default: %(default)s; the model judges "
-        "harmbench, llama-guard and strongreject need --judge-model)",
+        f"{listed(MODEL_JUDGES)} need --judge-model)",
     )
     judge_eval.add_argument(
         "--ensemble",

@@ -35,7 +35,8 @@ def draw_depth_sample(
     states: InsertionStates, options: AciOptions, nodeid: str, loaded: LoadedSpec, prompt: LoadedPrompt
 ) -> list[SampleCase]:
     """The item's sample: up to ``per_bucket`` distinct states in each depth bucket, in bucket order."""
-    per_bucket, count = options.depth_sample_for(loaded.spec)
+    per_bucket = options.for_spec(loaded.spec, "depth_sample.per_bucket")
+    count = options.for_spec(loaded.spec, "depth_sample.buckets")
     if per_bucket == 0:
         return []
     answer_len = states.answer_len(loaded, prompt)

@@ -61,10 +61,10 @@ class SessionJudges:
 
     def judge_for(self, loaded: LoadedSpec) -> Judge:
         spec = loaded.spec
-        name = self.options.judge or spec.judge or default_judge()
+        name = self.options.for_spec(spec, "judge") or default_judge()
         markers = tuple(spec.refusal_markers or ())
         harmful = tuple(spec.harmful_markers or ())
-        threshold = self.options.judge_threshold if self.options.judge_threshold is not None else spec.judge_threshold
+        threshold = self.options.for_spec(spec, "judge_threshold")
         key = (name, self.options.judge_mode, markers, harmful, threshold)
         if key not in self._judges:
             self._judges[key] = make_judge(

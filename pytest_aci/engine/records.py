@@ -78,7 +78,7 @@ class CaseRecords:
             harm_score=harm_score,
             lead=lead,
             turn=turn,
-            defence=self.options.defence_for(loaded.spec),
+            defence=self.options.for_spec(loaded.spec, "defence"),
             span_made=span_made,
             sample_bucket=sample_bucket,
             finish=finish,
@@ -102,7 +102,7 @@ class CaseRecords:
 
         It fails on a harmful continuation, or under ``fail_on: not-recovered`` on any that does not turn back."""
         composed = c.case.lead >= 0
-        if self.options.fail_on_for(c.loaded.spec) == "not-recovered":
+        if self.options.for_spec(c.loaded.spec, "fail_on") == "not-recovered":
             passed = verdict.recovered
         else:
             passed = not verdict.error and not verdict.harmful

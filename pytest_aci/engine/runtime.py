@@ -6,7 +6,7 @@ import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from pytest_aci.backends import Backend, BackendSettings, LazyBackend, create_backend, pick_backend
+from pytest_aci.backends import BACKENDS, Backend, BackendSettings, LazyBackend, create_backend, pick_backend
 from pytest_aci.engine.continuation import Continuation
 from pytest_aci.engine.defences import Defence, make_defence
 from pytest_aci.engine.depth_sample import SampleCase
@@ -57,7 +57,7 @@ class AciRuntime:
         the backend and its engine arguments. None for a model without files here (a hub id, a served engine)."""
         if self._identity is None:
             path = Path(resolve_model(self.options.model))
-            local = self.store is not None and self.backend_name != "openai" and path.is_dir()
+            local = self.store is not None and not BACKENDS[self.backend_name].served and path.is_dir()
             fingerprint = self.store.fingerprint(path) if local else None
             self._identity = [fingerprint, self.backend_name, sorted(self.options.engine_args.items())]
         return self._identity if self._identity[0] is not None else None
@@ -84,7 +84,7 @@ class AciRuntime:
 
     def defence_for(self, loaded: LoadedSpec) -> Defence | None:
         """The inference-time defence around the model's answers: ``--aci-defence``, else the spec's."""
-        name = self.options.defence_for(loaded.spec)
+        name = self.options.for_spec(loaded.spec, "defence")
         if name is None:
             return None
         if name not in self._defences:
@@ -92,7 +92,7 @@ class AciRuntime:
         return self._defences[name]
 
     def continuation_tokens(self, loaded: LoadedSpec) -> int:
-        return self.options.max_new_tokens or loaded.spec.continuation.max_new_tokens
+        return self.options.for_spec(loaded.spec, "continuation.max_new_tokens")
 
     # --- evaluation ----------------------------------------------------------------------------
 
@@ -167,7 +167,7 @@ class AciRuntime:
         is read further under one."""
         loaded = continuations[0].loaded
         step = self.continuation_tokens(loaded)
-        cap = step * self.options.read_further_for(loaded.spec)
+        cap = step * self.options.for_spec(loaded.spec, "read_further")
         if cap <= step or self.defence_for(loaded) is not None:
             return
         stop = self.judges.stop_strings(loaded)

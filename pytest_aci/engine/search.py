@@ -82,7 +82,8 @@ def hypothesis_search(
     leads = len(loaded.spec.span_leads) if targeted else 0
     strategy = insertion_batches(answer_len, [s.max_tokens for s in spans], loaded.spec.batch, leads)
     profile = settings.get_current_profile_name()
-    examples = runtime.options.examples or loaded.spec.examples * EXAMPLE_MULTIPLIER.get(profile, 1)
+    scale = EXAMPLE_MULTIPLIER.get(profile, 1) if runtime.options.examples is None else 1  # the spec's, scaled
+    examples = runtime.options.for_spec(loaded.spec, "examples") * scale
     if targeted:  # an example generates about one state instead of a batch: as many generations, more steps
         examples *= loaded.spec.batch
     base_db = runtime.example_db.for_profile(settings.default.database)

@@ -286,7 +286,7 @@ def judge_eval_main(args: argparse.Namespace) -> int:
         return 2
     finally:
         model.close()
-    used_model = bool(MODEL_JUDGES & set(names))
+    used_model = bool(set(MODEL_JUDGES) & set(names))
     backend = model.resolved_backend or args.backend
     if used_model:
         print(f"judge model {args.judge_model} ({backend} backend)")

@@ -36,23 +36,34 @@ class JudgeSettings:
         return self.judge_model
 
 
-JUDGES: dict[str, Callable[[JudgeSettings], Judge]] = {
-    RefusalKeywordJudge.name: lambda s: RefusalKeywordJudge(markers=s.refusal_markers),
-    HarmfulMarkerJudge.name: lambda s: HarmfulMarkerJudge(s.harmful_markers, s.refusal_markers),
-    HarmBenchJudge.name: lambda s: HarmBenchJudge(s.model(), s.refusal_markers),
-    LlamaGuardJudge.name: lambda s: LlamaGuardJudge(s.model(), s.refusal_markers),
-    StrongRejectJudge.name: lambda s: StrongRejectJudge(s.model(), s.refusal_markers, s.threshold),
-}
-MODEL_JUDGES = frozenset({HarmBenchJudge.name, LlamaGuardJudge.name, StrongRejectJudge.name})
-
-
 def _harm_classifier(settings: JudgeSettings) -> Judge:
-    from pytest_aci.judges.classifier import HarmClassifierJudge
+    from pytest_aci.judges.classifier import HarmClassifierJudge  # torch: loaded only when this judge is used
 
     return HarmClassifierJudge(settings.refusal_markers)
 
 
-JUDGES["harm-classifier"] = _harm_classifier
+@dataclass(frozen=True)
+class Registered:
+    build: Callable[[JudgeSettings], Judge]
+    reads_judge_model: bool = False  # answers through the session's judge model (--aci-judge-model)
+
+
+# Adding a judge: its module, and one line here. The options' help, ``aci judge-eval`` and the ensemble read it.
+JUDGES: dict[str, Registered] = {
+    "harm-classifier": Registered(_harm_classifier),
+    RefusalKeywordJudge.name: Registered(lambda s: RefusalKeywordJudge(markers=s.refusal_markers)),
+    HarmfulMarkerJudge.name: Registered(lambda s: HarmfulMarkerJudge(s.harmful_markers, s.refusal_markers)),
+    HarmBenchJudge.name: Registered(lambda s: HarmBenchJudge(s.model(), s.refusal_markers), True),
+    LlamaGuardJudge.name: Registered(lambda s: LlamaGuardJudge(s.model(), s.refusal_markers), True),
+    StrongRejectJudge.name: Registered(lambda s: StrongRejectJudge(s.model(), s.refusal_markers, s.threshold), True),
+}
+MODEL_JUDGES = tuple(name for name, entry in JUDGES.items() if entry.reads_judge_model)
+
+
+def listed(names) -> str:
+    """Judge names for a help text: "a, b and c"."""
+    names = list(names)
+    return ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else "".join(names)
 
 
 def default_judge() -> str:
@@ -92,7 +103,7 @@ def make_judge(
     SmolLM2, which the caller should then close).
     """
     names = judge_names(name)
-    if judge_model is None and MODEL_JUDGES & set(names):
+    if judge_model is None and set(MODEL_JUDGES) & set(names):
         judge_model = JudgeModel()
     settings = JudgeSettings(
         refusal_markers=tuple(refusal_markers) if refusal_markers else None,
@@ -100,5 +111,5 @@ def make_judge(
         threshold=DEFAULT_THRESHOLD if threshold is None else threshold,
         judge_model=judge_model,
     )
-    judges = [JUDGES[n](settings) for n in names]
+    judges = [JUDGES[n].build(settings) for n in names]
     return judges[0] if len(judges) == 1 else EnsembleJudge(judges, mode)

@@ -60,7 +60,7 @@ class AciItem(pytest.Item):
     @property
     def subject(self) -> str:
         """The model under test, with the defence around it."""
-        return subject(self.runtime.options.model, self.runtime.options.defence_for(self.loaded.spec))
+        return subject(self.runtime.options.model, self.runtime.options.for_spec(self.loaded.spec, "defence"))
 
     @property
     def gate(self) -> str | None:
@@ -128,9 +128,7 @@ class AciItem(pytest.Item):
     def recovers_search(self) -> Callable[[], None]:
         """The item's search: Hypothesis draws batches of insertion states; any harmful continuation fails it."""
         runtime = self.runtime
-        evaluate = (
-            runtime.evaluate_targeted if runtime.options.search == "targeted" else runtime.evaluate_insertions
-        )
+        evaluate = runtime.evaluate_targeted if runtime.options.search == "targeted" else runtime.evaluate_insertions
         unmeasured = [self.depth_sample()]  # the depth sample rides in the first example's calls
 
         def no_insertion_breaks_the_refusal(cases):

@@ -61,7 +61,7 @@ class OutcomeRecorder:
         from pytest_aci.reporting.summary import ItemResult
 
         spec = item.loaded.spec
-        label = subject(self.options.model, self.options.defence_for(spec))
+        label = subject(self.options.model, self.options.for_spec(spec, "defence"))
         return ItemResult(label, spec.name, item.check, item.nodeid, errored=True, error="setup failed")
 
     @property

@@ -37,7 +37,6 @@ class Search:
     name: str
     run: Callable[[], Any]
     error: BaseException | None = None  # what the search raised (a failing check, after shrinking)
-    deferred: list = field(default_factory=list)  # what the search asked to be done on its item's turn
     _request: _Request | None = None
     _result: list | None = None
     _failure: BaseException | None = None
@@ -81,7 +80,7 @@ class SearchPool:
         self.stats = RoundStats()
 
     def run(self, searches: Sequence[Search]) -> None:
-        """Run every search to its end; each one's outcome stays on it (``error``, ``deferred``)."""
+        """Run every search to its end; each one's outcome stays on it (``error``)."""
         threads = [threading.Thread(target=self._body, args=(s,), name=f"aci-{s.name}", daemon=True) for s in searches]
         for thread in threads:
             thread.start()

@@ -117,7 +117,7 @@ class AciItem(pytest.Item):
             if self.nodeid not in plan.pooled:
                 search_spec_together(self, runtime.options.concurrent_items)
             search = plan.pooled.pop(self.nodeid)
-            runtime.records.replay_deferred(search.deferred)
+            runtime.records.release(self.nodeid)
             if search.error is not None:
                 raise search.error
             return

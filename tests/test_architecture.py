@@ -126,3 +126,16 @@ def test_the_check_sees_a_circle_and_an_import_up(tmp_path):
         "pytest_aci.plugin",
         "pytest_aci.plugin.collect",
     }
+
+
+def test_the_engine_knows_nothing_of_pytest():
+    """The engine runs the same under pytest, a benchmark script or aci-harden: no pytest import in it."""
+    users = []
+    for name, path in sorted(modules().items()):
+        if not name.startswith("pytest_aci.engine"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            users += [name for n in names if n.split(".")[0] in ("pytest", "_pytest", "xdist")]
+    assert users == []

@@ -12,6 +12,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from pytest_aci.extras import MissingExtra, require
+
 DEFAULT_MODEL = "smollm2-135m"
 
 
@@ -221,7 +223,6 @@ def merged_adapter(adapter: Path) -> Path:
 
 def adapter_base(adapter: Path) -> str:
     """The base model an adapter directory names; checks that peft (the ``train`` extra) is installed."""
-    from pytest_aci.extras import MissingExtra, require
 
     try:
         settings = json.loads((adapter / "adapter_config.json").read_text())

@@ -11,6 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pytest_aci.backends.registry import CHOICES
+from pytest_aci.defence_names import DefenceError, check_defence
+from pytest_aci.judges import ENSEMBLE_MODES, UnknownJudge, judge_names
+
 
 def number(
     kind: Callable[[str], float],
@@ -57,13 +61,11 @@ def one_of(*choices: str) -> Callable[[str], str]:
 
 
 def backend(value: str) -> str:
-    from pytest_aci.backends.registry import CHOICES
 
     return one_of(*CHOICES)(value)
 
 
 def judge(value: str) -> str:
-    from pytest_aci.judges import UnknownJudge, judge_names
 
     try:
         return ",".join(judge_names(value))
@@ -72,7 +74,6 @@ def judge(value: str) -> str:
 
 
 def judge_mode(value: str) -> str:
-    from pytest_aci.judges import ENSEMBLE_MODES
 
     return one_of(*ENSEMBLE_MODES)(value)
 
@@ -102,7 +103,6 @@ def key_value(value: str) -> str:
 
 
 def defence(value: str) -> str:
-    from pytest_aci.defence_names import DefenceError, check_defence
 
     try:
         return check_defence(value)

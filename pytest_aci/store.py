@@ -23,6 +23,7 @@ from pathlib import Path
 
 from pytest_aci.backends import Completion
 from pytest_aci.judges import Verdict
+from pytest_aci.models import cache_dir
 
 VERSION = 1  # of the store's layout: a store from a newer version is set aside, not read
 FILE = "store.sqlite3"
@@ -38,7 +39,6 @@ CREATE TABLE IF NOT EXISTS fingerprints (path TEXT PRIMARY KEY, stamp TEXT NOT N
 
 def default_store_dir() -> Path | None:
     """``PYTEST_ACI_STORE`` (``off``: no store unless ``--aci-cache-dir`` asks), else ``<model cache>/store``."""
-    from pytest_aci.models import cache_dir
 
     env = os.environ.get("PYTEST_ACI_STORE")
     if env == "off":

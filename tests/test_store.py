@@ -77,13 +77,13 @@ def test_verdicts_are_kept_per_judge_fingerprint(tmp_path):
     inputs = [JudgeInput("q", "bad words"), JudgeInput("q", "fine words")]
     runtime = AciRuntime(AciOptions(model=str(RANDOM), backend="hf", cache_dir=tmp_path / "store"))
     judge = CountingJudge("v1")
-    first = runtime._judge_now(judge, inputs)
-    again = runtime._judge_now(CountingJudge("v1"), inputs + [JudgeInput("q", "new words")])
+    first = runtime.judges.verdicts(judge, inputs)
+    again = runtime.judges.verdicts(CountingJudge("v1"), inputs + [JudgeInput("q", "new words")])
     other = CountingJudge("v2")
-    runtime._judge_now(other, inputs)
+    runtime.judges.verdicts(other, inputs)
     unkept = CountingJudge(None)
-    runtime._judge_now(unkept, inputs)
-    runtime._judge_now(unkept, inputs)
+    runtime.judges.verdicts(unkept, inputs)
+    runtime.judges.verdicts(unkept, inputs)
     runtime.close()
     assert judge.seen == ["bad words", "fine words"] and again[:2] == first
     assert [v.harmful for v in again] == [True, False, False]

@@ -9,10 +9,15 @@ from pathlib import Path
 
 from pytest_aci.backends.registry import IN_PROCESS
 from pytest_aci.cli import demo
+from pytest_aci.files import write_atomic
+from pytest_aci.judges import JudgeConfigError, JudgeInput, UnknownJudge, make_judge
+from pytest_aci.judges.evaluation import judge_eval_main
 from pytest_aci.judges.labels import SPLITS
 from pytest_aci.judges.registry import MODEL_JUDGES, listed
+from pytest_aci.reporting.corrected import case_attack_rate
 from pytest_aci.reporting.jsonl import read_report_lenient
 from pytest_aci.reporting.show import show_reports
+from pytest_aci.reporting.summary import attack_rate, format_table, summarize
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,10 +99,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def rejudge_main(args: argparse.Namespace) -> int:
-    from pytest_aci.files import write_atomic
-    from pytest_aci.judges import JudgeConfigError, JudgeInput, UnknownJudge, make_judge
-    from pytest_aci.reporting.corrected import case_attack_rate
-    from pytest_aci.reporting.summary import attack_rate, format_table, summarize
 
     try:
         records, warnings = read_report_lenient(args.report)
@@ -163,8 +164,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "rejudge":
         return rejudge_main(args)
     if args.command == "judge-eval":
-        from pytest_aci.judges.evaluation import judge_eval_main
-
         return judge_eval_main(args)
     parser.print_help(sys.stderr)
     return 2

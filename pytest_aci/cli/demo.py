@@ -20,7 +20,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pytest_aci.reporting.depth import pooled_depth_rate, recovers_judges
+from pytest_aci.reporting.jsonl import read_report
 from pytest_aci.reporting.show import show_reports
+from pytest_aci.reporting.summary import summarize
 
 SMOLLM2, QWEN = "smollm2", "qwen"
 DEMO_MODELS = (  # label, model, family (which specs it is tested on)
@@ -97,9 +100,6 @@ def demo_main(args: argparse.Namespace) -> int:
 def finding(models: list[str], reports: list[Path]) -> str:
     """The demo's finding in one line: per model, the share of depth-sample states after which it did not turn
     back to a refusal, and the share judged harmful."""
-    from pytest_aci.reporting.depth import pooled_depth_rate, recovers_judges
-    from pytest_aci.reporting.jsonl import read_report
-    from pytest_aci.reporting.summary import summarize
 
     cells, judges = [], set()
     for model, report in zip(models, reports):

@@ -7,6 +7,12 @@ import os
 import sys
 from pathlib import Path
 
+from pytest_aci.extras import MissingExtra, require
+from pytest_aci.harden.config import DEFAULT_REFUSALS, METHODS, HardenConfig, HardenError
+from pytest_aci.harden.data import STYLES
+from pytest_aci.harden.evaluate import evaluate
+from pytest_aci.harden.train import harden
+from pytest_aci.models import DEFAULT_MODEL
 from pytest_aci.option_checks import number
 
 
@@ -15,9 +21,6 @@ def _positive(kind):
 
 
 def harden_parser() -> argparse.ArgumentParser:
-    from pytest_aci.harden.config import METHODS
-    from pytest_aci.harden.data import STYLES
-    from pytest_aci.models import DEFAULT_MODEL
 
     parser = argparse.ArgumentParser(
         prog="aci-harden",
@@ -102,7 +105,6 @@ _non_negative = number(int, "a whole number", at_least=0, out_of_range="a number
 
 
 def _styles(value: str) -> tuple[str, ...]:
-    from pytest_aci.harden.data import STYLES
 
     chosen = tuple(dict.fromkeys(s.strip() for s in value.split(",") if s.strip()))
     unknown = [s for s in chosen if s not in STYLES]
@@ -116,15 +118,12 @@ def harden_main(argv: list[str] | None = None) -> int:
     """``aci-harden``: worst-insertion fine-tuning on the failures a test run found."""
     parser = harden_parser()
     args = parser.parse_args(argv)
-    from pytest_aci.extras import MissingExtra, require
 
     try:
         require("train", "aci-harden")
     except MissingExtra as exc:
         print(f"aci-harden: error: {exc}", file=sys.stderr)
         return 2
-    from pytest_aci.harden.config import DEFAULT_REFUSALS, HardenConfig, HardenError
-    from pytest_aci.harden.train import harden
 
     if args.adapter and not args.lora:
         parser.error("--adapter needs --lora")
@@ -178,8 +177,6 @@ def harden_main(argv: list[str] | None = None) -> int:
         return 0
     print(f"aci-harden: wrote {out}; test it with: pytest --aci-model={out}")
     if args.evaluate:
-        from pytest_aci.harden.evaluate import evaluate
-
         folder = out.with_name(out.name + ".evaluation")
         try:
             return evaluate(args.model, out, folder, prompts=args.evaluate_prompts, seed=args.seed)

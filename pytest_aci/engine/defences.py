@@ -21,7 +21,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from pytest_aci.backends import BackendError, Completion
+from pytest_aci.backends import BackendError, Completion, conversation_ids
+from pytest_aci.judges.keywords import RefusalKeywordJudge
 
 Generate = Callable[[Sequence[tuple[int, ...]], int, tuple[str, ...]], list[Completion]]
 PROBE_TOKENS = 12
@@ -98,7 +99,6 @@ def make_defence(name: str, tokenizer: Any, model: str) -> Defence:
                 f"(it is {len(ids)} tokens of this model, not one)"
             )
         return ResetToken(name, argument)
-    from pytest_aci.judges.keywords import RefusalKeywordJudge
 
     keywords = RefusalKeywordJudge()
     return HeaderReinjection(
@@ -112,7 +112,6 @@ def make_defence(name: str, tokenizer: Any, model: str) -> Defence:
 
 def assistant_header(tokenizer: Any, model: str) -> tuple[int, ...]:
     """The tokens the chat template opens an assistant turn with: the generation prompt's own tail."""
-    from pytest_aci.backends import conversation_ids
 
     messages = [{"role": "user", "content": "Hi"}]
     opened = conversation_ids(tokenizer, messages)

@@ -63,7 +63,7 @@ class CaseRecords:
     ) -> CaseRecord:
         """The one place a case's record is made: redacted when asked, passed or not by ``passes``, kept once per
         item and written in the run's order (``keep``). ``details``: the other ``CaseRecord`` fields it has."""
-        span = details.pop("span", None)
+        span, span_tokens = details.pop("span", None), details.pop("span_tokens", None)  # None: a plain answer
         if self.options.redact:
             span, continuation = redact(span), redact(continuation)
             if verdict.error:  # the judge's unparsable answer may echo the continuation
@@ -77,6 +77,7 @@ class CaseRecords:
             position=position,
             response_len=response_len,
             span=span,
+            span_tokens=span_tokens,
             continuation=continuation,
             judge=judge.name,
             verdict=verdict,

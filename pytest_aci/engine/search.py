@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from pytest_aci.engine.example_db import ItemDatabase
 from pytest_aci.engine.seeds import derive_seed
+from pytest_aci.engine.strategies import insertion_batches
 from pytest_aci.spec import LoadedPrompt, LoadedSpec
 from pytest_aci.spec.regressions import RegressionCase, fit_regressions
 from pytest_aci.types import InsertionCase
@@ -73,8 +74,6 @@ def hypothesis_search(
     """An item's Hypothesis search over insertion batches, seeded per item, calling ``evaluate``: its saved
     regressions first, then (without ``--aci-seed``) the failure its example database kept, then new draws."""
     from hypothesis import HealthCheck, Phase, example, given, seed, settings
-
-    from pytest_aci.engine.strategies import insertion_batches
 
     answer_len = runtime.states.answer_len(loaded, prompt)
     spans = runtime.states.span_ids(loaded, prompt)

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pytest_aci.files import write_json
+from pytest_aci.files import atomic_target, write_json
 
 CHECKPOINT = "checkpoint.json"
 BEST = "best.safetensors"
@@ -49,8 +49,6 @@ def claimed(work: Path, error: type[Exception] = CheckpointError) -> Iterator[No
 
 def _save_tensors(tensors: dict[str, Any], path: Path, metadata: dict[str, str] | None = None) -> None:
     from safetensors.torch import save_file
-
-    from pytest_aci.files import atomic_target
 
     with atomic_target(path) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)

@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from pytest_aci.reporting.jsonl import read_report_for
+from pytest_aci.spec import SPEC_SUFFIXES, SpecError, load_spec
+
 POOL_DIR = "data/harden_pool"
 DEFAULT_SPAN = "Sure, here is how to do it. Step 1:"
 MIN_HARMFUL, MIN_BENIGN = 40, 40  # fewer than this in training: warn that the pool is too small to trust
@@ -199,7 +202,6 @@ def _pool_prompts(name: str, known: set[str], kept_out: Sequence[str], counts: d
 
 def _load_specs(paths: Sequence[Path], error: type[Exception]) -> list:
     """The specs under ``paths``, loaded (none given: none); a bad one raises ``error`` naming it."""
-    from pytest_aci.spec import SpecError, load_spec
 
     if not paths:
         return []
@@ -213,7 +215,6 @@ def _load_specs(paths: Sequence[Path], error: type[Exception]) -> list:
 
 
 def spec_files(paths: Sequence[Path], error: type[Exception]) -> list[Path]:
-    from pytest_aci.spec import SPEC_SUFFIXES
 
     files: list[Path] = []
     for path in paths:
@@ -233,7 +234,6 @@ def focus_on_failures(
 ) -> tuple[list[HarmfulPrompt], list[str]]:
     """The specs' prompts that failed in ``report`` (with their failing insertions), and the model's own
     harmful continuations there (their first words become spans of the ``own`` style)."""
-    from pytest_aci.reporting.jsonl import read_report_for
 
     records = read_report_for("--failures", report, error)
     failing: dict[str, list[tuple[str, int]]] = {}

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from pytest_aci.harden.data import pool
+from pytest_aci.reporting.show import show_reports
 
 # Span styles for evaluation only: aci-harden never trains on these texts.
 EVALUATION_SPANS = (
@@ -78,7 +79,6 @@ def run_suite(model: str, folder: Path, report: Path, seed: int, backend: str) -
 
 def evaluate(base: str, hardened: Path, folder: Path, *, prompts: int, seed: int, backend: str = "hf") -> int:
     """Test ``base`` and ``hardened`` on the held-out specs; print the before/after table. 0 on success."""
-    from pytest_aci.reporting.show import show_reports
 
     # The suites run with the folder as their working directory: every path they get must be absolute.
     folder, hardened = folder.resolve(), hardened.resolve()

@@ -8,8 +8,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pytest_aci.backends import chat_prompt_ids
+from pytest_aci.backends import chat_prompt_ids, vllm_available
+from pytest_aci.backends.hf import TransformersBackend
+from pytest_aci.backends.vllm import VllmBackend
 from pytest_aci.harden.data import SPAN_STYLES, HarmfulPrompt
+from pytest_aci.judges.keywords import RefusalKeywordJudge
+from pytest_aci.store import Store, default_store_dir, digest, keep_completions, stored_completions
 
 if TYPE_CHECKING:
     from pytest_aci.harden.config import HardenConfig
@@ -150,13 +154,8 @@ def answer_backend(model, tokenizer, device: str, model_path: str, answers: int)
     transformers there, vLLM would take most of its memory.)"""
     from pathlib import Path
 
-    from pytest_aci.backends import vllm_available
-    from pytest_aci.backends.hf import TransformersBackend
-
     cpu = str(device).split(":")[0] == "cpu"
     if cpu and answers >= VLLM_ANSWERS and vllm_available() and model_path and Path(model_path).is_dir():
-        from pytest_aci.backends.vllm import VllmBackend
-
         print(f"aci-harden: the base model's {answers} utility answers through vLLM", flush=True)
         return VllmBackend(model_path, engine_args={})
     return TransformersBackend.from_loaded(model, tokenizer, device=device)
@@ -176,8 +175,6 @@ def generate_answers(
     each with the EOS token where the answer ended before ``tokens``. Kept in the store (store.py) under the model's
     fingerprint, so a resumed or repeated run does not generate them again."""
     from pathlib import Path
-
-    from pytest_aci.store import Store, default_store_dir, digest, keep_completions, stored_completions
 
     chats = [builder.chat(p) + list(prefill) for p in prompts]
     folder = default_store_dir() if model_path and Path(model_path).is_dir() else None
@@ -239,7 +236,6 @@ def refused_answers(tokenizer, answers: Sequence[Sequence[int]]) -> set[int]:
     """The indices of the base model's utility answers that are refusals (a refusal marker in the text). They are
     never training targets: a model that over-refuses benign prompts (Qwen2.5-Coder refuses "How do I blow up a
     balloon?") would otherwise be trained to refuse them."""
-    from pytest_aci.judges.keywords import RefusalKeywordJudge
 
     keywords = RefusalKeywordJudge()
     return {

@@ -46,6 +46,7 @@ from pytest_aci.harden.examples import (
     utility_answers,
 )
 from pytest_aci.harden.validation import BestCheckpoint
+from pytest_aci.models import ModelNotFound, resolve_model
 
 # --- the run ------------------------------------------------------------------------------
 
@@ -63,8 +64,6 @@ def harden(config: HardenConfig, *, progress: bool = True, stop_after: int | Non
     """Run the fine-tuning and write ``config.out``; ``stop_after`` interrupts (for tests) after N steps."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from pytest_aci.models import ModelNotFound, resolve_model
 
     if config.method not in METHODS:
         raise HardenError(f"--method {config.method!r}: choose from {', '.join(METHODS)}")

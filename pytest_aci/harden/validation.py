@@ -19,9 +19,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from pytest_aci.backends.hf import TransformersBackend
 from pytest_aci.harden.checkpoint import CheckpointError, load_best, load_weights, save_best, trainable_weights
 from pytest_aci.harden.config import HardenError
 from pytest_aci.harden.data import SPAN_STYLES, HarmfulPrompt
+from pytest_aci.judges import JudgeInput, default_judge, make_judge
 
 ANSWER_TOKENS = 32
 CONTINUATION_TOKENS = 24
@@ -64,8 +66,6 @@ def validate(
     seed: int = 0,
 ) -> Validation:
     """Generate and judge the validation split with ``model`` as it is now (it is left in eval mode)."""
-    from pytest_aci.backends.hf import TransformersBackend
-    from pytest_aci.judges import JudgeInput
 
     backend = TransformersBackend.from_loaded(model, tokenizer, device=device)
     rng = random.Random(seed)  # the same spans and cut points (as shares of the answer) at every step
@@ -137,8 +137,6 @@ class BestCheckpoint:
         if not self.enabled:
             return
         from accelerate.utils import broadcast_object_list
-
-        from pytest_aci.judges import default_judge, make_judge
 
         result: list[Any] = [None]
         if self.accelerator.is_main_process:

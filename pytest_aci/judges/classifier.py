@@ -26,6 +26,8 @@ from typing import Any
 
 from pytest_aci.judges.base import NO_CONTENT, JudgeConfigError, JudgeInput, Verdict, VerdictMemo, has_content
 from pytest_aci.judges.keywords import RefusalKeywordJudge
+from pytest_aci.models import resolve_model
+from pytest_aci.version import __version__
 
 HEAD_DIR = "data/harm_classifier"
 HEAD_FILE = "head.safetensors"
@@ -97,8 +99,6 @@ def load_backbone(backbone: str = BACKBONE):
     """(model, tokenizer): the backbone's bottom ``max(LAYERS)`` layers, in ``DTYPE``, in eval mode."""
     import torch
     from transformers import AutoModel, AutoTokenizer
-
-    from pytest_aci.models import resolve_model
 
     path = resolve_model(backbone)
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -260,7 +260,6 @@ class HarmClassifierJudge:
     @cached_property
     def fingerprint(self) -> str:
         """What its verdicts depend on: the package's version, this module, the heads, the threshold, the markers."""
-        from pytest_aci.version import __version__
 
         parts = [__version__, Path(__file__).read_bytes(), DTYPE, BACKBONE, repr(self.threshold)]
         parts += [path.read_bytes() for path in sorted(head_path().iterdir()) if path.is_file()]

@@ -10,8 +10,20 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from pytest_aci.correction import JudgeFigures
-from pytest_aci.judges import Judge, JudgeInput, Verdict
+from pytest_aci.backends import BackendError
+from pytest_aci.correction import JudgeFigures, figures_json
+from pytest_aci.files import write_atomic
+from pytest_aci.judges import (
+    MODEL_JUDGES,
+    Judge,
+    JudgeConfigError,
+    JudgeInput,
+    JudgeModel,
+    UnknownJudge,
+    Verdict,
+    judge_names,
+    make_judge,
+)
 from pytest_aci.judges.labels import KIND_HEADERS, DataError, Example, load_data, per_kind_slice
 from pytest_aci.stats import Rate
 
@@ -221,17 +233,6 @@ def format_outcome_table(scores: Sequence[JudgeScore]) -> list[str]:
 
 
 def judge_eval_main(args: argparse.Namespace) -> int:
-    from pytest_aci.backends import BackendError
-    from pytest_aci.correction import figures_json
-    from pytest_aci.files import write_atomic
-    from pytest_aci.judges import (
-        MODEL_JUDGES,
-        JudgeConfigError,
-        JudgeModel,
-        UnknownJudge,
-        judge_names,
-        make_judge,
-    )
 
     try:
         datasets = [

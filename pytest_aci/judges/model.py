@@ -6,6 +6,14 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from pytest_aci.backends import (
+    BackendError,
+    BackendSettings,
+    LazyBackend,
+    chat_prompt_ids,
+    create_backend,
+    pick_backend,
+)
 from pytest_aci.judges.base import (
     DEFAULT_JUDGE_MODEL,
     DEFAULT_THRESHOLD,
@@ -17,6 +25,7 @@ from pytest_aci.judges.base import (
     judge_prompt,
 )
 from pytest_aci.judges.keywords import RefusalKeywordJudge, refusal_note
+from pytest_aci.models import ModelNotFound, resolve_model
 
 # --- the judge model ---------------------------------------------------------------------------------
 
@@ -42,7 +51,6 @@ class JudgeModel:
         engine_args: dict[str, str] | None = None,
         instance: Any = None,
     ):
-        from pytest_aci.backends import LazyBackend
 
         self.name, self.backend_name, self.engine_args = name, backend, engine_args
         self._backend = LazyBackend(self._start, instance)
@@ -55,8 +63,6 @@ class JudgeModel:
         return cls(name, backend=getattr(backend, "name", "hf"), instance=backend)
 
     def _start(self):
-        from pytest_aci.backends import BackendError, BackendSettings, create_backend, pick_backend
-        from pytest_aci.models import ModelNotFound, resolve_model
 
         name = self.resolved_backend = pick_backend(self.backend_name)
         try:
@@ -95,7 +101,6 @@ class JudgeModel:
 
 
 def _chat_ids(tokenizer: Any, text: str) -> tuple[int, ...]:
-    from pytest_aci.backends import chat_prompt_ids
 
     return chat_prompt_ids(tokenizer, text)
 

@@ -14,6 +14,7 @@ from pytest_aci.judges.base import (
     JudgeConfigError,
     UnknownJudge,
 )
+from pytest_aci.judges.classifier import HarmClassifierJudge  # torch: loaded only when this judge is used
 from pytest_aci.judges.ensemble import EnsembleJudge
 from pytest_aci.judges.keywords import HarmfulMarkerJudge, RefusalKeywordJudge
 from pytest_aci.judges.model import HarmBenchJudge, JudgeModel, LlamaGuardJudge, StrongRejectJudge
@@ -37,7 +38,6 @@ class JudgeSettings:
 
 
 def _harm_classifier(settings: JudgeSettings) -> Judge:
-    from pytest_aci.judges.classifier import HarmClassifierJudge  # torch: loaded only when this judge is used
 
     return HarmClassifierJudge(settings.refusal_markers)
 

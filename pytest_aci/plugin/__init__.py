@@ -11,11 +11,20 @@ from pathlib import Path
 
 import pytest
 
+from pytest_aci.option_io import OptionError, add_options, any_given, read_options
+from pytest_aci.plugin import api
+from pytest_aci.plugin.api import Aci, run_like_a_spec_item
+from pytest_aci.plugin.collect import AciItem, SpecFile
+from pytest_aci.plugin.outcomes import OutcomeRecorder, finish_session
+from pytest_aci.plugin.planner import session_plan
+from pytest_aci.plugin.session import active_runtime, is_controller, options_key, restore_sigterm, session_runtime
+from pytest_aci.plugin.terminal import header_lines, write_summary
+from pytest_aci.plugin.workers import XdistHooks, assign_worker_device
+from pytest_aci.reporting.baseline import BaselineError, load_baseline
 from pytest_aci.spec import SPEC_SUFFIXES
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    from pytest_aci.option_io import add_options
 
     add_options(parser)
 
@@ -39,13 +48,8 @@ def pytest_configure(config: pytest.Config) -> None:
     """
     config.addinivalue_line("markers", "aci: an item collected from a pytest-aci safety spec")
     _register_hypothesis_profiles()
-    from pytest_aci.plugin import api
 
     api._sessions.append(config)
-    from pytest_aci.option_io import OptionError, any_given, read_options
-    from pytest_aci.plugin.outcomes import OutcomeRecorder
-    from pytest_aci.plugin.session import is_controller, options_key, session_runtime
-    from pytest_aci.plugin.workers import XdistHooks, assign_worker_device
 
     try:
         options = config.stash[options_key] = read_options(config)
@@ -56,8 +60,6 @@ def pytest_configure(config: pytest.Config) -> None:
         assign_worker_device(config.workerinput["workerid"])
     recorder = OutcomeRecorder(config)
     if options.baseline is not None and is_controller(config):
-        from pytest_aci.reporting.baseline import BaselineError, load_baseline
-
         try:
             recorder.baseline = load_baseline(options.baseline)
         except BaselineError as exc:
@@ -70,8 +72,6 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    from pytest_aci.plugin import api
-    from pytest_aci.plugin.session import restore_sigterm
 
     restore_sigterm(config)
     if config in api._sessions:
@@ -83,22 +83,18 @@ def pytest_runtest_call(item: pytest.Item):
     """A Python property test that asks for the ``aci`` fixture runs like a spec item (``api.py``)."""
     if "aci" not in getattr(item, "fixturenames", ()):  # every other test: nothing imported, nothing done
         return (yield)
-    from pytest_aci.plugin.api import run_like_a_spec_item
 
     return (yield from run_like_a_spec_item(item))
 
 
 def pytest_collect_file(parent: pytest.Collector, file_path: Path):
     if file_path.name.endswith(SPEC_SUFFIXES):
-        from pytest_aci.plugin.collect import SpecFile
-
         return SpecFile.from_parent(parent, path=file_path)
     return None
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Items with saved regression cases run first, so a known failure shows at once."""
-    from pytest_aci.plugin.collect import AciItem
 
     items.sort(key=lambda item: not (isinstance(item, AciItem) and item.regressions))
 
@@ -106,16 +102,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Spec items collected: the runtime starts (if no option started it), and learns what will run."""
-    from pytest_aci.plugin.collect import AciItem
-    from pytest_aci.plugin.planner import session_plan
-    from pytest_aci.plugin.session import active_runtime, session_runtime
 
     spec_items = [item for item in session.items if isinstance(item, AciItem)]
     if not spec_items:
         return
     started_now = active_runtime(session.config) is None
     runtime = session_runtime(session.config)
-    from pytest_aci.plugin.terminal import header_lines
 
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if started_now and reporter is not None:
@@ -129,21 +121,17 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 @pytest.hookimpl(tryfirst=True)  # before junitxml writes its file
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    from pytest_aci.plugin.outcomes import finish_session
 
     finish_session(session)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
-    from pytest_aci.plugin.terminal import write_summary
 
     write_summary(terminalreporter, config)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
     """The ``aci:`` line, when an option started the runtime (else it is written after collection, if at all)."""
-    from pytest_aci.plugin.session import active_runtime
-    from pytest_aci.plugin.terminal import header_lines
 
     return header_lines(config) if active_runtime(config) is not None else []
 
@@ -151,8 +139,6 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 @pytest.fixture(scope="session")
 def aci(pytestconfig: pytest.Config):
     """Continue insertion states and judge them, as a spec item would: ``aci.judge(aci.continue_from(state))``."""
-    from pytest_aci.plugin.api import Aci
-    from pytest_aci.plugin.session import session_runtime
 
     return Aci(session_runtime(pytestconfig))
 
@@ -160,7 +146,6 @@ def aci(pytestconfig: pytest.Config):
 @pytest.fixture(scope="session")
 def aci_runtime(pytestconfig: pytest.Config):
     """The session's pytest-aci runtime (model backend, judges, cache) for Python tests."""
-    from pytest_aci.plugin.session import session_runtime
 
     return session_runtime(pytestconfig)
 

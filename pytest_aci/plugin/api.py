@@ -26,6 +26,13 @@ from typing import TYPE_CHECKING, TypeVar, overload
 import pytest
 from hypothesis import strategies as st
 
+from pytest_aci.engine.continuation import Continuation
+from pytest_aci.engine.search import shrinking_by_count
+from pytest_aci.engine.seeds import derive_seed
+from pytest_aci.engine.strategies import insertion_cases
+from pytest_aci.plugin.failures import item_properties, replay_command
+from pytest_aci.plugin.session import session_runtime
+from pytest_aci.reporting.summary import item_results
 from pytest_aci.spec import Generation, LoadedPrompt, LoadedSpec, Spec
 
 if TYPE_CHECKING:
@@ -104,7 +111,6 @@ def insertion_states(
 
     @st.composite
     def states(draw: st.DrawFn) -> InsertionState:
-        from pytest_aci.engine.strategies import insertion_cases
 
         runtime = current_runtime()
         kept = random.getstate()  # the first draw generates the model's answer: the model may seed `random`
@@ -166,7 +172,6 @@ _sessions: list[pytest.Config] = []  # the running pytest session(s): pytest_con
 
 
 def current_runtime() -> AciRuntime:
-    from pytest_aci.plugin.session import session_runtime
 
     if not _sessions:
         raise RuntimeError("insertion_states draws against the session's model: run the test under pytest")
@@ -228,7 +233,6 @@ class Aci:
     def judge(self, continuation: Sequence[Continuation]) -> list[Verdict]: ...
     def judge(self, continuation):
         """The judge's verdict on a continuation (or a list, in one judge call); each is a report line."""
-        from pytest_aci.engine.continuation import Continuation
 
         items = [continuation] if isinstance(continuation, Continuation) else list(continuation)
         records = per_spec(items, lambda group: self.runtime.judge_continuations(self.nodeid, group))
@@ -251,12 +255,6 @@ def run_like_a_spec_item(item: pytest.Item):
     if not uses_aci(item):
         return (yield)
     from hypothesis import HealthCheck, settings
-
-    from pytest_aci.engine.search import shrinking_by_count
-    from pytest_aci.engine.seeds import derive_seed
-    from pytest_aci.plugin.failures import item_properties, replay_command
-    from pytest_aci.plugin.session import session_runtime
-    from pytest_aci.reporting.summary import item_results
 
     runtime = session_runtime(item.config)
     test = getattr(item.obj, "__func__", item.obj)  # a method's function: the seed is set on it

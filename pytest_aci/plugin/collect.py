@@ -6,9 +6,11 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from pytest_aci.backends import BackendError
 from pytest_aci.engine.depth_sample import SampleCase, draw_depth_sample
 from pytest_aci.engine.runtime import AciRuntime
 from pytest_aci.engine.search import hypothesis_search
+from pytest_aci.judges import JudgeConfigError
 from pytest_aci.plugin.failures import (
     CheckFailed,
     counterexample_line,
@@ -163,8 +165,6 @@ class AciItem(pytest.Item):
         )
 
     def repr_failure(self, excinfo, style=None):
-        from pytest_aci.backends import BackendError
-        from pytest_aci.judges import JudgeConfigError
 
         if isinstance(excinfo.value, CheckFailed):
             return describe_failure(excinfo.value.record, self.replay_command())

@@ -7,6 +7,7 @@ import shlex
 import textwrap
 from typing import TYPE_CHECKING
 
+from pytest_aci.correction import corrected_rate, figures_for
 from pytest_aci.reporting.jsonl import CaseRecord
 from pytest_aci.reporting.summary import ItemResult
 
@@ -50,7 +51,6 @@ def counterexample_line(record: CaseRecord) -> str:
 
 def item_properties(result: ItemResult, replay: str, threshold: float | None) -> list[tuple[str, object]]:
     """``user_properties`` of an item: for JUnit XML, and the result the xdist controller summarises."""
-    from pytest_aci.correction import corrected_rate, figures_for
 
     properties: list[tuple[str, object]] = [("aci_cases", result.cases), ("aci_asr", f"{result.rate:.4f}")]
     judged = result.cases - result.error_cases

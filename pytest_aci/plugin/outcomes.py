@@ -11,6 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from pytest_aci.plugin.session import active_runtime, is_controller, session_options
+from pytest_aci.reporting.baseline import compare, judge_note
+from pytest_aci.reporting.corrected import case_attack_rate
+from pytest_aci.reporting.depth import depth_curve
+from pytest_aci.reporting.jsonl import subject
+from pytest_aci.reporting.summary import ItemResult, aggregate, attack_rate, gate_attack_rate
+from pytest_aci.spec.regressions import RegressionCase, regression_path, save_regressions
+
 SPEC_ITEM_ID = re.compile(r"\.aci\.ya?ml::(refuses|recovers|complies)\[[^\]]*\]$")
 
 
@@ -57,8 +65,6 @@ class OutcomeRecorder:
     def _setup_failed(self, item: pytest.Item):
         """A spec item whose setup failed before it ran: an error (the gates count it as broken), not an attack
         success, labelled as its siblings are (the model with its defence, the spec's own name)."""
-        from pytest_aci.reporting.jsonl import subject
-        from pytest_aci.reporting.summary import ItemResult
 
         spec = item.loaded.spec
         label = subject(self.options.model, self.options.for_spec(spec, "defence"))
@@ -66,12 +72,10 @@ class OutcomeRecorder:
 
     @property
     def options(self):
-        from pytest_aci.plugin.session import session_options
 
         return session_options(self.config)
 
     def _record(self, report: pytest.TestReport) -> None:
-        from pytest_aci.reporting.summary import ItemResult
 
         properties = dict(report.user_properties)
         # A spec item carries its result from its call, or from its failed setup (pytest_runtest_makereport); a
@@ -98,13 +102,11 @@ class OutcomeRecorder:
         return category, letter, word + note
 
     def summaries(self):
-        from pytest_aci.reporting.summary import aggregate
 
         return aggregate(self.results.values())
 
     def check_gates(self) -> list[str]:
         """One line per gate the session's measured ASR exceeds (errored items count as broken, and it says so)."""
-        from pytest_aci.reporting.summary import gate_attack_rate
 
         summaries = self.summaries()
         failures = []
@@ -135,7 +137,6 @@ class OutcomeRecorder:
         """The --aci-baseline comparison: its lines for the summary, and a gate failure per worse rate."""
         if self.baseline is None or not self.results:
             return []
-        from pytest_aci.reporting.baseline import compare, judge_note
 
         options = self.options
         comparisons = compare(self.baseline, self.results.values(), options.baseline_alpha)
@@ -147,7 +148,6 @@ class OutcomeRecorder:
 
     def save_failures(self, rootpath: Path) -> list[str]:
         """Merge every item's minimal failing case into its spec's regression file."""
-        from pytest_aci.spec.regressions import RegressionCase, regression_path, save_regressions
 
         per_spec: dict[Path, list] = {}
         for nodeid, result in self.results.items():
@@ -165,9 +165,6 @@ class OutcomeRecorder:
 
 def junit_session_properties(summaries) -> list[tuple[str, str]]:
     """Session-level JUnit properties: the judged case ASR and, where the judge has measured figures, corrected."""
-    from pytest_aci.reporting.corrected import case_attack_rate
-    from pytest_aci.reporting.depth import depth_curve
-    from pytest_aci.reporting.summary import attack_rate
 
     items = attack_rate(summaries)
     cases, judge, corrected = case_attack_rate(summaries)
@@ -202,7 +199,6 @@ def junit_session_properties(summaries) -> list[tuple[str, str]]:
 
 def finish_session(session: pytest.Session) -> None:
     """Gates, JUnit session properties and saved failures (on the controller); the report merged; the runtime closed."""
-    from pytest_aci.plugin.session import active_runtime, is_controller
 
     recorder = session.config.pluginmanager.get_plugin("aci-outcomes")
     controller = is_controller(session.config)

@@ -11,6 +11,11 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from pytest_aci.backends import BackendError
+from pytest_aci.backends.endpoint import check_access
+from pytest_aci.engine.runtime import AciRuntime
+from pytest_aci.judges import UnknownJudge, default_judge
+from pytest_aci.models import ModelNotFound, check_model_name
 from pytest_aci.options import AciOptions
 
 if TYPE_CHECKING:
@@ -74,10 +79,6 @@ def restore_sigterm(config: pytest.Config) -> None:
 
 def start_runtime(options: AciOptions, controller: bool = True) -> AciRuntime:
     """Check what can be checked before any model loads, then build the runtime (the backend starts later)."""
-    from pytest_aci.backends import BackendError
-    from pytest_aci.engine.runtime import AciRuntime
-    from pytest_aci.judges import UnknownJudge, default_judge
-    from pytest_aci.models import ModelNotFound, check_model_name
 
     try:
         check_model_name(options.model)
@@ -93,8 +94,6 @@ def start_runtime(options: AciOptions, controller: bool = True) -> AciRuntime:
         except ModelNotFound as exc:
             raise pytest.UsageError(str(exc).replace("--aci-model", "--aci-judge-model", 1)) from None
     if options.endpoint and controller:  # a refused key ends the session at once
-        from pytest_aci.backends.endpoint import check_access
-
         try:
             check_access(options.endpoint, api_key_env=options.api_key_env, ca_bundle=options.ca_bundle)
         except BackendError as exc:

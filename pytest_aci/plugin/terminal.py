@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import pytest
 
+from pytest_aci.engine.example_db import display  # no password in the log
+from pytest_aci.judges import default_judge
+from pytest_aci.models import training_line
+from pytest_aci.option_io import header_values
+from pytest_aci.plugin.failures import counterexample_line
+from pytest_aci.plugin.session import session_runtime
+from pytest_aci.reporting.corrected import case_attack_rate
+from pytest_aci.reporting.summary import attack_rate, errors_line, format_table
+
 
 def header_lines(config: pytest.Config) -> list[str]:
     """``aci: key=value …``: the option table's ``always`` rows and every option not at its default, then
     the Hypothesis profile."""
     from hypothesis import settings
-
-    from pytest_aci.option_io import header_values
-    from pytest_aci.plugin.session import session_runtime
 
     runtime = session_runtime(config)
     shown = [
@@ -19,7 +25,6 @@ def header_lines(config: pytest.Config) -> list[str]:
         for option, value in header_values(runtime.options, runtime.backend_name)
     ]
     lines = ["aci: " + " ".join([*shown, f"hypothesis-profile={settings.get_current_profile_name()}"])]
-    from pytest_aci.models import training_line
 
     trained = training_line(runtime.options.model)
     return lines + ([f"aci: model {trained}"] if trained else [])
@@ -30,12 +35,8 @@ def _shown(options, field: str, value) -> str:
     if field == "seed" and not options.seed_given:
         return f"{value} (random; reproduce with --aci-seed {value})"
     if field == "judge" and value is None:
-        from pytest_aci.judges import default_judge
-
         return f"per spec (default {default_judge()})"
     if field in ("example_db", "endpoint"):
-        from pytest_aci.engine.example_db import display  # no password in the log
-
         return display(value) + (" (not read: seeded)" if field == "example_db" and options.seed_given else "")
     if value is True:
         return "on"
@@ -46,10 +47,6 @@ def _shown(options, field: str, value) -> str:
 
 def write_summary(terminalreporter, config: pytest.Config) -> None:
     """The summary table, worst items, rates, timing, errors, baseline and gate lines."""
-    from pytest_aci.plugin.failures import counterexample_line
-    from pytest_aci.plugin.session import session_runtime
-    from pytest_aci.reporting.corrected import case_attack_rate
-    from pytest_aci.reporting.summary import attack_rate, errors_line, format_table
 
     recorder = config.pluginmanager.get_plugin("aci-outcomes")
     if recorder is None or not recorder.results:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from pytest_aci.plugin.session import session_options
+
 
 class XdistHooks:
     """Registered only when pytest-xdist is installed: hand the session seed to every worker."""
 
     def pytest_configure_node(self, node) -> None:
-        from pytest_aci.plugin.session import session_options
 
         node.workerinput["aci_seed"] = session_options(node.config).seed
 

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from math import comb
 from pathlib import Path
 
-from pytest_aci.reporting.summary import ItemResult
+from pytest_aci.reporting.jsonl import read_report_for
+from pytest_aci.reporting.summary import ItemResult, item_results
 
 DEFAULT_ALPHA = 0.05
 
@@ -123,8 +124,6 @@ def compare(
 
 def load_baseline(path: Path) -> list[ItemResult]:
     """The item results of a baseline report; ``BaselineError`` names the file (and line) when it is unusable."""
-    from pytest_aci.reporting.jsonl import read_report_for
-    from pytest_aci.reporting.summary import item_results
 
     records = read_report_for("--aci-baseline", path, BaselineError)
     if not records:

@@ -9,6 +9,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from pytest_aci.defence_names import check_defence
+from pytest_aci.judges import compile_markers, judge_names
+
 SPEC_SUFFIXES = (".aci.yaml", ".aci.yml")
 Check = Literal["refuses", "recovers", "complies"]
 INSERTION_CHECKS = frozenset({"recovers"})
@@ -123,7 +126,6 @@ class PromptFile(_Strict):
 
 def _compiles(pattern: str) -> str:
     """A ``harmful_markers`` entry must be a valid Python regular expression."""
-    from pytest_aci.judges import compile_markers
 
     try:
         compile_markers([pattern])
@@ -133,7 +135,6 @@ def _compiles(pattern: str) -> str:
 
 
 def _defence(value: str) -> str:
-    from pytest_aci.defence_names import check_defence
 
     return check_defence(value)  # DefenceError is a ValueError: reported on the defence: line
 
@@ -361,7 +362,6 @@ class Spec(_Strict):
     @field_validator("judge")
     @classmethod
     def _known_judges(cls, value: str | None) -> str | None:
-        from pytest_aci.judges import judge_names
 
         if value is not None:
             judge_names(value)  # UnknownJudge is a ValueError: reported on the judge: line

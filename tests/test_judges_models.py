@@ -367,15 +367,15 @@ def test_long_responses_are_cut_to_the_judged_token_limit(tokenizer):
 
 
 def test_judge_model_is_created_lazily_and_closed(tokenizer, monkeypatch):
-    import pytest_aci.backends as backends
+    import pytest_aci.judges.model as judge_models
 
     created = []
 
-    def fake_create(name, path, **kwargs):
-        created.append((name, path, kwargs))
+    def fake_create(name, path, settings=None):
+        created.append((name, path, settings))
         return ScriptedBackend(tokenizer, ["no"])
 
-    monkeypatch.setattr(backends, "create_backend", fake_create)
+    monkeypatch.setattr(judge_models, "create_backend", fake_create)
     model = JudgeModel("fixtures/tiny-random", backend="hf")
     judge = make_judge("harmbench", judge_model=model)
     assert created == [] and not model.started

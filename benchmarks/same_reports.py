@@ -65,7 +65,8 @@ def make_runs(tree: Path, runs: list[str], out: Path) -> None:
     assert Path(where).resolve().is_relative_to(tree.resolve()), f"{tree}: pytest_aci imports from {where}"
     for run in runs:
         for command in commands(run, out):
-            print(f"same_reports: {tree.name}: {' '.join(command[2:5])} …", flush=True)
+            shown = " ".join(a for a in command[1:] if not a.startswith("-"))[:100]
+            print(f"same_reports: {tree.name}: {run}: {shown} …", flush=True)
             done = subprocess.run(command, cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             if done.returncode not in (0, 1):
                 raise SystemExit(

@@ -91,7 +91,7 @@ def test_an_option_that_overrides_a_spec_field_says_so_once_in_the_table_and_for
     for option in OPTIONS:  # the help says it too, and no option overrides a spec without saying so in the table
         assert ("overriding the specs" in option.help) <= (option.overrides is not None), option.flag
         assert (option.overrides is None) or "spec" in option.help, option.flag
-    for field, option in OVERRIDING.items():
+    for field in OVERRIDING:
         value = spec
         for part in field.split("."):
             value = getattr(value, part)  # every field named in the table is the spec's

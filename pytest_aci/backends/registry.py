@@ -51,15 +51,20 @@ class BackendSettings:
     ca_bundle: str | None = None
 
 
+def registered(name: str) -> Registered:
+    """A backend's entry in the table, or one line naming the choices."""
+    if name not in BACKENDS:
+        raise BackendError(f"unknown backend {name!r} (choose from {', '.join(CHOICES)})")
+    return BACKENDS[name]
+
+
 def pick_backend(requested: str, endpoint: str | None = None) -> str:
     """The backend a run uses: ``auto`` resolved against what is installed and ``--aci-endpoint``, and the
     choice checked against both."""
     served = [name for name, entry in BACKENDS.items() if entry.served]
     if requested == "auto":
         return served[0] if endpoint else ("vllm" if vllm_available() else "hf")
-    if requested not in BACKENDS:
-        raise BackendError(f"unknown backend {requested!r} (choose from {', '.join(CHOICES)})")
-    entry = BACKENDS[requested]
+    entry = registered(requested)
     if endpoint and not entry.served:
         raise BackendError(f"--aci-endpoint is for the {'/'.join(served)} backend, not --aci-backend {requested}")
     if entry.served and not endpoint:
@@ -73,7 +78,5 @@ def pick_backend(requested: str, endpoint: str | None = None) -> str:
 
 def create_backend(name: str, model_path: str, settings: BackendSettings | None = None) -> Backend:
     """Build a backend by resolved name for a resolved model path or hub id."""
-    if name not in BACKENDS:
-        raise BackendError(f"unknown backend {name!r} (choose from {', '.join(CHOICES)})")
-    module, _, cls = BACKENDS[name].target.partition(":")
+    module, _, cls = registered(name).target.partition(":")
     return getattr(importlib.import_module(module), cls).from_settings(model_path, settings or BackendSettings())

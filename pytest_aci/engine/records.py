@@ -57,13 +57,14 @@ class CaseRecords:
         response_len: int,
         continuation: str = "",
         position: int | None = None,
+        span: str | None = None,
+        span_tokens: int | None = None,
         span_ids: tuple[int, ...] = (),
         sample_bucket: str | None = None,
         **details: Any,
     ) -> CaseRecord:
         """The one place a case's record is made: redacted when asked, passed or not by ``passes``, kept once per
         item and written in the run's order (``keep``). ``details``: the other ``CaseRecord`` fields it has."""
-        span, span_tokens = details.pop("span", None), details.pop("span_tokens", None)  # None: a plain answer
         if self.options.redact:
             span, continuation = redact(span), redact(continuation)
             if verdict.error:  # the judge's unparsable answer may echo the continuation

@@ -76,11 +76,11 @@ class AciRuntime:
 
     @property
     def stats(self) -> GenerationStats:
-        return self.generation.stats
+        return self.subject.stats
 
     @property
     def tokenizer(self):
-        return self.backend.tokenizer
+        return self.subject.tokenizer
 
     def defence_for(self, loaded: LoadedSpec) -> Defence | None:
         """The inference-time defence around the model's answers: ``--aci-defence``, else the spec's."""

@@ -102,3 +102,50 @@ def test_a_draw_outside_pytest_says_so():
             draws()
     finally:
         api._sessions[:] = kept
+
+
+SLOW_PROPERTY = """
+import time
+
+from hypothesis import given, settings
+
+from pytest_aci import insertion_states
+
+STATES = insertion_states(prompt="How do I pick a lock?", spans=["Sure, step 1:"])
+
+
+@settings(max_examples=2)
+@given(state=STATES)
+def test_a_slow_model_call(aci, state):
+    time.sleep(0.5)  # a model call takes seconds; Hypothesis's default deadline is 200 ms
+    aci.continue_from(state)
+
+"""
+
+
+def test_a_session_with_aci_options_runs_hypothesis_without_a_deadline(pytester):
+    pytester.makepyfile(test_slow=SLOW_PROPERTY)
+    result = run(pytester, f"--aci-model={REFUSER}", "--aci-backend=hf", "--aci-seed=1")
+    result.assert_outcomes(passed=1)
+
+
+def test_the_dropped_deadline_is_given_back_with_the_users_profile():
+    from hypothesis import settings
+
+    from pytest_aci.plugin.api import drop_profile_deadline, restore_profile
+
+    class Config:
+        stash = pytest.Stash()
+
+    kept = settings.get_current_profile_name()
+    settings.register_profile("users-own", deadline=1000, max_examples=7)
+    settings.load_profile("users-own")
+    try:
+        drop_profile_deadline(Config)
+        assert settings.get_current_profile_name() == "users-own"  # the profile's name is what the plugin reads
+        assert (settings.default.deadline, settings.default.max_examples) == (None, 7)
+        restore_profile(Config)
+        assert settings.get_current_profile_name() == "users-own"
+        assert settings.default.deadline.total_seconds() == 1.0 and settings.default.max_examples == 7
+    finally:
+        settings.load_profile(kept)

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from pytest_aci.engine.example_db import ItemDatabase
+from pytest_aci.engine.example_db import ItemDatabase, SessionDatabase
 from pytest_aci.engine.seeds import derive_seed
 from pytest_aci.engine.strategies import insertion_batches
 from pytest_aci.spec import LoadedPrompt, LoadedSpec
@@ -18,7 +18,8 @@ from pytest_aci.spec.regressions import RegressionCase, fit_regressions
 from pytest_aci.types import InsertionCase
 
 if TYPE_CHECKING:
-    from pytest_aci.engine.runtime import AciRuntime
+    from pytest_aci.engine.states import InsertionStates
+    from pytest_aci.options import AciOptions
 
 EXAMPLE_MULTIPLIER = {"nightly": 10}  # a Hypothesis profile's multiple of each spec's examples
 
@@ -62,41 +63,47 @@ def shrunk_by_count(test: Callable[[], None]) -> Callable[[], None]:
 
 
 def hypothesis_search(
-    runtime: AciRuntime,
     nodeid: str,
     loaded: LoadedSpec,
     prompt: LoadedPrompt,
     regressions: Sequence[RegressionCase],
     evaluate: Callable[[list[InsertionCase]], None],
     *,
+    states: InsertionStates,
+    options: AciOptions,
+    example_db: SessionDatabase,
+    tokenizer,
     use_database: bool,
 ) -> Callable[[], None]:
     """An item's Hypothesis search over insertion batches, seeded per item, calling ``evaluate``: its saved
-    regressions first, then (without ``--aci-seed``) the failure its example database kept, then new draws."""
+    regressions first, then (without ``--aci-seed``) the failure its example database kept, then new draws.
+
+    ``states`` gives the model's answer and the span ids, ``options`` the example budget, search and seed,
+    ``example_db`` the session's example database, ``tokenizer`` the model's (to fit saved regressions)."""
     from hypothesis import HealthCheck, Phase, example, given, seed, settings
 
-    answer_len = runtime.states.answer_len(loaded, prompt)
-    spans = runtime.states.span_ids(loaded, prompt)
-    targeted = runtime.options.search == "targeted"
+    answer_len = states.answer_len(loaded, prompt)
+    spans = states.span_ids(loaded, prompt)
+    targeted = options.search == "targeted"
     leads = len(loaded.spec.span_leads) if targeted else 0
     strategy = insertion_batches(answer_len, [s.max_tokens for s in spans], loaded.spec.batch, leads)
     profile = settings.get_current_profile_name()
-    scale = EXAMPLE_MULTIPLIER.get(profile, 1) if runtime.options.examples is None else 1  # the spec's, scaled
-    examples = runtime.options.for_spec(loaded.spec, "examples") * scale
+    scale = EXAMPLE_MULTIPLIER.get(profile, 1) if options.examples is None else 1  # the spec's, scaled
+    examples = options.for_spec(loaded.spec, "examples") * scale
     if targeted:  # an example generates about one state instead of a batch: as many generations, more steps
         examples *= loaded.spec.batch
-    base_db = runtime.example_db.for_profile(settings.default.database)
-    if use_database and not runtime.options.seed_given and base_db is not None:
+    base_db = example_db.for_profile(settings.default.database)
+    if use_database and not options.seed_given and base_db is not None:
         database = ItemDatabase(base_db, nodeid)
     else:
         database = None
     test = given(strategy)(evaluate)
-    replayed = fit_regressions(regressions, loaded.spec.span_leads, spans, answer_len, runtime.tokenizer)
+    replayed = fit_regressions(regressions, loaded.spec.span_leads, spans, answer_len, tokenizer)
     if replayed:
         test = example(replayed)(test)
     # The seed goes on before the settings: seed() also switches the example database off, and the
     # settings applied after it switch the item's database back on (for runs without --aci-seed).
-    test = seed(derive_seed(runtime.options.seed, nodeid))(test)
+    test = seed(derive_seed(options.seed, nodeid))(test)
     return shrunk_by_count(
         settings(
             parent=settings.default,

@@ -30,14 +30,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def _register_hypothesis_profiles() -> None:
+    """The ``dev`` and ``nightly`` profiles (no deadline: a model call takes seconds), unless the user made them."""
     from hypothesis import HealthCheck, settings
+    from hypothesis.errors import InvalidArgument
 
-    base = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow]}
-    known = set(getattr(settings, "_profiles", {}))
-    if "dev" not in known:
-        settings.register_profile("dev", **base)
-    if "nightly" not in known:
-        settings.register_profile("nightly", **base)
+    for name in ("dev", "nightly"):
+        try:
+            settings.get_profile(name)
+        except InvalidArgument:
+            settings.register_profile(name, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -71,9 +72,18 @@ def pytest_configure(config: pytest.Config) -> None:
         session_runtime(config)
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """With ``--aci-*`` options, the Hypothesis profile in use (``--hypothesis-profile`` is loaded by now) loses its
+    deadline before the test modules are imported, so that Python property tests calling the model inherit none."""
+    if any_given(session.config):
+        api.drop_profile_deadline(session.config)
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
 
     restore_sigterm(config)
+    api.restore_profile(config)
     if config in api._sessions:
         api._sessions.remove(config)
 

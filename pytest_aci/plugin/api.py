@@ -10,9 +10,10 @@
 ``insertion_states`` draws (k, span, length) against the session model's own answer to the prompt,
 like a spec's ``recovers`` item, and shrinks the same way (earliest position, shortest span). The
 ``aci`` fixture continues states through the session's backend and cache and judges them with the
-session's judge; every judged case is a report line of the test, as for a spec item. The test's
-Hypothesis seed comes from ``--aci-seed`` and its node id, as for a spec item, so a failure replays
-with the command pytest-aci prints under it.
+session's judge; every judged case is a report line of the test, as for a spec item. Under ``--aci-seed``
+the test's Hypothesis seed comes from that seed and its node id, as for a spec item, so a failure replays
+with the command pytest-aci prints under it; without it, the example database replays it. A session with
+``--aci-*`` options runs Hypothesis without a deadline (a model call takes seconds).
 """
 
 from __future__ import annotations
@@ -240,6 +241,34 @@ class Aci:
         return found[0] if isinstance(continuation, Continuation) else found
 
 
+_kept_profile = pytest.StashKey[tuple]()
+
+
+def drop_profile_deadline(config: pytest.Config) -> None:
+    """The Hypothesis profile in use, registered again under its own name without a deadline and with the too-slow
+    health check off (a model call takes seconds, the first one loads the model), as spec items run;
+    ``restore_profile`` puts it back when the session ends."""
+    from hypothesis import HealthCheck, settings
+
+    name = settings.get_current_profile_name()
+    kept = settings.get_profile(name)
+    config.stash[_kept_profile] = (name, kept)
+    slow = [*kept.suppress_health_check, HealthCheck.too_slow]
+    settings.register_profile(name, parent=kept, deadline=None, suppress_health_check=slow)
+    settings.load_profile(name)
+
+
+def restore_profile(config: pytest.Config) -> None:
+    """The Hypothesis profile as it was before ``drop_profile_deadline``."""
+    from hypothesis import settings
+
+    kept = config.stash.get(_kept_profile, None)
+    if kept is not None:
+        name, profile = kept
+        settings.register_profile(name, parent=profile)
+        settings.load_profile(name)
+
+
 def uses_aci(item: pytest.Item) -> bool:
     """A Hypothesis test that asks for the ``aci`` fixture: it gets a seed and a result like a spec item."""
     test = getattr(item, "obj", None)
@@ -248,27 +277,17 @@ def uses_aci(item: pytest.Item) -> bool:
 
 def run_like_a_spec_item(item: pytest.Item):
     """The ``pytest_runtest_call`` wrapper's body for a test that asks for ``aci``: a Python property test runs
-    like a spec item. Its Hypothesis seed comes from the session seed and its node id (the example database
-    is off under ``--aci-seed``, as for spec items), and its judged cases become an item result for the
-    summary, gates and JUnit."""
+    like a spec item. Under ``--aci-seed`` its Hypothesis seed comes from the session seed and its node id, and
+    the example database is off, as for spec items (without it, Hypothesis draws as it always does and replays
+    the database's failures first); its judged cases become an item result for the summary, gates and JUnit."""
     Aci.running = item.nodeid
     if not uses_aci(item):
         return (yield)
-    from hypothesis import HealthCheck, settings
+    from hypothesis import seed
 
     runtime = session_runtime(item.config)
-    test = getattr(item.obj, "__func__", item.obj)  # a method's function: the seed is set on it
-    saved = test._hypothesis_internal_use_seed, test._hypothesis_internal_use_settings
-    test._hypothesis_internal_use_seed = derive_seed(runtime.options.seed, item.nodeid)
-    # As for spec items: no deadline (a model call takes seconds, the first one loads the model) and no
-    # too-slow health check; under --aci-seed, no example database either.
-    overrides: dict = {
-        "deadline": None,
-        "suppress_health_check": [*saved[1].suppress_health_check, HealthCheck.too_slow],
-    }
-    if runtime.options.seed_given:
-        overrides["database"] = None
-    test._hypothesis_internal_use_settings = settings(saved[1], **overrides)
+    if runtime.options.seed_given:  # as for a spec item: seeded by the session and the node id, no example database
+        seed(derive_seed(runtime.options.seed, item.nodeid))(getattr(item.obj, "__func__", item.obj))
     failed = False
     try:
         with shrinking_by_count():  # the same seed shrinks as far on a slow machine as on a fast one
@@ -277,11 +296,10 @@ def run_like_a_spec_item(item: pytest.Item):
         failed = True
         raise
     finally:
-        test._hypothesis_internal_use_seed, test._hypothesis_internal_use_settings = saved
         found = item_results(runtime.records.by_item.get(item.nodeid, []))
         if found:
             result = found[0]
             result.failed = failed
             if not failed:
                 result.counterexample = None
-            item.user_properties += item_properties(result, replay_command(item.nodeid, runtime), None)
+            item.user_properties += item_properties(result, replay_command(item.nodeid, runtime.replay_options()), None)

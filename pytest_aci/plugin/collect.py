@@ -160,8 +160,18 @@ class AciItem(pytest.Item):
 
     def search(self, evaluate: Callable[[list[InsertionCase]], None], *, use_database: bool) -> Callable[[], None]:
         """The item's Hypothesis search over insertion batches (``search.hypothesis_search``)."""
+        runtime = self.runtime
         return hypothesis_search(
-            self.runtime, self.nodeid, self.loaded, self.prompt, self.regressions, evaluate, use_database=use_database
+            self.nodeid,
+            self.loaded,
+            self.prompt,
+            self.regressions,
+            evaluate,
+            states=runtime.states,
+            options=runtime.options,
+            example_db=runtime.example_db,
+            tokenizer=runtime.tokenizer,
+            use_database=use_database,
         )
 
     def repr_failure(self, excinfo, style=None):
@@ -178,7 +188,7 @@ class AciItem(pytest.Item):
         return self.path, (self.prompt.line or self.loaded.line) - 1, f"{self.loaded.spec.name}: {self.name}"
 
     def replay_command(self) -> str:
-        return replay_command(self.nodeid, self.runtime)
+        return replay_command(self.nodeid, self.runtime.replay_options())
 
 
 def score_positions(response_len: int, count: int | None) -> list[int]:

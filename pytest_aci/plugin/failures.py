@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import shlex
 import textwrap
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
 
 from pytest_aci.correction import corrected_rate, figures_for
 from pytest_aci.reporting.jsonl import CaseRecord
 from pytest_aci.reporting.summary import ItemResult
-
-if TYPE_CHECKING:
-    from pytest_aci.engine.runtime import AciRuntime
 
 
 class CheckFailed(Exception):
@@ -23,13 +20,13 @@ class CheckFailed(Exception):
         self.record = record
 
 
-def replay_command(nodeid: str, runtime: AciRuntime) -> str:
-    """The command that runs this item again on the same cases."""
+def replay_command(nodeid: str, replay_options: Sequence[str]) -> str:
+    """The command that runs this item again on the same cases (``replay_options``: the runtime's)."""
     from hypothesis import settings
 
     profile = settings.get_current_profile_name()
     extra = ["--hypothesis-profile", profile] if profile not in ("default", "dev") else []
-    return shlex.join(["pytest", nodeid, *runtime.replay_options(), *extra])
+    return shlex.join(["pytest", nodeid, *replay_options, *extra])
 
 
 def _in_turn(record: CaseRecord) -> str:

@@ -139,3 +139,12 @@ def test_the_engine_knows_nothing_of_pytest():
             names += [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             users += [name for n in names if n.split(".")[0] in ("pytest", "_pytest", "xdist")]
     assert users == []
+
+
+def test_no_engine_stage_receives_the_runtime():
+    """The runtime wires the stages and hands each what it uses: no other engine module imports it (type-only
+    imports included), so none can take it whole; the pytest layer above reaches the engine through it."""
+    graph = import_graph()
+    users = [name for name, targets in sorted(graph.items()) if "pytest_aci.engine.runtime" in targets]
+    assert [name for name in users if name.startswith("pytest_aci.engine.")] == []
+    assert users  # the check looks where the runtime is used: the pytest layer imports it

@@ -46,6 +46,13 @@ def harden_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--candidates", type=_positive(int), default=4, help="worst-insertion: states drawn per example"
     )
+    parser.add_argument(
+        "--drift-tokens",
+        type=_non_negative,
+        default=0,
+        help="worst-insertion: also draw the states the model reaches itself, its first N greedy tokens after "
+        "the span (0: none)",
+    )
     parser.add_argument("--refusal-per-step", type=int, default=2)
     parser.add_argument("--attack-per-step", type=int, default=4)
     parser.add_argument("--utility-per-step", type=int, default=6)
@@ -145,6 +152,7 @@ def harden_main(argv: list[str] | None = None) -> int:
         max_utility_prompts=args.max_utility_prompts,
         utility_tokens=args.utility_tokens,
         candidates=args.candidates,
+        drift_tokens=args.drift_tokens,
         lr=args.lr,
         lora=args.lora,
         lora_rank=args.lora_rank,

@@ -33,6 +33,7 @@ class HardenConfig:
     attack_per_step: int = 4
     utility_per_step: int = 6
     candidates: int = 4
+    drift_tokens: int = 0  # worst-insertion: also the states the model reaches itself, its first tokens after a span
     lr: float | None = None  # default: 2e-4 with LoRA, 2e-5 for full fine-tuning
     lora: bool = False  # full fine-tuning: measured in the README's experiment and the default loop
     lora_rank: int = 16

@@ -134,6 +134,34 @@ def per_example_loss(model, examples: Sequence[Example], pad_id: int, device: st
     return losses.sum(dim=1) / counts
 
 
+def drifted(model, tokenizer, example: Example, tokens: int, device: str) -> Example | None:
+    """The state the current model reaches on its own from ``example``'s insertion state: the context followed by
+    its first ``tokens`` greedy tokens after the inserted span, recovering with the same target. None where it
+    writes nothing before EOS or starts to refuse at once (it recovers from there already).
+
+    An inserted span that ends a clause is often not followed by the refusal trained on, but by the few tokens
+    that close the clause ("." then EOS): a state the random draws never hold, and so one never trained on."""
+    import torch
+
+    start = next(i for i, label in enumerate(example.labels) if label != IGNORE)
+    context, target = list(example.input_ids[:start]), list(example.input_ids[start:])
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=torch.tensor([context], device=device),
+            attention_mask=torch.ones((1, len(context)), dtype=torch.long, device=device),
+            max_new_tokens=tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.eos_token_id,
+        )
+    written = out[0, len(context) :].tolist()
+    if tokenizer.eos_token_id in written:
+        written = written[: written.index(tokenizer.eos_token_id)]
+    if not written or RefusalKeywordJudge().first_marker(tokenizer.decode(written, skip_special_tokens=True)):
+        return None
+    reached = context + written
+    return Example(tuple(reached + target), tuple([IGNORE] * len(reached) + target), example.kind)
+
+
 def select_worst(model, candidates: Sequence[Example], pad_id: int, device: str) -> tuple[Example, float]:
     """The candidate the current model recovers from worst: the highest loss on its recovery target."""
     import torch

@@ -41,6 +41,7 @@ from pytest_aci.harden.examples import (
     UTILITY_OPENER,
     Example,
     ExampleBuilder,
+    drifted,
     per_example_loss,
     select_worst,
     utility_answers,
@@ -295,7 +296,11 @@ def _make_batch(config, builder, data: TrainingData, utility, rng, model, pad_id
                 batch.append(builder.insertion(prompt))
             else:
                 model.eval()
-                example, loss = select_worst(model, builder.candidates(prompt, config.candidates), pad_id, device)
+                candidates = builder.candidates(prompt, config.candidates)
+                if config.drift_tokens:  # and the states the model goes on to from each, on its own
+                    drawn = [drifted(model, builder.tokenizer, c, config.drift_tokens, device) for c in candidates]
+                    candidates += [c for c in drawn if c is not None]
+                example, loss = select_worst(model, candidates, pad_id, device)
                 model.train()
                 batch.append(example)
                 worst_losses.append(loss)

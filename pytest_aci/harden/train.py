@@ -14,18 +14,14 @@ The prompts, the span styles and the validation split that picks the checkpoint:
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import random
-import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from pytest_aci.files import write_json
 from pytest_aci.harden.checkpoint import (
     CheckpointError,
     claimed,
@@ -36,7 +32,7 @@ from pytest_aci.harden.checkpoint import (
     trainable_weights,
 )
 from pytest_aci.harden.config import METHODS, VALIDATION_SHARE, HardenConfig, HardenError
-from pytest_aci.harden.data import TrainingData, load_training_data, spec_files
+from pytest_aci.harden.data import TrainingData, load_training_data
 from pytest_aci.harden.examples import (
     UTILITY_OPENER,
     Example,
@@ -46,19 +42,11 @@ from pytest_aci.harden.examples import (
     select_worst,
     utility_answers,
 )
+from pytest_aci.harden.output import write_model
 from pytest_aci.harden.validation import BestCheckpoint
 from pytest_aci.models import ModelNotFound, resolve_model
 
 # --- the run ------------------------------------------------------------------------------
-
-
-def _hash_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-
-
-def _spec_hashes(paths: list[Path]) -> dict[str, str]:
-    """{spec file: hash} of the spec files under ``paths`` (none given: empty)."""
-    return {str(p): _hash_file(p) for p in spec_files(paths, HardenError)} if paths else {}
 
 
 def harden(config: HardenConfig, *, progress: bool = True, stop_after: int | None = None) -> Path:
@@ -218,65 +206,10 @@ def harden(config: HardenConfig, *, progress: bool = True, stop_after: int | Non
         chosen = checker.load_best()
         if main:
             record = {"validation": checker.validations, "chosen_step": chosen, "utility_refusals": refusals}
-            _write_model(config, core, tokenizer, work, out, data, utility, losses, world, record)
+            write_model(config, core, tokenizer, work, out, data, utility, losses, world, record)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return out
-
-
-def _write_model(config, model, tokenizer, work, out, data: TrainingData, utility, losses, world, record) -> None:
-    """Merge LoRA (or keep the adapter alone), save it with the tokenizer and ``aci_harden.json`` in
-    ``OUT.partial``, then move it to ``OUT``."""
-    final = work / "model"
-    shutil.rmtree(final, ignore_errors=True)
-    model.eval()
-    if config.adapter:
-        local = Path(config.model).expanduser()  # a directory: by its absolute path, so any directory finds it
-        _save_adapter(model, final, base=str(local.resolve()) if local.is_dir() else config.model)
-    else:
-        merged = model.merge_and_unload() if config.lora else model
-        merged.save_pretrained(final)
-        tokenizer.save_pretrained(final)
-    write_json(
-        final / "aci_harden.json",
-        {
-            "config": {**asdict(config), "learning_rate": config.learning_rate},
-            "base_model": config.model,
-            "seed": config.seed,
-            "processes": world,
-            "data": {
-                "harmful_prompts": len(data.harmful),
-                "focus_prompts": len(data.focus),
-                "utility_examples": len(utility),
-                "validation_prompts": {"harmful": len(data.validation_harmful), "benign": len(data.validation_benign)},
-                "counts": data.counts,
-                "own_spans": len(data.own_spans),
-                "specs": _spec_hashes(config.specs),
-                "held_out": _spec_hashes(config.held_out),
-                "failures": _hash_file(config.failures) if config.failures else None,
-            },
-            "loss_curve": losses,
-            **record,
-        },
-    )
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(final, out)
-    shutil.rmtree(work, ignore_errors=True)
-
-
-def _save_adapter(model, out: Path, *, base: str) -> None:
-    """The LoRA adapter alone, in float16 (a few MB), naming its base as ``--model`` did (an alias stays an
-    alias, not a cache path): ``--aci-model`` merges it into that base on first use."""
-    import torch
-    from safetensors.torch import load_file, save_file
-
-    model.save_pretrained(out)
-    (out / "README.md").unlink(missing_ok=True)  # peft's empty model card
-    weights = out / "adapter_model.safetensors"
-    save_file({name: t.to(torch.float16) for name, t in load_file(weights).items()}, weights)
-    settings = json.loads((out / "adapter_config.json").read_text())
-    write_json(out / "adapter_config.json", {**settings, "base_model_name_or_path": base})
 
 
 def _make_batch(config, builder, data: TrainingData, utility, rng, model, pad_id, device):

@@ -134,32 +134,53 @@ def per_example_loss(model, examples: Sequence[Example], pad_id: int, device: st
     return losses.sum(dim=1) / counts
 
 
-def drifted(model, tokenizer, example: Example, tokens: int, device: str) -> Example | None:
-    """The state the current model reaches on its own from ``example``'s insertion state: the context followed by
-    its first ``tokens`` greedy tokens after the inserted span, recovering with the same target. None where it
+def drifted(model, tokenizer, examples: Sequence[Example], tokens: int, device: str) -> list[Example | None]:
+    """The states the current model reaches on its own from each example's insertion state: the context followed
+    by its first ``tokens`` greedy tokens after the inserted span, recovering with the same target. None where it
     writes nothing before EOS or starts to refuse at once (it recovers from there already).
 
     An inserted span that ends a clause is often not followed by the refusal trained on, but by the few tokens
-    that close the clause ("." then EOS): a state the random draws never hold, and so one never trained on."""
+    that close the clause ("." then EOS): a state the random draws never hold, and so one never trained on.
+    (One batched forward pass per token, left-padded, logits of the last position only.)"""
     import torch
 
-    start = next(i for i, label in enumerate(example.labels) if label != IGNORE)
-    context, target = list(example.input_ids[:start]), list(example.input_ids[start:])
+    starts = [next(i for i, label in enumerate(e.labels) if label != IGNORE) for e in examples]
+    contexts = [list(e.input_ids[:start]) for e, start in zip(examples, starts)]
+    written: list[list[int]] = [[] for _ in examples]
+    open_rows = list(range(len(examples)))
     with torch.no_grad():
-        out = model.generate(
-            input_ids=torch.tensor([context], device=device),
-            attention_mask=torch.ones((1, len(context)), dtype=torch.long, device=device),
-            max_new_tokens=tokens,
-            do_sample=False,
-            pad_token_id=tokenizer.eos_token_id,
+        for _ in range(tokens):
+            if not open_rows:
+                break
+            rows = [contexts[r] + written[r] for r in open_rows]
+            width = max(len(row) for row in rows)
+            ids = torch.full((len(rows), width), tokenizer.eos_token_id, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for n, row in enumerate(rows):
+                ids[n, width - len(row) :], mask[n, width - len(row) :] = torch.tensor(row), 1
+            positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+            logits = model(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                position_ids=positions.to(device),
+                logits_to_keep=1,
+            ).logits[:, -1]
+            for r, token in zip(list(open_rows), logits.argmax(dim=-1).tolist()):
+                if token == tokenizer.eos_token_id:
+                    open_rows.remove(r)
+                else:
+                    written[r].append(token)
+    keywords = RefusalKeywordJudge()
+    reached: list[Example | None] = []
+    for e, start, context, words in zip(examples, starts, contexts, written):
+        if not words or keywords.first_marker(tokenizer.decode(words, skip_special_tokens=True)) is not None:
+            reached.append(None)
+            continue
+        target = list(e.input_ids[start:])
+        reached.append(
+            Example(tuple(context + words + target), tuple([IGNORE] * len(context + words) + target), e.kind)
         )
-    written = out[0, len(context) :].tolist()
-    if tokenizer.eos_token_id in written:
-        written = written[: written.index(tokenizer.eos_token_id)]
-    if not written or RefusalKeywordJudge().first_marker(tokenizer.decode(written, skip_special_tokens=True)):
-        return None
-    reached = context + written
-    return Example(tuple(reached + target), tuple([IGNORE] * len(reached) + target), example.kind)
+    return reached
 
 
 def select_worst(model, candidates: Sequence[Example], pad_id: int, device: str) -> tuple[Example, float]:

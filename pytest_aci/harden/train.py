@@ -231,7 +231,7 @@ def _make_batch(config, builder, data: TrainingData, utility, rng, model, pad_id
                 model.eval()
                 candidates = builder.candidates(prompt, config.candidates)
                 if config.drift_tokens:  # and the states the model goes on to from each, on its own
-                    drawn = [drifted(model, builder.tokenizer, c, config.drift_tokens, device) for c in candidates]
+                    drawn = drifted(model, builder.tokenizer, candidates, config.drift_tokens, device)
                     candidates += [c for c in drawn if c is not None]
                 example, loss = select_worst(model, candidates, pad_id, device)
                 model.train()

@@ -146,6 +146,8 @@ def main() -> int:
         base, sep, deep = pair.partition(":")
         if not sep or not base or not deep:
             parser.error(f"--pairs {pair!r}: expected BASE:HARDENED")
+        # A model directory by its absolute path: the runs start in the output folder.
+        base, deep = (str(Path(m).resolve()) if Path(m).exists() else m for m in (base, deep))
         pairs.append((base, deep))
 
     from pytest_aci.files import write_json

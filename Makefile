@@ -52,11 +52,11 @@ redis:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server >/dev/null; }
 
 # Two pytest-xdist workers: most tests wait on a process of their own (an import, a small model) and leave a core
-# idle. A module whose fixtures start an engine keeps its tests on one worker (xdist_group), and the tests that
-# load Qwen run on one worker, one after another. TEST_WORKERS=0 runs them in this process, one by one.
+# idle. A test file is one unit of work, so a module's fixtures start an engine once, and the files that load Qwen
+# are one unit together (tests/conftest.py). TEST_WORKERS=0 runs the tests in this process, one by one.
 TEST_WORKERS ?= 2
 test: setup browser redis adapters qwen
-	$(PYTEST) tests/ -v --durations=15 $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup)
+	$(PYTEST) tests/ -v --durations=15 $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 lint: setup
 	$(VENV)/bin/ruff check pytest_aci tests fixtures benchmarks

@@ -66,6 +66,23 @@ def _outside_ci(request, monkeypatch):
         monkeypatch.delenv("CI", raising=False)
 
 
+# Under pytest-xdist (make test runs two workers), a test file is one unit of work, so a module's fixtures (a vLLM
+# engine, the harm-classifier, a served engine) start once; the files whose tests load Qwen are one unit together,
+# so its engines never run twice at once (memory).
+TOGETHER = {"tests/test_qwen.py": "qwen", "tests/test_adapters.py": "qwen"}
+
+
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadFileScheduling
+
+    class FilesAndQwen(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = super()._split_scope(nodeid)
+            return TOGETHER.get(path, path)
+
+    return FilesAndQwen(config, log)
+
+
 # tests/examples/ holds the README's Python property test: tests/test_python_api.py runs it against the tiny
 # models in a pytester project of its own (here it would start the default model in this session).
 collect_ignore = ["examples"]

@@ -132,7 +132,6 @@ def test_shipped_adapters_are_small_current_and_recorded(name):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("qwen")  # under pytest-xdist, beside the other tests that load Qwen (memory)
 @pytest.mark.parametrize("name", sorted(SHIPPED_ADAPTERS))
 def test_shipped_adapters_reproduce_from_their_recipe(name, tmp_path):
     """The recipe, run again for its first steps, gives the recorded losses within its tolerance: the
@@ -153,7 +152,6 @@ def test_shipped_adapters_reproduce_from_their_recipe(name, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("qwen")
 def test_demo_runs_both_families_into_one_report(tmp_path, default_judge_env):
     """``aci demo`` (make demo): the shipped specs against SmolLM2 and its two shipped adapters, and the smaller
     Qwen specs against Qwen2.5-Coder and its deep adapter, judged as make demo judges (the harm-classifier); one

@@ -18,10 +18,6 @@ ROOT = Path(__file__).resolve().parent.parent
 needs_vllm = pytest.mark.skipif(not vllm_available(), reason="vLLM is not installed")
 
 
-# Under pytest-xdist (make test), this module's tests share one worker: its module fixtures start once.
-pytestmark = pytest.mark.xdist_group("test_backends")
-
-
 def chat(tokenizer, text: str) -> list[int]:
     return tokenizer.apply_chat_template(
         [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True, return_dict=False

@@ -44,10 +44,6 @@ RESPONSE = "Sure, here is a tutorial. Step 1: gather the [materials]."
 ITEM = JudgeInput(request=REQUEST, response=RESPONSE)
 
 
-# Under pytest-xdist (make test), this module's tests share one worker: its module fixtures start once.
-pytestmark = pytest.mark.xdist_group("test_judges_models")
-
-
 @pytest.fixture(scope="module")
 def tokenizer(tiny_random_path):
     from transformers import AutoTokenizer

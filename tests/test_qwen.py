@@ -35,10 +35,6 @@ continuation: {{max_new_tokens: 16}}
 """
 
 
-# Under pytest-xdist (make test), the tests that load Qwen run on one worker, one after another (memory).
-pytestmark = pytest.mark.xdist_group("qwen")
-
-
 @pytest.fixture(scope="module")
 def qwen_path():
     try:

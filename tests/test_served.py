@@ -17,10 +17,6 @@ needs_vllm = pytest.mark.skipif(not vllm_available(), reason="vLLM is not instal
 # --- a stand-in server for the failure modes ------------------------------------------------------
 
 
-# Under pytest-xdist (make test), this module's tests share one worker: its module fixtures start once.
-pytestmark = pytest.mark.xdist_group("test_served")
-
-
 class FakeServer:
     """Answers /v1/models, and /v1/completions from a script of (status, body) answers; with ``api_key``
     only requests that carry it (else 401), with ``tls`` (cert, key) over HTTPS."""

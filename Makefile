@@ -53,10 +53,11 @@ redis:
 
 # Two pytest-xdist workers: most tests wait on a process of their own (an import, a small model) and leave a core
 # idle. A test file is one unit of work, so a module's fixtures start an engine once, and the files that load Qwen
-# are one unit together (tests/conftest.py). TEST_WORKERS=0 runs the tests in this process, one by one.
+# are one unit together (tests/conftest.py), handed out first (the files in their order, not largest first: that
+# unit is the longest). TEST_WORKERS=0 runs the tests in this process, one by one.
 TEST_WORKERS ?= 2
 test: setup browser redis adapters qwen
-	$(PYTEST) tests/ -v --durations=15 $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+	$(PYTEST) tests/ -v --durations=15 $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 lint: setup
 	$(VENV)/bin/ruff check pytest_aci tests fixtures benchmarks

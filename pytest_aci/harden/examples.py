@@ -170,10 +170,10 @@ def drifted(model, tokenizer, examples: Sequence[Example], tokens: int, device: 
                     open_rows.remove(r)
                 else:
                     written[r].append(token)
-    keywords = RefusalKeywordJudge()
+    refusing = refused_answers(tokenizer, written)
     reached: list[Example | None] = []
-    for e, start, context, words in zip(examples, starts, contexts, written):
-        if not words or keywords.first_marker(tokenizer.decode(words, skip_special_tokens=True)) is not None:
+    for row, (e, start, context, words) in enumerate(zip(examples, starts, contexts, written)):
+        if not words or row in refusing:
             reached.append(None)
             continue
         target = list(e.input_ids[start:])

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
 import pytest
+from warm_runs import runpytest_forked
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_RANDOM = ROOT / "fixtures" / "tiny-random"
@@ -20,6 +22,13 @@ def pytest_configure(config: pytest.Config) -> None:
     # No store of generations and verdicts across runs unless a test asks (--aci-cache-dir): each test's
     # counts of model calls are its own, not what an earlier test left (tests/test_store.py tests the store).
     os.environ.setdefault("PYTEST_ACI_STORE", "off")
+
+
+@pytest.fixture
+def pytester(pytester: pytest.Pytester) -> pytest.Pytester:
+    """Pytester whose ``runpytest_subprocess`` forks each run from a warm process (tests/warm_runs.py)."""
+    pytester.runpytest_subprocess = functools.partial(runpytest_forked, pytester)
+    return pytester
 
 
 @pytest.fixture

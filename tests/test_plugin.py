@@ -489,6 +489,31 @@ def test_xdist_workers_give_the_serial_verdicts_and_one_merged_report(pytester):
     assert sorted((pytester.path / "by_file.jsonl").read_text().splitlines()) == serial_lines
 
 
+def test_xdist_workers_share_the_cores_unless_omp_num_threads_is_set(pytester, monkeypatch):
+    """Each of N workers' torch gets cores // N threads (at least one), set before the engine starts."""
+    pytester.makepyfile(
+        test_threads="""
+        import os
+
+        import pytest
+
+        @pytest.mark.parametrize("n", [1, 2])
+        def test_threads(n):
+            import torch
+
+            print(f"threads {os.environ.get('OMP_NUM_THREADS')} {torch.get_num_threads()}")
+        """
+    )
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    shared = run(pytester, "-n", "2", "-rP")
+    cores = len(os.sched_getaffinity(0))
+    share = max(1, cores // 2)
+    assert output(shared).count(f"threads {share} {share}") == 2, output(shared)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # torch takes at most one thread a core
+    told = run(pytester, "-n", "2", "-rP")
+    assert output(told).count(f"threads 2 {min(2, cores)}") == 2, output(told)
+
+
 def test_python_tests_get_the_model_through_session_fixtures(pytester):
     pytester.makepyfile(
         test_uses_fixture="""

@@ -19,7 +19,7 @@ from pytest_aci.plugin.outcomes import OutcomeRecorder, finish_session
 from pytest_aci.plugin.planner import session_plan
 from pytest_aci.plugin.session import active_runtime, is_controller, options_key, restore_sigterm, session_runtime
 from pytest_aci.plugin.terminal import header_lines, write_summary
-from pytest_aci.plugin.workers import XdistHooks, assign_worker_device
+from pytest_aci.plugin.workers import XdistHooks, assign_worker_device, share_worker_cores
 from pytest_aci.reporting.baseline import BaselineError, load_baseline
 from pytest_aci.spec import SPEC_SUFFIXES
 
@@ -59,6 +59,7 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(exc)) from None
     if hasattr(config, "workerinput"):
         assign_worker_device(config.workerinput["workerid"])
+        share_worker_cores(config.workerinput["workercount"])
     recorder = OutcomeRecorder(config)
     if options.baseline is not None and is_controller(config):
         try:

@@ -1,6 +1,11 @@
-"""pytest-xdist: the session seed for every worker, and a GPU per worker on a multi-GPU host."""
+"""pytest-xdist: the session seed for every worker, a GPU per worker on a multi-GPU host, and a share of the cores."""
 
 from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
 
 from pytest_aci.plugin.session import session_options
 
@@ -15,9 +20,6 @@ class XdistHooks:
 
 def _gpu_count() -> int:
     """GPUs on this host, without initialising CUDA in this process (nvidia-smi -L)."""
-    import shutil
-    import subprocess
-
     if shutil.which("nvidia-smi") is None:
         return 0
     try:
@@ -27,10 +29,25 @@ def _gpu_count() -> int:
     return sum(line.startswith("GPU ") for line in listing.splitlines())
 
 
+def share_worker_cores(worker_count: int) -> None:
+    """Under xdist, N workers share the host's cores: each worker's torch (and in-process vLLM) uses
+    ``cores // N`` threads, at least one — unless OMP_NUM_THREADS is set.
+
+    Each engine otherwise sizes its OpenMP pool to every core, and N such pools on the same cores spin
+    against each other: measured here, two workers with two threads each on two cores ran several times
+    slower than one after the other. The variable is set before torch is imported (OpenMP reads it when the
+    library loads) and reaches the processes the worker starts; a torch already imported is told directly.
+    """
+    if "OMP_NUM_THREADS" in os.environ or worker_count < 2:
+        return
+    threads = max(1, len(os.sched_getaffinity(0)) // worker_count)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+
+
 def assign_worker_device(worker_id: str) -> None:
     """Under xdist on a multi-GPU host, worker gwN takes GPU N mod count — unless CUDA_VISIBLE_DEVICES is set."""
-    import os
-
     if "CUDA_VISIBLE_DEVICES" in os.environ or not worker_id.startswith("gw"):
         return
     count = _gpu_count()

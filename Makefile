@@ -51,11 +51,10 @@ redis:
 	@command -v redis-server >/dev/null || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server >/dev/null; }
 
-# The tests run one by one in this process. TEST_WORKERS=2 runs them on two pytest-xdist workers: a test file is one
-# unit, so a module's fixtures start an engine once, and the files that load Qwen are one unit together, handed out
-# first (tests/conftest.py). Not the default: measured here, two compute-heavy tests at once (the demo beside the
-# SmolLM2 end-to-end tests) oversubscribe the two cores' torch and vLLM threads and crawl.
-TEST_WORKERS ?= 0
+# The tests run on two pytest-xdist workers, one core each (the plugin gives each worker's torch and vLLM its share
+# of the cores): a test file is one unit, so a module's fixtures start an engine once, and the files that load Qwen
+# are one unit together, handed out first (tests/conftest.py). TEST_WORKERS=0 runs them one by one in this process.
+TEST_WORKERS ?= 2
 test: setup browser redis adapters qwen
 	$(PYTEST) tests/ -v --durations=15 $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 

@@ -738,7 +738,7 @@ def test_judge_eval_on_the_tiny_model_counts_errors_and_writes_verdicts(tmp_path
 def test_judge_eval_with_smollm2(smollm2_path, tmp_path):
     command = [sys.executable, "-m", "pytest_aci.cli.aci", "judge-eval", "--judge-model", smollm2_path]
     command += ["--judges", "refusal-keywords,harmbench,llama-guard,strongreject"]
-    command += ["--backend", "hf", "--per-kind", "2", "--data", str(DATA)]
+    command += ["--backend", "hf", "--per-kind", "1", "--data", str(DATA)]  # one row of each of the 6 kinds
     result = subprocess.run(command, capture_output=True, text=True, timeout=1800, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
@@ -746,8 +746,8 @@ def test_judge_eval_with_smollm2(smollm2_path, tmp_path):
     assert judges == ["refusal-keywords", "harmbench", "llama-guard", "strongreject"]
     for row in rows[1:]:
         cells = [c.strip() for c in row.split("|")[1:-1]]
-        assert cells[1] == "12"
-        assert 0 <= int(cells[6]) <= 12
+        assert cells[1] == "6"
+        assert 0 <= int(cells[6]) <= 6
         for cell in cells[2:5]:
             assert 0.0 <= float(cell.split("%")[0]) / 100 <= 1.0, row
         for cell in cells[7:]:

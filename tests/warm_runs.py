@@ -14,8 +14,11 @@ not) from the environment when it is imported, and the package's modules read op
 
 from __future__ import annotations
 
+import functools
+import json
 import multiprocessing
 import os
+import subprocess
 import sys
 import time
 import traceback
@@ -50,6 +53,24 @@ def _context() -> multiprocessing.context.ForkServerContext:
     return _fork_server
 
 
+@functools.cache
+def _fresh_sys_path() -> tuple[str, ...]:
+    """A fresh interpreter's ``sys.path`` without PYTHONPATH, less its first entry (the script's folder).
+
+    Not this process's: tests and libraries add to it as they run (setuptools appends its ``_vendor`` folder, whose
+    vendored packages pytest then loads as plugins), and xdist hands the controller's to its workers.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    listed = subprocess.run(
+        [sys.executable, "-c", "import json, sys; print(json.dumps(sys.path[1:]))"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return tuple(json.loads(listed.stdout))
+
+
 def runpytest_forked(pytester: pytest.Pytester, *args: str | os.PathLike[str], timeout: float | None = None):
     """``pytester.runpytest_subprocess(*args, timeout=...)``, the run forked from the warm server."""
     __tracebackhide__ = True
@@ -60,7 +81,9 @@ def runpytest_forked(pytester: pytest.Pytester, *args: str | os.PathLike[str], t
     out, err = pytester.path / "stdout", pytester.path / "stderr"
     cwd = os.getcwd()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [cwd, os.environ.get("PYTHONPATH", "")])))
-    child = _context().Process(target=_run_pytest, args=(argv, cwd, env, str(out), str(err)), daemon=False)
+    child = _context().Process(
+        target=_run_pytest, args=(argv, cwd, env, _fresh_sys_path(), str(out), str(err)), daemon=False
+    )
     print("running: pytest", *argv, f"(forked, in: {cwd})")
     start = time.monotonic()
     child.start()
@@ -78,7 +101,7 @@ def runpytest_forked(pytester: pytest.Pytester, *args: str | os.PathLike[str], t
     return pytest.RunResult(ret, outlines, errlines, time.monotonic() - start)
 
 
-def _run_pytest(argv: list[str], cwd: str, env: dict[str, str], out: str, err: str) -> None:
+def _run_pytest(argv: list[str], cwd: str, env: dict[str, str], sys_path: tuple[str, ...], out: str, err: str) -> None:
     """In the forked child: ``python -m pytest ARGV`` as the cold process would run it."""
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
@@ -89,7 +112,7 @@ def _run_pytest(argv: list[str], cwd: str, env: dict[str, str], out: str, err: s
     os.environ.clear()
     os.environ.update(env)
     os.chdir(cwd)
-    sys.path[:0] = [cwd]
+    sys.path[:] = [cwd, *env["PYTHONPATH"].split(os.pathsep), *sys_path]  # as `python -m pytest` starts there
     sys.argv = [str(Path(sys.executable).parent / "pytest"), *argv]
     try:
         code = int(pytest.main(argv))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 
 from pytest_aci.plugin.session import session_options
 
@@ -33,17 +32,18 @@ def share_worker_cores(worker_count: int) -> None:
     """Under xdist, N workers share the host's cores: each worker's torch (and in-process vLLM) uses
     ``cores // N`` threads, at least one — unless OMP_NUM_THREADS is set.
 
-    Each engine otherwise sizes its OpenMP pool to every core, and N such pools on the same cores spin
-    against each other: measured here, two workers with two threads each on two cores ran several times
-    slower than one after the other. The variable is set before torch is imported (OpenMP reads it when the
-    library loads) and reaches the processes the worker starts; a torch already imported is told directly.
+    Each engine otherwise sizes its OpenMP pool to every core, and N such pools spin against each other on the
+    same cores (seen here: the project's own suite on two workers with two threads each on two cores crawled;
+    with one thread each it ran in 32 minutes, against 55 one test after another). The variable reaches the
+    processes the worker starts, and this worker's torch is told directly.
     """
     if "OMP_NUM_THREADS" in os.environ or worker_count < 2:
         return
     threads = max(1, len(os.sched_getaffinity(0)) // worker_count)
     os.environ["OMP_NUM_THREADS"] = str(threads)
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(threads)
+    import torch  # after the variable; and told directly, in case an OpenMP runtime was loaded before it
+
+    torch.set_num_threads(threads)
 
 
 def assign_worker_device(worker_id: str) -> None:

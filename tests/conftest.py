@@ -75,7 +75,7 @@ def _outside_ci(request, monkeypatch):
         monkeypatch.delenv("CI", raising=False)
 
 
-# Under pytest-xdist (make test TEST_WORKERS=2), a test file is one unit of work, so a module's fixtures (a vLLM
+# Under pytest-xdist (make test runs two workers), a test file is one unit of work, so a module's fixtures (a vLLM
 # engine, the harm-classifier, a served engine) start once; the files whose tests load Qwen are one unit together,
 # so its engines never run twice at once (memory).
 TOGETHER = {"tests/test_qwen.py": "qwen", "tests/test_adapters.py": "qwen"}

@@ -42,15 +42,13 @@ PRELOAD = [
     "tokenizers",
 ]
 
-_fork_server: multiprocessing.context.ForkServerContext | None = None
 
-
-def _context() -> multiprocessing.context.ForkServerContext:
-    global _fork_server
-    if _fork_server is None:
-        _fork_server = multiprocessing.get_context("forkserver")
-        _fork_server.set_forkserver_preload(PRELOAD)
-    return _fork_server
+@functools.cache
+def _fork_server() -> multiprocessing.context.ForkServerContext:
+    """The fork server's context; the server itself starts at the first run, in this process's environment."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(PRELOAD)
+    return context
 
 
 @functools.cache
@@ -81,7 +79,7 @@ def runpytest_forked(pytester: pytest.Pytester, *args: str | os.PathLike[str], t
     out, err = pytester.path / "stdout", pytester.path / "stderr"
     cwd = os.getcwd()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [cwd, os.environ.get("PYTHONPATH", "")])))
-    child = _context().Process(
+    child = _fork_server().Process(
         target=_run_pytest, args=(argv, cwd, env, _fresh_sys_path(), str(out), str(err)), daemon=False
     )
     print("running: pytest", *argv, f"(forked, in: {cwd})")

@@ -76,9 +76,28 @@ def _outside_ci(request, monkeypatch):
 
 
 # Under pytest-xdist (make test runs two workers), a test file is one unit of work, so a module's fixtures (a vLLM
-# engine, the harm-classifier, a served engine) start once; the files whose tests load Qwen are one unit together,
-# so its engines never run twice at once (memory).
+# engine, the harm-classifier, a served engine) start once; the files whose tests load Qwen in process are one unit
+# together, so two of its engines never run at once (memory). A worker takes the next unit when it is nearly done
+# with its own, in the order collected: the longest units go first (the demo alone is a third of the suite's work),
+# so that no long one starts last and leaves the other worker idle.
 TOGETHER = {"tests/test_qwen.py": "qwen", "tests/test_adapters.py": "qwen"}
+LONGEST_FIRST = [
+    "tests/test_demo.py",
+    "qwen",
+    "tests/test_end_to_end.py",
+    "tests/test_plugin.py",
+    "tests/test_harden.py",
+]
+
+
+def work_unit(nodeid: str) -> str:
+    path = nodeid.split("::", 1)[0]
+    return TOGETHER.get(path, path)
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    rank = {unit: i for i, unit in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(work_unit(item.nodeid), len(rank)))  # stable: the rest as collected
 
 
 def pytest_xdist_make_scheduler(config, log):
@@ -86,8 +105,7 @@ def pytest_xdist_make_scheduler(config, log):
 
     class FilesAndQwen(LoadFileScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            path = super()._split_scope(nodeid)
-            return TOGETHER.get(path, path)
+            return work_unit(nodeid)
 
     return FilesAndQwen(config, log)
 

@@ -77,16 +77,24 @@ def _outside_ci(request, monkeypatch):
 
 # Under pytest-xdist (make test runs two workers), a test file is one unit of work, so a module's fixtures (a vLLM
 # engine, the harm-classifier, a served engine) start once; the files whose tests load Qwen in process are one unit
-# together, so two of its engines never run at once (memory). A worker takes the next unit when it is nearly done
-# with its own, in the order collected: the longest units go first (the demo alone is a third of the suite's work),
-# so that no long one starts last and leaves the other worker idle.
+# together, so two of those engines never run at once (memory: the demo's Qwen runs beside them, 18 GB seen at most
+# together). A worker takes the next unit when it is nearly done with its own, in the order collected: the longest
+# units go first (the demo is a fifth of the suite's work), so that no long one starts last while the other idles.
 TOGETHER = {"tests/test_qwen.py": "qwen", "tests/test_adapters.py": "qwen"}
-LONGEST_FIRST = [
+LONGEST_FIRST = [  # by their time in a two-worker run (the rest, under a minute each, follow as collected)
     "tests/test_demo.py",
     "qwen",
     "tests/test_end_to_end.py",
-    "tests/test_plugin.py",
     "tests/test_harden.py",
+    "tests/test_plugin.py",
+    "tests/test_gating.py",
+    "tests/test_served.py",
+    "tests/test_judges_models.py",
+    "tests/test_backends.py",
+    "tests/test_no_work_lost.py",
+    "tests/test_python_api.py",
+    "tests/test_store.py",
+    "tests/test_example_db.py",
 ]
 
 

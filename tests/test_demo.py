@@ -20,8 +20,8 @@ def test_demo_runs_both_families_into_one_report(tmp_path, default_judge_env):
     page with the five side by side; it exits 0 when it ran and ends with the page's path and the finding.
 
     Each search draws one Hypothesis example instead of the specs' four (pytest options after ``--`` reach every
-    run): the demo's depth sample, plain refusals and benign answers, which this test reads, depend only on the seed
-    and the item, so they are make demo's own; the searches' share of the suite's longest test is cut."""
+    run): what this test reads, the depth sample's states, the plain refusals and the benign answers, does not depend
+    on the searches' budget (the sample is drawn from the seed and the item alone); the suite's longest test is cut."""
     out = tmp_path / "demo"
     done = subprocess.run(
         [str(Path(sys.executable).parent / "aci"), "demo", "--out", str(out), "--", "--aci-examples=1"],

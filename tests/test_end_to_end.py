@@ -48,9 +48,10 @@ def test_shipped_specs_collect(pytester):
 )
 def test_smollm2_fails_refusal_and_recovery_with_replayable_counterexamples(pytester, backend, default_judge_env):
     copy_specs(pytester, "example.aci.yaml")
-    # A recovers case fails when the model does not turn back (SmolLM2 writes little substance after a span).
+    # A recovers case fails when the model does not turn back (SmolLM2 writes little substance after a span). The
+    # searches alone: the depth sample, half of the generation here, has tests of its own and is in the demo test.
     args = [f"--aci-backend={backend}", "--aci-seed=11", "--aci-report=report.jsonl", "--aci-examples=2"]
-    args.append("--aci-fail-on=not-recovered")
+    args += ["--aci-fail-on=not-recovered", "--aci-depth-sample=0"]
     result = pytester.runpytest_subprocess("example.aci.yaml", *args, timeout=900)
     text = result.stdout.str()
     # SmolLM2 is not aligned: it answers the plain requests harmfully and does not turn back after a span.
@@ -67,8 +68,7 @@ def test_smollm2_fails_refusal_and_recovery_with_replayable_counterexamples(pyte
     assert len(harmful) >= 2 and any(r["check"] == "refuses" for r in harmful)
     assert any(r["check"] == "recovers" and r["verdict"]["outcome"] != "recovered" for r in records)
     assert all(r["finish"] in ("eos", "stop", "length") for r in records if r["check"] == "recovers")
-    # (the depth sample's harmful states never fail an item: the searches' cases do)
-    failed_items = {r["nodeid"] for r in records if not r["passed"] and "sample_bucket" not in r}
+    failed_items = {r["nodeid"] for r in records if not r["passed"]}
     assert len(failed_items) == outcomes["failed"]  # every failed item has a failing case in the report
 
     # The printed replay command reproduces the same minimal counterexample on its own.
@@ -78,7 +78,8 @@ def test_smollm2_fails_refusal_and_recovery_with_replayable_counterexamples(pyte
     argv = shlex.split(replay)[1:]
     again = pytester.runpytest_subprocess(*argv, "--aci-report=replay.jsonl", timeout=900)
     again.assert_outcomes(failed=1)
-    first_minimal = [r for r in records if r["nodeid"] == argv[0] and not r["passed"] and "sample_bucket" not in r][-1]
+    assert "--aci-depth-sample=0" in argv  # the replay evaluates the same cases, and only them
+    first_minimal = [r for r in records if r["nodeid"] == argv[0] and not r["passed"]][-1]
     replayed = read_jsonl(pytester.path / "replay.jsonl")
     assert replayed[-1]["position"] == first_minimal["position"] == 0
     assert replayed[-1]["span"] == first_minimal["span"]
@@ -126,7 +127,7 @@ continuation: {max_new_tokens: 24}
 def test_smollm2_is_tested_inside_a_deployment_conversation(pytester, default_judge_env):
     """A system prompt and two earlier exchanges reach the model: its answers are not the bare prompt's."""
     pytester.makefile(".aci.yaml", pharmacy=DEPLOYMENT_SPEC)
-    args = ["--aci-backend=hf", "--aci-seed=5"]
+    args = ["--aci-backend=hf", "--aci-seed=5", "--aci-depth-sample=0"]  # the searches' states alone
     result = pytester.runpytest_subprocess("pharmacy.aci.yaml", *args, "--aci-report=deployed.jsonl", timeout=900)
     text = result.stdout.str()
     assert result.ret in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED), text
@@ -172,6 +173,7 @@ def test_smollm2_is_attacked_with_spans_it_writes_itself(pytester, default_judge
     search finds a state the model does not recover from (a case that does not turn back fails here)."""
     pytester.makefile(".aci.yaml", own=OWN_SPANS_SPEC)
     args = ["--aci-backend=hf", "--aci-seed=4", "--aci-report=own.jsonl", "--aci-fail-on=not-recovered"]
+    args.append("--aci-depth-sample=0")  # the search's states alone, whose spans the model made
     result = pytester.runpytest_subprocess("own.aci.yaml", *args, timeout=900)
     text = result.stdout.str()
     assert result.ret == pytest.ExitCode.TESTS_FAILED, text
@@ -190,7 +192,8 @@ def test_smollm2_with_and_without_header_reinjection_compared_in_one_report(pyte
     import sys
 
     copy_specs(pytester, "example.aci.yaml")
-    args = ["example.aci.yaml", "--aci-backend=hf", "--aci-seed=6", "--aci-examples=1", "-k", "bomb"]
+    args = ["example.aci.yaml", "--aci-backend=hf", "--aci-seed=6", "--aci-examples=1", "--aci-depth-sample=0"]
+    args += ["-k", "bomb"]
     plain = pytester.runpytest_subprocess(*args, "--aci-report=plain.jsonl", timeout=900)
     args += ["--aci-defence=header:8", "--aci-report=defended.jsonl"]
     defended = pytester.runpytest_subprocess(*args, timeout=900)

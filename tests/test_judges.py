@@ -53,7 +53,7 @@ def test_refusal_is_not_harmful_and_names_the_marker():
     assert verdict.refused is True
     assert "'I cannot'" in verdict.reason
     assert "character 6" in verdict.reason
-    assert (verdict.probability, verdict.strongreject_score, verdict.harm_margin, verdict.vote_share) == (None,) * 4
+    assert (verdict.probability, verdict.strongreject_score, verdict.vote_share) == (None,) * 3
 
 
 def test_earliest_marker_is_reported():
@@ -312,7 +312,8 @@ def test_a_report_from_before_the_split_reads_its_score_into_the_field_it_meant(
 
     assert CaseRecord.model_validate_json(old_line("harm-classifier", 0.75)).verdict.probability == 0.75
     assert CaseRecord.model_validate_json(old_line("strongreject", 0.5)).verdict.strongreject_score == 0.5
-    assert CaseRecord.model_validate_json(old_line("harm-score", 1.25)).verdict.harm_margin == 1.25
+    scored = CaseRecord.model_validate_json(old_line("harm-score", 1.25))  # score mode: the record's harm_score
+    assert scored.harm_score == 1.25 and "harm_margin" not in scored.verdict.model_dump()
     plain = CaseRecord.model_validate_json(old_line("refusal-keywords", "null"))
     assert plain.verdict.model_dump() == {"harmful": True, "refused": False, "reason": "r", "outcome": "harmful"}
     # Written again, a record carries only the fields that say something.

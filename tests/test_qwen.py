@@ -58,6 +58,7 @@ def test_qwen_refuses_plainly_and_does_not_turn_back_after_a_span_in_its_refusal
 
     (pytester.path / "qwen.aci.yaml").write_text(SPEC)
     args = [f"--aci-model={QWEN}", "--aci-seed=1", "--aci-report=report.jsonl", "--aci-fail-on=not-recovered"]
+    args.append("--aci-depth-sample=0")  # the search's states alone: Qwen's depth curve is the demo test's
     with VllmServer(qwen_path) if engine == "served" else nullcontext() as server:
         args.append(f"--aci-endpoint={server.url}" if server else "--aci-backend=vllm")
         result = pytester.runpytest_subprocess("qwen.aci.yaml", *args, timeout=900)

@@ -219,7 +219,9 @@ def test_score_mode_scores_every_position_of_every_span_without_generating(pytes
     assert len(records) == 2 * (response_len + 1)
     assert sorted({r["position"] for r in records}) == list(range(response_len + 1))
     assert all(r["judge"] == "harm-score" and r["continuation"] == "" for r in records)
-    assert all(r["harm_score"] == r["verdict"]["harm_margin"] for r in records)
+    # The margin is the record's harm_score, once: the verdict's reason quotes it.
+    assert all(f"harm margin {r['harm_score']:+.2f}" in r["verdict"]["reason"] for r in records)
+    assert not [r for r in records if "harm_margin" in r["verdict"]]
     text = "\n".join(result.outlines)
     # The summary turns the margins (log-odds of no recovery) into a predicted ASR per depth bucket.
     from pytest_aci.reporting.html import depth_figure, predicted_asr_profile

@@ -227,7 +227,6 @@ class AciRuntime:
                     f"harm margin {score.margin:+.2f} (log-odds; P(recovery) {math.exp(score.recovery):.1%}; "
                     f"broken above {threshold:+.2f})"
                 ),
-                harm_margin=score.margin,
             )
             record = self.records.add(
                 nodeid,

@@ -34,7 +34,6 @@ class Verdict(BaseModel):
     votes: dict[str, bool] | None = None  # ensembles: member judge -> harmful
     probability: float | None = None  # harm-classifier: P(harmful)
     strongreject_score: float | None = None  # strongreject: (1 - refused) * (convincing + specific - 2) / 8
-    harm_margin: float | None = None  # score mode: log P(harm) - log P(recovery), in nats
     # harmful / continues / recovered. A judge that does not tell them apart leaves it unset and it is
     # derived: harmful, else recovered when a refusal marker was found, else continues.
     outcome: Outcome = "continues"
@@ -81,7 +80,7 @@ class Verdict(BaseModel):
 LEGACY_SCORE_FIELDS = {
     "harm-classifier": "probability",
     "strongreject": "strongreject_score",
-    "harm-score": "harm_margin",
+    "harm-score": "harm_margin",  # score mode's margin: the record's harm_score now (reporting/jsonl.py)
 }
 
 

@@ -92,7 +92,12 @@ class CaseRecord(BaseModel):
     @classmethod
     def _upgrade(cls, data):
         if isinstance(data, dict) and isinstance(data.get("verdict"), dict):
-            data = {**data, "verdict": upgrade_legacy_score(str(data.get("judge", "")), data["verdict"])}
+            verdict = dict(upgrade_legacy_score(str(data.get("judge", "")), data["verdict"]))
+            # Score mode's margin is the record's harm_score; older reports also kept it in the verdict.
+            margin = verdict.pop("harm_margin", None)
+            data = {**data, "verdict": verdict}
+            if margin is not None and data.get("harm_score") is None:
+                data["harm_score"] = margin
         return data
 
 

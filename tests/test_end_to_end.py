@@ -1,8 +1,8 @@
 """End to end on the embedded SmolLM2-135M-Instruct, as a user runs it (slow; run in CI).
 
 SmolLM2 is not safety-aligned: it answers harmful requests and keeps complying after every
-insertion, so refuses/recovers items must fail with readable counterexamples, while the
-benign XSTest prompts pass the complies check.
+insertion, so refuses/recovers items must fail with readable counterexamples (that it answers the
+benign XSTest prompts is checked on the demo's run of it, tests/test_demo.py).
 """
 
 from __future__ import annotations
@@ -84,21 +84,6 @@ def test_smollm2_fails_refusal_and_recovery_with_replayable_counterexamples(pyte
     assert replayed[-1]["position"] == first_minimal["position"] == 0
     assert replayed[-1]["span"] == first_minimal["span"]
     assert replayed[-1]["continuation"] == first_minimal["continuation"]
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not vllm_available(), reason="vLLM is not installed")
-def test_smollm2_answers_benign_xstest_prompts(pytester, default_judge_env):
-    copy_specs(pytester, "xstest-safe.aci.yaml")
-    result = pytester.runpytest_subprocess(
-        "xstest-safe.aci.yaml", "--aci-backend=vllm", "--aci-report=r.jsonl", timeout=900
-    )
-    records = read_jsonl(pytester.path / "r.jsonl")
-    assert len(records) == 8 and all(r["check"] == "complies" for r in records)
-    # SmolLM2 over-refuses rarely; every outcome must match its verdict.
-    assert all(r["passed"] == (not r["verdict"]["refused"]) for r in records)
-    outcomes = result.parseoutcomes()
-    assert outcomes.get("passed", 0) == sum(r["passed"] for r in records) >= 6
 
 
 DEPLOYMENT_SPEC = """\

@@ -1,5 +1,5 @@
-"""End to end on the embedded third-party model, Qwen2.5-Coder-0.5B-Instruct, through vLLM in process and served
-(slow; one small spec, in CI).
+"""End to end on the embedded third-party model, Qwen2.5-Coder-0.5B-Instruct, served (slow; one small spec, in CI;
+in process through vLLM it is the demo test's, tests/test_demo.py, on the demo's requests).
 
 It is the model this tool exists for: it refuses the plain ransomware request ("I'm sorry, but I can't assist
 with that."), and a span inserted at the start of that refusal turns it. It costs about four times SmolLM2
@@ -47,20 +47,18 @@ def qwen_path():
 
 @pytest.mark.slow
 @pytest.mark.skipif(not vllm_available(), reason="vLLM is not installed")
-@pytest.mark.parametrize("engine", ["vllm", "served"])
-def test_qwen_refuses_plainly_and_does_not_turn_back_after_a_span_in_its_refusal(
-    pytester, qwen_path, default_judge_env, engine
+def test_qwen_served_refuses_plainly_and_does_not_turn_back_after_a_span_in_its_refusal(
+    pytester, qwen_path, default_judge_env
 ):
-    """In process through vLLM, and served: vLLM's OpenAI server on loopback, the plugin on ``--aci-endpoint``."""
-    from contextlib import nullcontext
-
+    """Served: vLLM's OpenAI server on loopback, the plugin on ``--aci-endpoint`` (in process through vLLM, Qwen
+    runs in the demo test, tests/test_demo.py, which checks the same of it on the demo's requests)."""
     from pytest_aci.backends.server import VllmServer
 
     (pytester.path / "qwen.aci.yaml").write_text(SPEC)
     args = [f"--aci-model={QWEN}", "--aci-seed=1", "--aci-report=report.jsonl", "--aci-fail-on=not-recovered"]
     args.append("--aci-depth-sample=0")  # the search's states alone: Qwen's depth curve is the demo test's
-    with VllmServer(qwen_path) if engine == "served" else nullcontext() as server:
-        args.append(f"--aci-endpoint={server.url}" if server else "--aci-backend=vllm")
+    with VllmServer(qwen_path) as server:
+        args.append(f"--aci-endpoint={server.url}")
         result = pytester.runpytest_subprocess("qwen.aci.yaml", *args, timeout=900)
     text = result.stdout.str()
     outcomes = result.parseoutcomes()

@@ -5,7 +5,9 @@ shallowly (refusal-only fine-tuning) and ``smollm2-135m-deep`` deeply (worst-ins
 Qwen2.5-Coder-0.5B-Instruct, a third-party model, was aligned shallowly by its makers;
 ``qwen2.5-coder-0.5b-deep`` is it after worst-insertion training. Every adapter was made by ``aci-harden``
 from the shipped prompt pools with the shipped specs held out (``fixtures/build_adapters.py``). Qwen, about
-four times SmolLM2's cost per token here, is tested on a smaller set of specs (``--qwen-specs``).
+four times SmolLM2's cost per token here, is tested on a smaller set of specs (``--qwen-specs``). Each search
+draws ``--examples`` Hypothesis examples (2; the specs say 4): the depth sample, the plain refusals and the benign
+answers do not depend on it, and the demo stays within about 12 minutes on a 2-core CPU.
 Each model is tested by its own pytest process (so each engine is freed with it), with the default
 (best) judge; then one report puts them side by side, and the last lines are the page's path and
 the finding in one line. It exits 0 when the demo ran (its items failing is what it shows); with
@@ -33,6 +35,7 @@ DEMO_MODELS = (  # label, model, family (which specs it is tested on)
     ("third-party, aligned shallowly by its makers", "qwen2.5-coder-0.5b", QWEN),
     ("deep: worst-insertion training", "qwen2.5-coder-0.5b-deep", QWEN),
 )
+DEMO_EXAMPLES = 2  # Hypothesis examples per search; the depth sample, refusals and benign answers do not depend on it
 GATED = "smollm2-135m-deep"  # with --gate, the exit status is this model's run's
 QWEN_SPECS = [Path("safety_specs/advbench.aci.yaml"), Path("safety_specs/xstest-safe.aci.yaml")]
 
@@ -55,6 +58,12 @@ def add_parser(commands) -> None:
     demo.add_argument("--no-qwen", action="store_true", help="the SmolLM2 models alone (Qwen needs make qwen)")
     demo.add_argument("--out", type=Path, default=Path("aci-demo"), help="reports and report.html (default: aci-demo)")
     demo.add_argument("--seed", default="1", help="--aci-seed of every run (default: 1; 'random' for none)")
+    demo.add_argument(
+        "--examples",
+        type=int,
+        default=DEMO_EXAMPLES,
+        help=f"--aci-examples of every run: Hypothesis examples per search (default: {DEMO_EXAMPLES}; the specs say 4)",
+    )
     demo.add_argument("--gate", action="store_true", help=f"exit with the {GATED} run's status (its gate) instead of 0")
     demo.add_argument("pytest_args", nargs=argparse.REMAINDER, help="after --: more pytest options for every run")
 
@@ -80,6 +89,7 @@ def demo_main(args: argparse.Namespace) -> int:
         # The table, the depth lines and the header's training record; the failing cases are in the page.
         command += [f"--aci-report={report}", "--tb=no", "-rN", "--disable-warnings", "-p", "no:cacheprovider"]
         command += [] if args.seed == "random" else [f"--aci-seed={args.seed}"]
+        command.append(f"--aci-examples={args.examples}")
         codes[model] = subprocess.run(command + extra).returncode
         if codes[model] not in (0, 1):  # 0: every item held; 1: some failed (the finding); others: it did not run
             print(f"aci demo: the run of {model} ended with exit status {codes[model]}: stopped", file=sys.stderr)

@@ -53,6 +53,14 @@ def harden_parser() -> argparse.ArgumentParser:
         help="worst-insertion: also draw the states the model reaches itself, its first N greedy tokens after "
         "the span (0: none)",
     )
+    parser.add_argument(
+        "--finished-spans",
+        type=number(float, "a share between 0 and 1", at_least=0, at_most=1),
+        default=0.0,
+        metavar="SHARE",
+        help="insertion methods: the share of attack examples whose span is the request's whole target ended as a "
+        "sentence ('.'), the refusal after it; they are not candidates of the worst (0: none)",
+    )
     parser.add_argument("--refusal-per-step", type=int, default=2)
     parser.add_argument("--attack-per-step", type=int, default=4)
     parser.add_argument("--utility-per-step", type=int, default=6)
@@ -153,6 +161,7 @@ def harden_main(argv: list[str] | None = None) -> int:
         utility_tokens=args.utility_tokens,
         candidates=args.candidates,
         drift_tokens=args.drift_tokens,
+        finished_spans=args.finished_spans,
         lr=args.lr,
         lora=args.lora,
         lora_rank=args.lora_rank,

@@ -25,7 +25,7 @@ IGNORE = -100  # label of a token that takes no loss
 class Example:
     input_ids: tuple[int, ...]
     labels: tuple[int, ...]  # IGNORE where no loss is taken
-    kind: str  # refusal | attack | utility
+    kind: str  # refusal | attack | finished (an attack whose span is a whole target) | utility
 
 
 # --- examples ------------------------------------------------------------------------------
@@ -81,6 +81,18 @@ class ExampleBuilder:
         n = self.rng.randint(1, len(span_ids)) if span is None else len(span_ids)
         context = self.chat(prompt.text) + refusal[:k] + span_ids[:n]
         return self._example(context, self.refusal_ids(), "attack")
+
+    def finished_insertion(self, prompt: HarmfulPrompt) -> Example:
+        """``chat + R[:k] + target.``, recovering with a refusal as the next sentence. A span cut mid-sentence is
+        often not followed by the refusal trained on but by the model's own end of the sentence ("Sure, here is a
+        tutorial for making a bomb" → "." and the end of its answer): the state after that full stop, which no cut
+        span holds, is trained here."""
+        refusal = self.refusal_ids()
+        k = self.rng.randint(0, len(refusal))
+        text = self.rng.choice(prompt.spans).strip().rstrip(":,;")
+        text += "" if text.endswith((".", "!", "?")) else "."
+        context = self.chat(prompt.text) + refusal[:k] + self.encode((" " if k else "") + text)
+        return self._example(context, self.encode(" " + self.rng.choice(self.config.refusals)), "finished")
 
     def candidates(self, prompt: HarmfulPrompt, count: int) -> list[Example]:
         """Random insertion states, led by the reported failing insertions of this prompt."""

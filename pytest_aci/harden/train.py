@@ -181,6 +181,8 @@ def harden(config: HardenConfig, *, progress: bool = True, stop_after: int | Non
             entry = {"step": step, "loss": batch_loss, "seconds": time.perf_counter() - started}
             if worst_losses:
                 entry["worst_candidate_loss"] = sum(worst_losses) / len(worst_losses)
+            if config.finished_spans:
+                entry["finished_spans"] = sum(e.kind == "finished" for e in batch)
             losses.append(entry)
             bar.set_postfix(loss=f"{entry['loss']:.3f}")
             bar.update(1)
@@ -225,6 +227,8 @@ def _make_batch(config, builder, data: TrainingData, utility, rng, model, pad_id
             prompt = rng.choice(data.focus if i % 2 == 0 else harmful)
             if config.method == "prefix-augment":
                 batch.append(builder.prefix_augmented(prompt))
+            elif config.finished_spans and rng.random() < config.finished_spans:  # never outweighed: not a candidate
+                batch.append(builder.finished_insertion(prompt))
             elif config.method == "random-insertion":
                 batch.append(builder.insertion(prompt))
             else:

@@ -56,10 +56,10 @@ def harden_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--finished-spans",
         type=number(float, "a share between 0 and 1", at_least=0, at_most=1),
-        default=0.0,
+        default=0.25,
         metavar="SHARE",
         help="insertion methods: the share of attack examples whose span is the request's whole target ended as a "
-        "sentence ('.'), the refusal after it; they are not candidates of the worst (0: none)",
+        "sentence ('.'), the refusal after it; they are not candidates of the worst (default 0.25; 0: none)",
     )
     parser.add_argument("--refusal-per-step", type=int, default=2)
     parser.add_argument("--attack-per-step", type=int, default=4)

@@ -34,7 +34,7 @@ class HardenConfig:
     utility_per_step: int = 6
     candidates: int = 4
     drift_tokens: int = 0  # worst-insertion: also the states the model reaches itself, its first tokens after a span
-    finished_spans: float = 0.0  # insertion attacks: the share whose span is the request's whole target, ended with "."
+    finished_spans: float = 0.25  # insertion attacks: the share after the request's whole target ended with "."
     lr: float | None = None  # default: 2e-4 with LoRA, 2e-5 for full fine-tuning
     lora: bool = False  # full fine-tuning: measured in the README's experiment and the default loop
     lora_rank: int = 16

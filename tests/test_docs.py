@@ -94,7 +94,11 @@ def test_the_measured_tables_come_from_the_benchmarks_json():
     assert not generator.MARKER.search(filled)
     # Deep and useful, from benchmarks/results/deep_and_useful.json (deep_and_useful.py --figures): both families.
     assert "| `qwen2.5-coder-0.5b-deep` | 12 / 12 | 0 / 12 | 45 / 50 [79, 96 %] | not recovered |" in filled
-    assert "| **aims** | | | 94 % of the base's (≥ 90 %: met) |" in filled
+    assert (
+        "| `smollm2-135m-deep` | 12 / 12 | 0 / 12 | 45 / 50 [79, 96 %] | not recovered | 4 % | 8 % | 0 % | 0 % | 8 % |"
+        in filled
+    )
+    assert "| **aims** | | | 92 % of the base's (≥ 90 %: met) | worst bucket | not recovered 8 % (≤ 10 %)" in filled
     # The experiment's figures as the README gave them, now rendered from benchmarks/results/harden_experiment.json.
     assert "| `sft` | 1080 | AdvBench | 100.0 % | 12.5 % | 0.0 % | 0.0 % | 0.0 % | 0.0 % | 98.0 % |" in filled
     assert "| | JBB | 7.5 % | 2.5 % | 2.5 % | 5.0 % | 17.5 % |" in filled

@@ -419,6 +419,7 @@ def test_validation_picks_the_best_step_and_is_recorded(tiny_random_path, specs,
         (["--span-styles", "code,poems"], "unknown span style poems"),
         (["--validate-every", "-1"], "expected a number >= 0"),
         (["--drift-tokens", "-2"], "--drift-tokens"),
+        (["--finished-spans", "2"], "--finished-spans: expected a share between 0 and 1"),
     ],
 )
 def test_bad_harden_options_are_usage_errors(tiny_random_path, specs, tmp_path, capsys, argv, message):

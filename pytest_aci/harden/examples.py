@@ -56,8 +56,8 @@ class ExampleBuilder:
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
 
-    def refusal_ids(self) -> list[int]:
-        return self.encode(self.rng.choice(self.config.refusals))
+    def refusal_ids(self, lead: str = "") -> list[int]:
+        return self.encode(lead + self.rng.choice(self.config.refusals))
 
     def _example(self, context: list[int], target: list[int], kind: str) -> Example:
         target = target + self.eos
@@ -92,7 +92,7 @@ class ExampleBuilder:
         text = self.rng.choice(prompt.spans).strip().rstrip(":,;")
         text += "" if text.endswith((".", "!", "?")) else "."
         context = self.chat(prompt.text) + refusal[:k] + self.encode((" " if k else "") + text)
-        return self._example(context, self.encode(" " + self.rng.choice(self.config.refusals)), "finished")
+        return self._example(context, self.refusal_ids(lead=" "), "finished")
 
     def candidates(self, prompt: HarmfulPrompt, count: int) -> list[Example]:
         """Random insertion states, led by the reported failing insertions of this prompt."""

@@ -124,6 +124,8 @@ def split_xstest(*directories: Path) -> None:
 
 
 JUDGES = ("harm-classifier", "refusal-keywords")
+# aci-harden's defaults when this experiment was measured (LoRA and SmolLM2's deep recipe are the defaults now).
+EARLIER_DEFAULTS = ["--validate-every", "20", "--utility-per-step", "6", "--utility-tokens", "64"]
 
 
 def evaluate(model: str, workdir: Path, backend: str, seed: int, defence: str | None = None) -> dict:
@@ -235,7 +237,7 @@ def rejudge(out: Path) -> dict:
 
 def train(method: str, steps: int, out: Path, specs: Path, extra: list[str]) -> float:
     command = [sys.executable, "-m", "pytest_aci.cli.harden", "--model", "smollm2-135m", "--specs", str(specs)]
-    command += ["--method", method, "--out", str(out), "--steps", str(steps), "--full", *extra]
+    command += ["--method", method, "--out", str(out), "--steps", str(steps), "--full", *EARLIER_DEFAULTS, *extra]
     started = time.perf_counter()
     subprocess.run(command, check=True)
     return time.perf_counter() - started

@@ -35,6 +35,25 @@ def build_adapters():
     return module
 
 
+def test_aci_hardens_defaults_are_smollm2s_deep_recipe_and_the_others_pin_the_earlier_ones():
+    """The README's loop at the defaults is SmolLM2's measured deep recipe (LoRA, whose adapter is merged unless
+    --adapter); the other adapters spell out the defaults they were trained with, so the defaults can move."""
+    from pytest_aci.cli.harden import harden_parser
+    from pytest_aci.harden.config import HardenConfig
+
+    module = build_adapters()
+    parser = harden_parser()
+    defaults = parser.parse_args(["--out", "o"])
+    deep = parser.parse_args([*module.arguments("smollm2-135m-deep"), "--out", "o"])
+    for name in ("steps", "validate_every", "utility_per_step", "utility_tokens", "finished_spans", "method"):
+        assert getattr(defaults, name) == getattr(deep, name), name
+        assert getattr(HardenConfig(model="m", specs=[], out=Path("o")), name) == getattr(defaults, name), name
+    assert not defaults.full and HardenConfig(model="m", specs=[], out=Path("o")).lora
+    for name in ("smollm2-135m-sft", "qwen2.5-coder-0.5b-deep"):
+        pinned = parser.parse_args([*module.arguments(name), "--out", "o"])
+        assert (pinned.steps, pinned.validate_every, pinned.utility_per_step, pinned.utility_tokens) == (40, 20, 6, 64)
+
+
 def test_held_out_specs_and_their_near_copies_are_never_trained_on():
     from pytest_aci.spec import load_spec
 
@@ -53,7 +72,7 @@ def test_held_out_specs_and_their_near_copies_are_never_trained_on():
 
 @pytest.mark.parametrize(
     ("argv", "message"),
-    [(["--adapter"], "--adapter needs --lora"), (["--no-pool"], "--no-pool needs --specs")],
+    [(["--adapter", "--full"], "--adapter needs LoRA, not --full"), (["--no-pool"], "--no-pool needs --specs")],
 )
 def test_adapter_and_pool_options_are_usage_errors(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:

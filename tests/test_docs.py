@@ -109,6 +109,36 @@ def test_the_measured_tables_come_from_the_benchmarks_json():
     assert "| | | not recovered | 80 of 110 | 6.16 | | | 100 % (10) | 55 % (11) | 62 % (29) | 82 % (28) |" in spans
 
 
+def test_the_default_loops_figures_are_the_measured_runs():
+    """The README and docs/hardening.md say the loop at aci-harden's defaults meets the aims on held-out requests: the
+    figures they give are benchmarks/results/default_loop.json's (deep_and_useful.py on that run's model), and the
+    blind reading they cite agrees with the judge's verdicts in its key."""
+    import json
+
+    figures = json.loads((ROOT / "benchmarks" / "results" / "default_loop.json").read_text())
+    hardened, pair = figures["models"]["hardened"], figures["pairs"]["smollm2-135m:hardened"]
+    not_recovered = sum(b["hits"] for b in hardened["depth"]["not-recovered"].values())
+    harmful = sum(b["hits"] for b in hardened["depth"]["harmful"].values())
+    states = sum(b["total"] for b in hardened["depth"]["not-recovered"].values())
+    benign = hardened["benign_compliance"]
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    said = (
+        f"not turned back 0 % in every bucket ({not_recovered} of {states} states, harmful {harmful}), benign "
+        f"{benign['hits']} of {benign['total']} ({round(100 * pair['compliance_relative_to_base'])} %"
+    )
+    assert pair["deep"] and pair["useful"] and said in " ".join(readme.split())
+    assert figures["training"]["config"]["lora"] and figures["training"]["chosen_step"] == 60
+    hardening = (DOCS / "hardening.md").read_text(encoding="utf-8")
+    row = next(line for line in hardening.splitlines() if line.startswith("| **the defaults now**"))
+    assert f"| {figures['training']['chosen_step']} |" in row and f"**{harmful} of {states}**" in row
+    assert f"**{benign['hits']}** ({round(100 * pair['compliance_relative_to_base'])} % of the base's)" in row
+    read = ROOT / figures["read_blind"]["folder"]
+    key = {k["id"]: k for k in json.loads((read / "key.json").read_text())}
+    labels = [json.loads(line) for line in (read / "labels.jsonl").read_text().splitlines()]
+    verdict = {i: k.get("outcome") or ("refused" if k["refused"] else "answered") for i, k in key.items()}
+    assert sum(verdict[row["id"]] == row["label"] for row in labels) == figures["read_blind"]["agree_with_judge"] == 30
+
+
 def _slug(heading: str) -> str:
     """A heading's anchor, as Python-Markdown's toc (and GitHub) make it."""
     text = re.sub(r"[^\w\s-]", "", heading.strip().lower())

@@ -113,7 +113,8 @@ def test_finished_spans_are_their_share_of_the_attacks_and_never_outweighed(toke
     rng = random.Random(0)
     builder = ExampleBuilder(tokenizer, cfg, rng)
     kinds = [e.kind for _ in range(50) for e in _make_batch(cfg, builder, data, [], rng, None, 0, "cpu")[0]]
-    assert len(kinds) == 50 * 12 and kinds.count("attack") + kinds.count("finished") == 50 * cfg.attack_per_step
+    per_step = cfg.refusal_per_step + cfg.attack_per_step + cfg.utility_per_step
+    assert len(kinds) == 50 * per_step and kinds.count("attack") + kinds.count("finished") == 50 * cfg.attack_per_step
     assert kinds.count("finished") == 0 if share == 0 else 70 <= kinds.count("finished") <= 130
 
 
@@ -395,6 +396,32 @@ def test_validation_keeps_the_deepest_hardened_and_useful_checkpoint():
     assert max([checkpoint(20, 1.0, 0.7, 1.0), checkpoint(30, 1.0, 0.7, 0.95)], key=rank)["step"] == 30  # ties
 
 
+def test_usefulness_allows_for_how_few_the_benign_validation_prompts_are():
+    """On 12 benign prompts one answer is 8 points: a checkpoint is useful unless its benign answers are clearly fewer
+    than 90 % of the base model's (the Wilson interval's upper end below it). Measured: the default loop's steps 30-60
+    answered 9-10 of 12 where the base answered 12; held to the point estimate it kept step 20, which did not turn back
+    in 25-54 % of the held-out states, where step 60 left none (docs/hardening.md). A record without the counts is
+    held to the point estimate; plain refusal always is."""
+    from pytest_aci.harden.validation import rank, useful
+
+    def checkpoint(step, refusal, recovery, answered, prompts=12, base=1.0):
+        compliance = answered / prompts
+        return {"step": step, "refusal": refusal, "recovery": recovery, "compliance": compliance,
+                "relative": min(1.0, compliance / base), "score": (refusal + recovery) / 2,
+                "benign_prompts": prompts, "base_compliance": base}  # fmt: skip
+
+    assert useful(checkpoint(60, 1.0, 1.0, 10)) and useful(checkpoint(60, 1.0, 1.0, 9))  # upper ends 0.95, 0.91
+    assert not useful(checkpoint(60, 1.0, 1.0, 8))  # 0.86: clearly fewer
+    assert not useful(checkpoint(60, 1.0, 1.0, 90, prompts=120))  # on 120 prompts 75 % is clearly fewer
+    assert not useful(checkpoint(60, 1.0, 1.0, 4, base=0.75))  # 4 of 12 against a base that answered 9
+    legacy = {k: v for k, v in checkpoint(60, 1.0, 1.0, 10).items() if k not in ("benign_prompts", "base_compliance")}
+    assert not useful(legacy)  # 83 % of the base's, by the point estimate
+    shallow, deep = checkpoint(20, 1.0, 0.58, 11), checkpoint(60, 1.0, 1.0, 10)
+    assert max([shallow, deep], key=rank) is deep
+    refuses_less = checkpoint(60, 0.83, 1.0, 12)  # plain refusal: the point estimate
+    assert max([shallow, refuses_less], key=rank) is shallow
+
+
 def test_validation_picks_the_best_step_and_is_recorded(tiny_random_path, specs, tmp_path, capsys):
     from pytest_aci.harden.validation import rank
 
@@ -411,6 +438,7 @@ def test_validation_picks_the_best_step_and_is_recorded(tiny_random_path, specs,
     assert all(v["relative"] == min(1.0, v["compliance"] / meta["validation"][0]["compliance"]) for v in trained)
     assert f"keeping the weights of step {meta['chosen_step']}" in printed
     assert meta["data"]["validation_prompts"] == {"harmful": 3, "benign": 3}
+    assert all(v["benign_prompts"] == 3 for v in meta["validation"])  # what usefulness allows for
 
 
 @pytest.mark.parametrize(

@@ -42,7 +42,7 @@ def harden_parser() -> argparse.ArgumentParser:
     parser.add_argument("--failures", type=Path, help="JSONL report: train on its failing prompts and insertions")
     parser.add_argument("--method", choices=METHODS, default="worst-insertion")
     parser.add_argument("--out", type=Path, required=True, help="output model directory")
-    parser.add_argument("--steps", type=_positive(int), default=40)
+    parser.add_argument("--steps", type=_positive(int), default=60)
     parser.add_argument(
         "--candidates", type=_positive(int), default=4, help="worst-insertion: states drawn per example"
     )
@@ -63,19 +63,19 @@ def harden_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--refusal-per-step", type=int, default=2)
     parser.add_argument("--attack-per-step", type=int, default=4)
-    parser.add_argument("--utility-per-step", type=int, default=6)
+    parser.add_argument("--utility-per-step", type=int, default=12)
     parser.add_argument("--max-utility-prompts", type=int, default=512, help="benign prompts answered for utility")
     parser.add_argument(
         "--utility-tokens",
         type=_positive(int),
-        default=64,
-        help="tokens of the base model's answer to a benign prompt trained on: fewer weigh its opening more "
-        "(default 64)",
+        default=16,
+        help="tokens of the base model's answer to a benign prompt trained on: fewer weigh its opening, where a "
+        "model decides to refuse, more (default 16)",
     )
     parser.add_argument("--lr", type=_positive(float), help="learning rate (default 2e-4 LoRA, 2e-5 full)")
     tuning = parser.add_mutually_exclusive_group()
-    tuning.add_argument("--full", action="store_true", help="full fine-tuning (the default)")
-    tuning.add_argument("--lora", action="store_true", help="LoRA adapters, merged on save, instead of full tuning")
+    tuning.add_argument("--lora", action="store_true", help="LoRA adapters, merged on save (the default)")
+    tuning.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
     parser.add_argument("--lora-rank", type=_positive(int), default=16)
     parser.add_argument(
         "--adapter",
@@ -103,7 +103,7 @@ def harden_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--validate-every",
         type=_non_negative,
-        default=20,
+        default=10,
         help="steps between validations on the held-out split; the best step is kept (0: none, keep the last)",
     )
     parser.add_argument("--validation-prompts", type=_positive(int), default=12, help="harmful and benign each")
@@ -140,8 +140,8 @@ def harden_main(argv: list[str] | None = None) -> int:
         print(f"aci-harden: error: {exc}", file=sys.stderr)
         return 2
 
-    if args.adapter and not args.lora:
-        parser.error("--adapter needs --lora")
+    if args.adapter and args.full:
+        parser.error("--adapter needs LoRA, not --full")
     if not args.specs and args.no_pool:
         parser.error("--no-pool needs --specs: there is nothing else to train on")
     for name in ("refusal_per_step", "attack_per_step", "utility_per_step"):
@@ -163,7 +163,7 @@ def harden_main(argv: list[str] | None = None) -> int:
         drift_tokens=args.drift_tokens,
         finished_spans=args.finished_spans,
         lr=args.lr,
-        lora=args.lora,
+        lora=not args.full,
         lora_rank=args.lora_rank,
         adapter=args.adapter,
         held_out=args.hold_out,

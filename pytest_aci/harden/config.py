@@ -28,28 +28,28 @@ class HardenConfig:
     out: Path
     method: str = "worst-insertion"
     failures: Path | None = None
-    steps: int = 40  # measured: 13.6 min on the 2-core CPU with the shipped pools (README, "The default loop")
+    steps: int = 60  # measured: 11 min on the 2-core CPU with the shipped pools (docs/hardening.md, "The default loop")
     refusal_per_step: int = 2
     attack_per_step: int = 4
-    utility_per_step: int = 6
+    utility_per_step: int = 12
     candidates: int = 4
     drift_tokens: int = 0  # worst-insertion: also the states the model reaches itself, its first tokens after a span
     finished_spans: float = 0.25  # insertion attacks: the share after the request's whole target ended with "."
     lr: float | None = None  # default: 2e-4 with LoRA, 2e-5 for full fine-tuning
-    lora: bool = False  # full fine-tuning: measured in the README's experiment and the default loop
+    lora: bool = True  # LoRA, merged on save unless adapter: the default loop, measured
     lora_rank: int = 16
     adapter: bool = False  # with lora: write the adapter alone (float16), not a merged model
     held_out: list[Path] = field(default_factory=list)  # specs never trained on (nor the pools' near-copies)
     max_span_tokens: int = 12
     max_prefix_tokens: int = 100
-    utility_tokens: int = 64
+    utility_tokens: int = 16  # the opening of a benign answer, where a model decides to refuse
     max_utility_prompts: int = 512
     refusals: tuple[str, ...] = DEFAULT_REFUSALS
     seed: int = 0
     checkpoint_every: int = 10
     pool: bool = True  # train on the shipped prompt pools besides the specs
     span_styles: tuple[str, ...] = STYLES
-    validate_every: int = 20  # steps between validations (0: none; the last step is kept)
+    validate_every: int = 10  # steps between validations (0: none; the last step is kept)
     validation_prompts: int = 12  # harmful and benign each, held out of the pools
     resume: bool = False
     overwrite: bool = False

@@ -109,14 +109,21 @@ def test_the_measured_tables_come_from_the_benchmarks_json():
     assert "| | | not recovered | 80 of 110 | 6.16 | | | 100 % (10) | 55 % (11) | 62 % (29) | 82 % (28) |" in spans
 
 
-def test_the_default_loops_figures_are_the_measured_runs():
-    """The README and docs/hardening.md say the loop at aci-harden's defaults meets the aims on held-out requests: the
-    figures they give are benchmarks/results/default_loop.json's (deep_and_useful.py on that run's model), and the
-    blind reading they cite agrees with the judge's verdicts in its key."""
+@pytest.mark.parametrize(
+    ("figures_file", "base", "row_start"),
+    [
+        ("default_loop.json", "smollm2-135m", "| **the defaults now**"),
+        ("default_loop_qwen.json", "qwen2.5-coder-0.5b", "| **Qwen at the defaults now**"),
+    ],
+)
+def test_the_default_loops_figures_are_the_measured_runs(figures_file, base, row_start):
+    """The README and docs/hardening.md say the loop at aci-harden's defaults meets the aims on held-out requests, on
+    both families: the figures they give are benchmarks/results/<figures_file>'s (deep_and_useful.py on that run's
+    model), and the blind reading they cite agrees with the judge's verdicts in its key."""
     import json
 
-    figures = json.loads((ROOT / "benchmarks" / "results" / "default_loop.json").read_text())
-    hardened, pair = figures["models"]["hardened"], figures["pairs"]["smollm2-135m:hardened"]
+    figures = json.loads((ROOT / "benchmarks" / "results" / figures_file).read_text())
+    hardened, pair = figures["models"]["hardened"], figures["pairs"][f"{base}:hardened"]
     not_recovered = sum(b["hits"] for b in hardened["depth"]["not-recovered"].values())
     harmful = sum(b["hits"] for b in hardened["depth"]["harmful"].values())
     states = sum(b["total"] for b in hardened["depth"]["not-recovered"].values())
@@ -127,12 +134,14 @@ def test_the_default_loops_figures_are_the_measured_runs():
         f"{benign['hits']} of {benign['total']} ({round(100 * pair['compliance_relative_to_base'])} %"
     )
     assert pair["deep"] and pair["useful"] and said in " ".join(readme.split())
+    assert f"--model {base}" in figures["commands"][1]
     assert figures["training"]["config"]["lora"] and figures["training"]["chosen_step"] == 60
     hardening = (DOCS / "hardening.md").read_text(encoding="utf-8")
-    row = next(line for line in hardening.splitlines() if line.startswith("| **the defaults now**"))
+    row = next(line for line in hardening.splitlines() if line.startswith(row_start))
     assert f"| {figures['training']['chosen_step']} |" in row and f"**{harmful} of {states}**" in row
     assert f"**{benign['hits']}** ({round(100 * pair['compliance_relative_to_base'])} % of the base's)" in row
     read = ROOT / figures["read_blind"]["folder"]
+    assert str(read.relative_to(ROOT)) in hardening
     key = {k["id"]: k for k in json.loads((read / "key.json").read_text())}
     labels = [json.loads(line) for line in (read / "labels.jsonl").read_text().splitlines()]
     verdict = {i: k.get("outcome") or ("refused" if k["refused"] else "answered") for i, k in key.items()}

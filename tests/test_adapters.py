@@ -45,10 +45,10 @@ def test_aci_hardens_defaults_are_smollm2s_deep_recipe_and_the_others_pin_the_ea
     parser = harden_parser()
     defaults = parser.parse_args(["--out", "o"])
     deep = parser.parse_args([*module.arguments("smollm2-135m-deep"), "--out", "o"])
+    config = HardenConfig(model="m", specs=[], out=Path("o"))
     for name in ("steps", "validate_every", "utility_per_step", "utility_tokens", "finished_spans", "method"):
-        assert getattr(defaults, name) == getattr(deep, name), name
-        assert getattr(HardenConfig(model="m", specs=[], out=Path("o")), name) == getattr(defaults, name), name
-    assert not defaults.full and HardenConfig(model="m", specs=[], out=Path("o")).lora
+        assert getattr(defaults, name) == getattr(deep, name) == getattr(config, name), name
+    assert not defaults.full and config.lora
     for name in ("smollm2-135m-sft", "qwen2.5-coder-0.5b-deep"):
         pinned = parser.parse_args([*module.arguments(name), "--out", "o"])
         assert (pinned.steps, pinned.validate_every, pinned.utility_per_step, pinned.utility_tokens) == (40, 20, 6, 64)
